@@ -1,0 +1,260 @@
+"""The message contracts, defined once: Reading in, Forecast out, and the canonical CSV.
+
+Every part of the system (producer, stream processor, training, tests) imports these
+definitions; nothing else parses or writes a reading.
+
+>>> r = parse_reading(b'{"station_id": "Dongsi", "timestamp": "2013-03-01T00:00:00Z", "pm25": 9}')
+>>> r.station_id, r.hour, r.pm25
+('Dongsi', 376056, 9.0)
+>>> reading_to_json(r)[:60]
+b'{"station_id":"Dongsi","timestamp":"2013-03-01T00:00:00Z","p'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "CSV_HEADER",
+    "MAX_MESSAGE_BYTES",
+    "RANGES",
+    "WIND_DIRECTIONS",
+    "Forecast",
+    "HorizonForecast",
+    "InvalidReading",
+    "Reading",
+    "forecast_from_json",
+    "forecast_to_json",
+    "hour_to_iso",
+    "iso_to_hour",
+    "parse_reading",
+    "reading_from_mapping",
+    "reading_to_json",
+    "reading_to_row",
+]
+
+#: Column order of the canonical readings CSV (empty cell = missing).
+CSV_HEADER = (
+    "station_id",
+    "timestamp",
+    "pm25",
+    "temperature_c",
+    "dew_point_c",
+    "pressure_hpa",
+    "wind_speed_ms",
+    "wind_direction",
+    "precipitation_mm",
+)
+
+#: 16 compass points plus ``calm``; the angle (degrees, direction the wind comes from).
+WIND_DIRECTIONS: dict[str, float | None] = {
+    name: i * 22.5
+    for i, name in enumerate(
+        "N NNE NE ENE E ESE SE SSE S SSW SW WSW W WNW NW NNW".split()
+    )
+} | {"calm": None}
+
+#: Physically plausible ranges; a value outside is rejected with reason ``out_of_range``.
+RANGES: dict[str, tuple[float, float]] = {
+    "pm25": (0.0, 2000.0),
+    "temperature_c": (-60.0, 60.0),
+    "dew_point_c": (-80.0, 40.0),
+    "pressure_hpa": (850.0, 1100.0),
+    "wind_speed_ms": (0.0, 75.0),
+    "precipitation_mm": (0.0, 500.0),
+}
+
+#: Largest accepted reading message; a real reading is about 250 bytes.
+MAX_MESSAGE_BYTES = 4096
+
+_STATION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NUMERIC = ("pm25", "temperature_c", "dew_point_c", "pressure_hpa", "wind_speed_ms",
+            "precipitation_mm")
+# Readings dated further ahead of the wall clock than this are rejected as ``future``.
+_FUTURE_TOLERANCE_H = 1
+
+
+class InvalidReading(ValueError):
+    """A message that is not a valid Reading; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One hourly observation at one station. ``hour`` is hours since 1970-01-01T00Z (UTC)."""
+
+    station_id: str
+    hour: int
+    pm25: float | None = None
+    temperature_c: float | None = None
+    dew_point_c: float | None = None
+    pressure_hpa: float | None = None
+    wind_speed_ms: float | None = None
+    wind_direction: str | None = None
+    precipitation_mm: float | None = None
+
+    @property
+    def timestamp(self) -> str:
+        return hour_to_iso(self.hour)
+
+
+@dataclass(frozen=True, slots=True)
+class HorizonForecast:
+    h: int
+    target_time: str
+    pm25: float
+    pm25_lo: float
+    pm25_hi: float
+    aqi_us: int
+    aqi_us_category: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    station_id: str
+    issued_at: str
+    model_version: str
+    horizons: tuple[HorizonForecast, ...]
+
+
+def hour_to_iso(hour: int) -> str:
+    """Epoch hour -> ISO 8601 UTC string.
+
+    >>> hour_to_iso(0)
+    '1970-01-01T00:00:00Z'
+    """
+    return (_EPOCH + timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_to_hour(text: str) -> int:
+    """ISO 8601 timestamp with an explicit offset, on the hour -> epoch hour (UTC).
+
+    >>> iso_to_hour("2013-03-01T08:00:00+08:00") == iso_to_hour("2013-03-01T00:00:00Z")
+    True
+    """
+    try:
+        ts = datetime.fromisoformat(text)
+    except (TypeError, ValueError) as err:
+        raise InvalidReading("bad_timestamp", f"not ISO 8601: {text!r}") from err
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise InvalidReading("naive_timestamp", f"timestamp has no UTC offset: {text!r}")
+    if ts.minute or ts.second or ts.microsecond:
+        raise InvalidReading("not_on_hour", f"timestamp is not on the hour: {text!r}")
+    delta = ts - _EPOCH
+    return int(delta.total_seconds()) // 3600
+
+
+def _number(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidReading("bad_type", f"{name} must be a number or null, got {type(value).__name__}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise InvalidReading("not_finite", f"{name} is {value!r}")
+    lo, hi = RANGES[name]
+    if not lo <= x <= hi:
+        raise InvalidReading("out_of_range", f"{name}={x} outside [{lo}, {hi}]")
+    return x
+
+
+def reading_from_mapping(data: Mapping[str, Any], now_hour: int | None = None) -> Reading:
+    """Validate a decoded JSON object (or CSV row converted to JSON types) into a Reading.
+
+    ``now_hour`` (epoch hour of the wall clock) enables the ``future`` check; tests inject it.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidReading("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    # Unknown fields are ignored (tolerant reader): sensors may send more than we use.
+    station = data.get("station_id")
+    if station is None or "timestamp" not in data:
+        raise InvalidReading("missing_field", "station_id and timestamp are required")
+    if not isinstance(station, str) or not _STATION_RE.match(station):
+        raise InvalidReading("bad_station_id", f"station_id must match {_STATION_RE.pattern}")
+    stamp = data["timestamp"]
+    if not isinstance(stamp, str):
+        raise InvalidReading("bad_type", "timestamp must be a string")
+    hour = iso_to_hour(stamp)
+    if now_hour is not None and hour > now_hour + _FUTURE_TOLERANCE_H:
+        raise InvalidReading("future_timestamp", f"{stamp} is ahead of the clock")
+    wd = data.get("wind_direction")
+    if wd is not None and wd not in WIND_DIRECTIONS:
+        raise InvalidReading("bad_wind_direction", f"wind_direction {wd!r} is not a compass point or 'calm'")
+    values = {name: _number(name, data.get(name)) for name in _NUMERIC}
+    return Reading(station_id=station, hour=hour, wind_direction=wd, **values)
+
+
+def parse_reading(raw: bytes | None, now_hour: int | None = None) -> Reading:
+    """Decode and validate one message value. Raises InvalidReading with a reason code."""
+    if raw is None:
+        raise InvalidReading("empty", "message has no value")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidReading("too_large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise InvalidReading("bad_json", str(err)[:200]) from err
+    return reading_from_mapping(data, now_hour)
+
+
+def reading_to_json(r: Reading) -> bytes:
+    out: dict[str, Any] = {"station_id": r.station_id, "timestamp": r.timestamp}
+    for name in CSV_HEADER[2:]:
+        value = getattr(r, name)
+        if value is not None:
+            out[name] = value
+    return orjson.dumps(out)
+
+
+def reading_to_row(r: Reading) -> list[str]:
+    """The canonical CSV row (empty string = missing)."""
+    row = [r.station_id, r.timestamp]
+    for name in CSV_HEADER[2:]:
+        value = getattr(r, name)
+        row.append("" if value is None else (value if isinstance(value, str) else f"{value:g}"))
+    return row
+
+
+def forecast_to_json(f: Forecast) -> bytes:
+    """Deterministic serialisation: the same Forecast always gives the same bytes."""
+    return orjson.dumps(
+        {
+            "station_id": f.station_id,
+            "issued_at": f.issued_at,
+            "model_version": f.model_version,
+            "horizons": [
+                {
+                    "h": h.h,
+                    "target_time": h.target_time,
+                    "pm25": h.pm25,
+                    "pm25_lo": h.pm25_lo,
+                    "pm25_hi": h.pm25_hi,
+                    "aqi_us": h.aqi_us,
+                    "aqi_us_category": h.aqi_us_category,
+                }
+                for h in f.horizons
+            ],
+        }
+    )
+
+
+def forecast_from_json(raw: bytes | str) -> Forecast:
+    d = orjson.loads(raw)
+    return Forecast(
+        station_id=d["station_id"],
+        issued_at=d["issued_at"],
+        model_version=d["model_version"],
+        horizons=tuple(HorizonForecast(**h) for h in d["horizons"]),
+    )

@@ -1,0 +1,136 @@
+"""Per-station state: a bounded event-time buffer of raw hourly rows, as one compact value.
+
+The state is keyed by station in a table and written back once per reading. Its bytes are
+``newest_hour`` (int64), ``capacity`` (uint16), a presence byte per hour, then the float32 rows.
+Row ``capacity - 1`` is ``newest_hour``; row ``i`` is ``newest_hour - (capacity - 1 - i)``.
+
+:func:`apply_reading` is pure: state and reading in, new state and the epoch hours whose
+forecasts must be (re)issued out. Event time orders everything, never arrival:
+
+* a newer reading shifts the buffer; missing hours stay NaN (the feature code imputes them);
+* an out-of-order reading inside the allowed lateness is inserted in place, and the forecasts
+  whose windows contain it are re-issued, so the final forecast for every hour is the one the
+  clean, ordered sequence gives;
+* an identical duplicate changes nothing and re-issues only its own hour (idempotent output,
+  needed for at-least-once delivery); a different value for the same hour replaces the old one;
+* a reading older than the allowed lateness raises :class:`TooLate`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pm25.features import RAW_FIELDS, encode_reading
+from pm25.schema import Reading
+
+__all__ = ["StationWindow", "TooLate", "apply_reading"]
+
+_HEADER = struct.Struct("<qH")
+_N = len(RAW_FIELDS)
+
+
+class TooLate(ValueError):
+    """The reading is older than the allowed lateness."""
+
+
+@dataclass(slots=True)
+class StationWindow:
+    newest_hour: int
+    present: npt.NDArray[np.uint8]  # [capacity]
+    rows: npt.NDArray[np.float32]  # [capacity, len(RAW_FIELDS)]
+
+    @property
+    def capacity(self) -> int:
+        return int(self.present.shape[0])
+
+    @classmethod
+    def empty(cls, capacity: int, newest_hour: int) -> StationWindow:
+        return cls(
+            newest_hour=newest_hour,
+            present=np.zeros(capacity, dtype=np.uint8),
+            rows=np.full((capacity, _N), np.nan, dtype=np.float32),
+        )
+
+    def to_bytes(self) -> bytes:
+        return (
+            _HEADER.pack(self.newest_hour, self.capacity)
+            + self.present.tobytes()
+            + self.rows.tobytes()
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StationWindow:
+        newest, cap = _HEADER.unpack_from(data)
+        off = _HEADER.size
+        present = np.frombuffer(data, dtype=np.uint8, count=cap, offset=off).copy()
+        rows = np.frombuffer(data, dtype=np.float32, count=cap * _N, offset=off + cap)
+        return cls(newest_hour=newest, present=present, rows=rows.reshape(cap, _N).copy())
+
+    def index_of(self, hour: int) -> int:
+        return self.capacity - 1 - (self.newest_hour - hour)
+
+    def window(self, end_hour: int, length: int) -> npt.NDArray[np.float32]:
+        """The ``length`` raw rows ending at ``end_hour`` (NaN rows for hours never seen)."""
+        end = self.index_of(end_hour)
+        start = end - length + 1
+        if start < 0 or end >= self.capacity:
+            raise ValueError(f"window of {length} h ending at {end_hour} is outside the buffer")
+        return self.rows[start : end + 1]
+
+    def _shift_to(self, hour: int) -> None:
+        d = hour - self.newest_hour
+        if d >= self.capacity:
+            self.present[:] = 0
+            self.rows[:] = np.nan
+        else:
+            self.present[:-d] = self.present[d:]
+            self.present[-d:] = 0
+            self.rows[:-d] = self.rows[d:]
+            self.rows[-d:] = np.nan
+        self.newest_hour = hour
+
+
+def apply_reading(
+    state: StationWindow | None,
+    reading: Reading,
+    *,
+    capacity: int,
+    lateness_hours: int,
+    window_hours: int,
+) -> tuple[StationWindow, bool, list[int]]:
+    """Insert a reading; return (state, changed, hours to issue forecasts for, ascending).
+
+    ``capacity`` must be at least ``window_hours + lateness_hours`` so that every hour that may
+    be re-issued still has its full window in the buffer.
+    """
+    if capacity < window_hours + lateness_hours:
+        raise ValueError("capacity must be >= window_hours + lateness_hours")
+    hour = reading.hour
+    if state is None or state.capacity != capacity:
+        fresh = StationWindow.empty(capacity, hour)
+        if state is not None:  # capacity changed by configuration: keep what fits
+            keep = min(capacity, state.capacity)
+            fresh.newest_hour = state.newest_hour
+            fresh.present[-keep:] = state.present[-keep:]
+            fresh.rows[-keep:] = state.rows[-keep:]
+        state = fresh
+    if hour > state.newest_hour:
+        state._shift_to(hour)
+    elif hour < state.newest_hour - lateness_hours:
+        raise TooLate(
+            f"reading for hour {reading.timestamp} is more than {lateness_hours} h older "
+            f"than the newest one ({state.newest_hour - hour} h)"
+        )
+    i = state.index_of(hour)
+    row = encode_reading(reading)
+    if state.present[i] and np.array_equal(state.rows[i], row, equal_nan=True):
+        return state, False, [hour]
+    state.present[i] = 1
+    state.rows[i] = row
+    last = min(state.newest_hour, hour + window_hours - 1)
+    later = [h for h in range(hour + 1, last + 1) if state.present[state.index_of(h)]]
+    return state, True, [hour, *later]

@@ -1,0 +1,91 @@
+"""Inference behind a small protocol, and its onnxruntime implementation.
+
+``Forecaster.predict(raw_windows, end_hours)`` takes raw windows (the station buffer rows, NaN =
+missing) and returns point forecasts and the 80 % interval in µg/m³. Preprocessing is the shared
+feature code with the bundle's fitted parameters, so training and serving cannot drift.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from model_store import Bundle, BundleError
+from pm25.features import FEATURES, RAW_FIELDS, make_features, postprocess, scale
+
+__all__ = ["Forecaster", "OnnxForecaster", "Prediction"]
+
+log = logging.getLogger(__name__)
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    usable: npt.NDArray[np.bool_]  # [B]
+    point: F32  # [B, H] µg/m³
+    lo: F32  # [B, H] 10th percentile
+    hi: F32  # [B, H] 90th percentile
+
+
+class Forecaster(Protocol):
+    version: str
+    window_hours: int
+    horizons: tuple[int, ...]
+
+    def predict(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> Prediction: ...
+
+
+class OnnxForecaster:
+    """A verified bundle in onnxruntime (one intra-op thread: faster on small shared cores)."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        spec = bundle.spec
+        self.bundle = bundle
+        self.version = bundle.version
+        self.window_hours = int(spec["window_hours"])
+        self.horizons = tuple(int(h) for h in spec["horizons"])
+        self.max_gap_hours = int(spec["max_gap_hours"])
+        names = list(spec["features"])
+        unknown = [n for n in names if n not in FEATURES]
+        if unknown or spec.get("raw_fields", list(RAW_FIELDS)) != list(RAW_FIELDS):
+            raise BundleError(f"bundle {self.version}: features not supported by this code: {unknown}")
+        self._selected = [FEATURES.index(n) for n in names]
+        self._mean = np.asarray(spec["scaler"]["mean"], dtype=np.float32)
+        self._std = np.asarray(spec["scaler"]["std"], dtype=np.float32)
+        if self._mean.shape != (len(names),) or self._std.shape != (len(names),):
+            raise BundleError(f"bundle {self.version}: scaler does not match the feature list")
+        self._target = dict(spec["target"])
+        self._intervals = dict(spec["intervals"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(bundle.onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own untyped errors on a bad graph
+            raise BundleError(f"bundle {self.version}: onnxruntime cannot load the graph: {err}") from err
+        self._input = self._session.get_inputs()[0].name
+        self._smoke_test()
+
+    def _smoke_test(self) -> None:
+        """Run one window through the graph and check the shapes and that outputs are finite."""
+        raw = np.zeros((2, self.window_hours, len(RAW_FIELDS)), dtype=np.float32)
+        raw[:, :, 0] = 50.0
+        pred = self.predict(raw, np.array([400_000, 400_001], dtype=np.int64))
+        if pred.point.shape != (2, len(self.horizons)) or not np.isfinite(pred.point).all():
+            raise BundleError(f"bundle {self.version}: smoke inference gave shape {pred.point.shape} "
+                              f"or non-finite values; expected (2, {len(self.horizons)})")
+
+    def predict(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> Prediction:
+        batch = make_features(raw, end_hours, self.max_gap_hours)
+        x = scale(batch.features, self._selected, self._mean, self._std)
+        (out,) = self._session.run(None, {self._input: x})[:1]
+        out = np.asarray(out, dtype=np.float32).reshape(raw.shape[0], -1)
+        last = np.nan_to_num(batch.last_pm25, nan=0.0)
+        point, lo, hi = postprocess(out, last, self._target, self._intervals)
+        return Prediction(usable=batch.usable, point=point, lo=lo, hi=hi)

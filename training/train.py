@@ -1,0 +1,306 @@
+"""`pm25 train`: grid search on the validation year, export to ONNX, write a bundle, gate promotion.
+
+Split by time (CST years): train 2010-2012, validation 2013, test 2014. Every choice (early
+stopping, configuration, interval calibration) uses validation only; the test year is scored
+once, at the end, for the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from model_store import BundleError, load_production, promote, write_bundle
+from pm25.features import FEATURES, RAW_FIELDS, postprocess, scale
+from training.dataset import DataConfig, Samples, Series, load_series, make_samples, split_indices
+from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics
+from training.models import ModelConfig
+
+__all__ = ["GRIDS", "TrainConfig", "TrainResult", "train"]
+
+log = logging.getLogger(__name__)
+HORIZONS = 24
+#: Features the model reads (precipitation is not in the single-site data, so it is left out).
+MODEL_FEATURES = tuple(f for f in FEATURES if f != "log_precipitation")
+
+
+def _grid(families: tuple[str, ...], windows: tuple[int, ...], units: tuple[int, ...],
+          lrs: tuple[float, ...], dropouts: tuple[float, ...], epochs: int) -> list[ModelConfig]:
+    return [ModelConfig(family=f, window_hours=w, units=u, learning_rate=lr, dropout=d, epochs=epochs)
+            for f in families for w in windows for u in units for lr in lrs for d in dropouts]
+
+
+GRIDS: dict[str, Callable[[], list[ModelConfig]]] = {
+    # CI: one small model, a few epochs (< 2 minutes with export).
+    "quick": lambda: [ModelConfig(family="mlp", window_hours=24, units=32, epochs=4, patience=2)],
+    # The default grid: 4 families x 2 windows x 2 widths (dropout, learning rate per family).
+    "default": lambda: (
+        _grid(("mlp",), (24, 48), (64, 128), (1e-3,), (0.1,), 40)
+        + _grid(("conv1d",), (24, 48), (32, 64), (1e-3,), (0.1,), 30)
+        + _grid(("gru",), (24, 48), (32, 64), (2e-3,), (0.0,), 20)
+        + _grid(("lstm",), (24, 48), (32, 64), (2e-3,), (0.0,), 20)
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    grid: str = "default"
+    target_kind: str = "delta"  # "delta" (µg/m³ / target_scale) or "log_delta"
+    target_scale: float = 100.0
+    max_gap_hours: int = 6
+    seed: int = 42
+    selection_horizons: tuple[int, ...] = REPORT_HORIZONS
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    bundle_path: Path
+    version: str
+    val_score: float
+    promoted: bool
+    reason: str
+
+
+def _targets(s: Samples, kind: str, scale_: float) -> npt.NDArray[np.float32]:
+    last = s.last_pm25[:, None]
+    if kind == "delta":
+        return ((s.y - last) / scale_).astype(np.float32)
+    return (np.log1p(s.y) - np.log1p(last)).astype(np.float32)
+
+
+def _selection_score(metrics: dict[str, list[float]], horizons: tuple[int, ...]) -> float:
+    """Mean RMSE over the selection horizons (µg/m³), lower is better."""
+    return float(np.mean([metrics["rmse"][h - 1] for h in horizons]))
+
+
+def _package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "scikit-learn", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _code_fingerprint() -> str:
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for pkg in ("pm25", "training"):
+        for path in sorted((root / pkg).glob("*.py")):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class _Progress:
+    """One line per epoch: configuration k of n, epoch, validation loss."""
+
+    def __init__(self, k: int, n: int, name: str) -> None:
+        import keras
+
+        class CB(keras.callbacks.Callback):
+            def on_epoch_end(cb_self, epoch: int, logs: dict[str, float] | None = None) -> None:  # noqa: N805
+                logs = logs or {}
+                print(f"  [{k}/{n}] {name} epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
+                      f"val_loss {logs.get('val_loss', float('nan')):.4f}", file=sys.stderr, flush=True)
+
+        self.callback = CB()
+
+
+def _fit_one(cfg: ModelConfig, data: dict[str, Samples], sel: list[int], mean: npt.NDArray[np.float32],
+             std: npt.NDArray[np.float32], tc: TrainConfig, k: int, n: int) -> Any:
+    import keras
+
+    from training.models import build_model
+
+    keras.utils.set_random_seed(tc.seed)
+    xs = {name: scale(s.x, sel, mean, std) for name, s in data.items() if name != "test"}
+    ys = {name: _targets(data[name], tc.target_kind, tc.target_scale) for name in xs}
+    model = build_model(cfg, len(sel), HORIZONS)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
+    model.fit(xs["train"], ys["train"], validation_data=(xs["val"], ys["val"]), epochs=cfg.epochs,
+              batch_size=cfg.batch_size, shuffle=True, verbose=0,
+              callbacks=[stop, _Progress(k, n, cfg.name).callback])
+    return model
+
+
+def _predict(model: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return np.asarray(model.predict(x, batch_size=4096, verbose=0), dtype=np.float32)
+
+
+def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_better: bool = True) -> TrainResult:
+    import keras
+    import tensorflow as tf
+
+    from training.baselines import baseline_predictions
+    from training.export import export_onnx
+
+    tf.config.experimental.enable_op_determinism()
+    started = time.perf_counter()
+    series: Series = load_series(tc.data)
+    splits = split_indices(series, tc.data, HORIZONS)
+    configs = GRIDS[tc.grid]()
+    sel = [FEATURES.index(f) for f in MODEL_FEATURES]
+    samples: dict[int, dict[str, Samples]] = {}
+    scalers: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {}
+    results: list[dict[str, Any]] = []
+    best: tuple[float, ModelConfig, Any] | None = None
+    print(f"grid '{tc.grid}': {len(configs)} configurations", file=sys.stderr, flush=True)
+    for k, cfg in enumerate(configs, start=1):
+        w = cfg.window_hours
+        if w not in samples:
+            samples[w] = {name: make_samples(series, idx, w, HORIZONS, tc.max_gap_hours)
+                          for name, idx in splits.items()}
+            train_x = samples[w]["train"].x[:, :, sel].reshape(-1, len(sel))
+            # The scaler is fitted on the training split only.
+            from sklearn.preprocessing import StandardScaler
+
+            sc = StandardScaler().fit(train_x)
+            scalers[w] = (sc.mean_.astype(np.float32), np.maximum(sc.scale_, 1e-6).astype(np.float32))
+        mean, std = scalers[w]
+        t0 = time.perf_counter()
+        model = _fit_one(cfg, samples[w], sel, mean, std, tc, k, len(configs))
+        val = samples[w]["val"]
+        out = _predict(model, scale(val.x, sel, mean, std))
+        point, _, _ = postprocess(out, val.last_pm25, _target_spec(tc), _zero_intervals())
+        m = horizon_metrics(val.y, point)
+        score = _selection_score(m, tc.selection_horizons)
+        results.append({"config": cfg.to_dict(), "name": cfg.name, "val_score": round(score, 4),
+                        "val_rmse": {h: m["rmse"][h - 1] for h in REPORT_HORIZONS},
+                        "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"[{k}/{len(configs)}] {cfg.name}: validation mean RMSE {score:.2f} "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        if best is None or score < best[0]:
+            best = (score, cfg, model)
+        else:
+            keras.backend.clear_session(free_memory=False)
+    assert best is not None
+    score, cfg, model = best
+    w = cfg.window_hours
+    mean, std = scalers[w]
+    data = samples[w]
+    print(f"selected {cfg.name} (validation mean RMSE {score:.2f})", file=sys.stderr, flush=True)
+
+    # Interval calibration on validation residuals (log1p space), then test scored once.
+    val_out = _predict(model, scale(data["val"].x, sel, mean, std))
+    val_point, _, _ = postprocess(val_out, data["val"].last_pm25, _target_spec(tc), _zero_intervals())
+    resid = np.log1p(data["val"].y) - np.log1p(val_point)
+    intervals = {
+        "method": "split conformal on validation log1p residuals",
+        "quantiles": [0.1, 0.9],
+        "log_residual_lo": [round(float(np.nanquantile(resid[:, h], 0.1)), 5) for h in range(HORIZONS)],
+        "log_residual_hi": [round(float(np.nanquantile(resid[:, h], 0.9)), 5) for h in range(HORIZONS)],
+    }
+    metrics: dict[str, Any] = {}
+    for split in ("val", "test"):
+        s = data[split]
+        out = _predict(model, scale(s.x, sel, mean, std))
+        point, lo, hi = postprocess(out, s.last_pm25, _target_spec(tc), intervals)
+        base = baseline_predictions(series, s)
+        metrics[split] = {"model": horizon_metrics(s.y, point) | {"coverage_80": coverage(s.y, lo, hi)}}
+        for name, pred in base.items():
+            metrics[split][name] = horizon_metrics(s.y, pred)
+
+    version = tc.version or f"{cfg.family}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    onnx_bytes = export_onnx(model, w, len(sel), check_x=scale(data["val"].x[:256], sel, mean, std))
+    spec = {
+        "version": version,
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "family": cfg.family,
+        "config": cfg.to_dict(),
+        "window_hours": w,
+        "horizons": list(range(1, HORIZONS + 1)),
+        "raw_fields": list(RAW_FIELDS),
+        "features": list(MODEL_FEATURES),
+        "max_gap_hours": tc.max_gap_hours,
+        "scaler": {"kind": "sklearn.preprocessing.StandardScaler (fitted on train)",
+                   "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "target": _target_spec(tc),
+        "intervals": intervals,
+        "selection": {"score": "mean validation RMSE over horizons "
+                      + ",".join(map(str, tc.selection_horizons)),
+                      "val_score": round(score, 4), "grid": tc.grid, "results": results},
+        "metrics": metrics,
+        "data": {"file": Path(tc.data.path).name, "sha256": series.report.sha256,
+                 "rows": series.report.rows, "splits": {"train": list(tc.data.train_years),
+                                                        "val": tc.data.val_year, "test": tc.data.test_year}},
+        "train_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(replace(tc, data=DataConfig())).items() if k != "data"},
+        "seed": tc.seed,
+        "code_sha256": _code_fingerprint(),
+        "packages": _package_versions(),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    extra = {"MODEL_CARD.md": _model_card(spec).encode()}
+    path = write_bundle(store, spec, onnx_bytes, extra)
+    promoted, reason = _gate(store, version, score, force, promote_if_better)
+    print(reason, file=sys.stderr, flush=True)
+    return TrainResult(path, version, score, promoted, reason)
+
+
+def _target_spec(tc: TrainConfig) -> dict[str, Any]:
+    return {"kind": tc.target_kind, "scale": tc.target_scale if tc.target_kind == "delta" else 1.0}
+
+
+def _zero_intervals() -> dict[str, list[float]]:
+    return {"log_residual_lo": [0.0] * HORIZONS, "log_residual_hi": [0.0] * HORIZONS}
+
+
+def _gate(store: Path, version: str, score: float, force: bool, enabled: bool) -> tuple[bool, str]:
+    """Promote only if the new validation score beats production's (or --force)."""
+    if not enabled:
+        return False, f"bundle {version} written; not promoted (--no-promote)"
+    try:
+        current = load_production(store)
+        current_score = float(current.spec["selection"]["val_score"])
+        current_version = current.version
+    except (BundleError, KeyError) as err:
+        promote(store, version)
+        return True, f"promoted {version}: no usable production bundle ({err})"
+    if force:
+        promote(store, version)
+        return True, f"promoted {version} with --force (validation {score:.2f} vs {current_score:.2f} of {current_version})"
+    if score < current_score:
+        promote(store, version)
+        return True, f"promoted {version}: validation mean RMSE {score:.2f} beats {current_version}'s {current_score:.2f}"
+    return False, (f"kept {current_version} in production: its validation mean RMSE {current_score:.2f} "
+                   f"is not beaten by {version}'s {score:.2f} (use --force to promote anyway)")
+
+
+def _model_card(spec: dict[str, Any]) -> str:
+    lines = [f"# Model card: {spec['version']}", "",
+             f"- family: {spec['family']}, window {spec['window_hours']} h, horizons 1-24 h",
+             f"- target: {spec['target']['kind']}; intervals: {spec['intervals']['method']}",
+             f"- data: {spec['data']['file']} (sha256 {spec['data']['sha256'][:12]}...), "
+             f"train {spec['data']['splits']['train']}, validation {spec['data']['splits']['val']}, "
+             f"test {spec['data']['splits']['test']}",
+             f"- selected on validation only: {spec['selection']['score']} = {spec['selection']['val_score']}",
+             ""]
+    for split in ("val", "test"):
+        m = spec["metrics"][split]
+        lines += [f"## {'Validation' if split == 'val' else 'Test'} ({'2013' if split == 'val' else '2014'}), RMSE / MAE / R² (µg/m³)", "",
+                  "| horizon | " + " | ".join(m) + " | 80 % coverage |", "|---" * (len(m) + 2) + "|"]
+        for h in REPORT_HORIZONS:
+            cells = [f"{m[k]['rmse'][h - 1]:.2f} / {m[k]['mae'][h - 1]:.2f} / {m[k]['r2'][h - 1]:.3f}" for k in m]
+            lines.append(f"| {h} h | " + " | ".join(cells) + f" | {m['model']['coverage_80'][h - 1]:.1%} |")
+        lines.append("")
+    lines += ["## Grid (validation mean RMSE)", "", "| configuration | score | seconds |", "|---|---|---|"]
+    lines += [f"| {r['name']} | {r['val_score']:.2f} | {r['seconds']} |" for r in spec["selection"]["results"]]
+    lines += ["", "Package versions: " + json.dumps(spec["packages"]), ""]
+    return "\n".join(lines)
