@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +121,12 @@ class Settings:
         password = get("SASL_PASSWORD")
         store = get("MODEL_STORE")
         values: dict[str, Any] = {
-            "bootstrap_servers": get("BOOTSTRAP_SERVERS") or cls.bootstrap_servers,
-            "readings_topic": get("READINGS_TOPIC") or cls.readings_topic,
-            "forecasts_topic": get("FORECASTS_TOPIC") or cls.forecasts_topic,
-            "dlq_topic": get("DLQ_TOPIC") or cls.dlq_topic,
-            "scores_topic": get("SCORES_TOPIC") or cls.scores_topic,
-            "partitions": as_int("PARTITIONS", cls.partitions),
+            "bootstrap_servers": get("BOOTSTRAP_SERVERS") or _DEFAULTS["bootstrap_servers"],
+            "readings_topic": get("READINGS_TOPIC") or _DEFAULTS["readings_topic"],
+            "forecasts_topic": get("FORECASTS_TOPIC") or _DEFAULTS["forecasts_topic"],
+            "dlq_topic": get("DLQ_TOPIC") or _DEFAULTS["dlq_topic"],
+            "scores_topic": get("SCORES_TOPIC") or _DEFAULTS["scores_topic"],
+            "partitions": as_int("PARTITIONS", _DEFAULTS["partitions"]),
             "model_store": Path(store) if store else None,
             "embedded_broker": (get("EMBEDDED_BROKER") or "0").lower() in ("1", "true", "yes"),
             "security_protocol": (get("SECURITY_PROTOCOL") or "PLAINTEXT").upper(),
@@ -134,8 +134,8 @@ class Settings:
             "sasl_username": get("SASL_USERNAME"),
             "sasl_password": Secret(password) if password else None,
             "ssl_cafile": get("SSL_CAFILE"),
-            "web_port": as_int("WEB_PORT", cls.web_port),
-            "lateness_hours": as_int("LATENESS_HOURS", cls.lateness_hours),
+            "web_port": as_int("WEB_PORT", _DEFAULTS["web_port"]),
+            "lateness_hours": as_int("LATENESS_HOURS", _DEFAULTS["lateness_hours"]),
         }
         settings = cls(**values)
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -153,3 +153,6 @@ class Settings:
         if self.ssl_cafile:
             out["ssl_cafile"] = self.ssl_cafile
         return out
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}

@@ -7,17 +7,17 @@ micro-batch of Kafka events; the backtest calls them over a file. Same code, sam
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from pm25.aqi import us_aqi
 from pm25.schema import Forecast, HorizonForecast, Reading, hour_to_iso
-from pm25.window import StationWindow, apply_reading
+from pm25.window import StationWindow, TooLate, apply_reading
 from stream_processor.inference import Forecaster
 
-__all__ = ["Engine", "Request"]
+__all__ = ["Engine", "Request", "run_offline"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +53,18 @@ class Engine:
         requests = [Request(reading.station_id, h, state.window(h, w).copy()) for h in hours]
         return state, changed, requests
 
-    def forecast(self, requests: list[Request]) -> list[Forecast]:
-        """One batched inference; windows that are not usable (long gaps) give no forecast."""
+    def forecast(self, requests: list[Request]) -> list[Forecast | None]:
+        """One batched inference, aligned with ``requests``; None where the window is not usable
+        (a PM2.5 gap longer than the model's ``max_gap_hours``): that forecast is suspended."""
         if not requests:
             return []
         model = self.model
         raw = np.stack([r.raw for r in requests])
         ends = np.array([r.end_hour for r in requests], dtype=np.int64)
         pred = model.predict(raw, ends)
-        out: list[Forecast] = []
-        for i, req in enumerate(requests):
-            if pred.usable[i]:
-                out.append(_build(req, model, pred.point[i].tolist(), pred.lo[i].tolist(), pred.hi[i].tolist()))
-        return out
+        point, lo, hi = pred.point.tolist(), pred.lo.tolist(), pred.hi.tolist()
+        return [_build(req, model, point[i], lo[i], hi[i]) if pred.usable[i] else None
+                for i, req in enumerate(requests)]
 
 
 def _build(req: Request, model: Forecaster, point: list[float], lo: list[float], hi: list[float]) -> Forecast:
@@ -81,18 +80,22 @@ def _build(req: Request, model: Forecaster, point: list[float], lo: list[float],
                     model_version=model.version, horizons=tuple(horizons))
 
 
-def run_offline(engine: Engine, readings: Iterable[Reading], batch_size: int = 256) -> Iterator[Forecast]:
-    """The backtest: readings in the given (event-time) order, state in a dict, batches of
-    ``batch_size`` readings per inference, exactly as the worker publishes."""
+def run_offline(engine: Engine, readings: Iterable[Reading], batch_size: int = 256,
+                on_reject: Callable[[Reading, TooLate], None] | None = None) -> Iterator[Forecast]:
+    """The backtest: readings in the given order, state in a dict, one inference per
+    ``batch_size`` readings, the forecasts exactly as the worker publishes them."""
     states: dict[str, StationWindow] = {}
     pending: list[Request] = []
-    n = 0
-    for reading in readings:
-        state, _, requests = engine.ingest(states.get(reading.station_id), reading)
+    for n, reading in enumerate(readings, start=1):
+        try:
+            state, _, requests = engine.ingest(states.get(reading.station_id), reading)
+        except TooLate as err:
+            if on_reject is not None:
+                on_reject(reading, err)
+            continue
         states[reading.station_id] = state
         pending.extend(requests)
-        n += 1
         if n % batch_size == 0:
-            yield from engine.forecast(pending)
+            yield from (f for f in engine.forecast(pending) if f is not None)
             pending = []
-    yield from engine.forecast(pending)
+    yield from (f for f in engine.forecast(pending) if f is not None)

@@ -35,6 +35,7 @@ class Prediction:
 class Forecaster(Protocol):
     version: str
     window_hours: int
+    max_gap_hours: int
     horizons: tuple[int, ...]
 
     def predict(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> Prediction: ...

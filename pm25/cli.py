@@ -1,0 +1,309 @@
+"""The ``pm25`` command: one entry point, one subcommand per job.
+
+Settings come from ``PM25_*`` environment variables (see ``pm25.settings``) and the flags here;
+a bad argument or setting gives a one-line error and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+log = logging.getLogger("pm25")
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from err
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {text}")
+    return value
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pm25.settings import Settings
+
+    return Settings.from_env(
+        bootstrap_servers=getattr(args, "bootstrap_servers", None),
+        readings_topic=getattr(args, "readings_topic", None),
+        forecasts_topic=getattr(args, "forecasts_topic", None),
+        dlq_topic=getattr(args, "dlq_topic", None),
+        model_store=Path(args.model_store) if getattr(args, "model_store", None) else None,
+        web_port=getattr(args, "web_port", None),
+    )
+
+
+def _kafka_args(p: argparse.ArgumentParser, *topics: str) -> None:
+    p.add_argument("--bootstrap-servers", metavar="HOST:PORT",
+                   help="Kafka bootstrap servers (env PM25_BOOTSTRAP_SERVERS, default 127.0.0.1:9092)")
+    for t in topics:
+        p.add_argument(f"--{t}-topic", metavar="NAME", help=f"{t} topic (env PM25_{t.upper()}_TOPIC)")
+
+
+# -- commands --------------------------------------------------------------------------------
+def cmd_broker(args: argparse.Namespace) -> int:
+    from pm25.embedded import EmbeddedBroker
+
+    broker = EmbeddedBroker(args.port).start()
+    print(f"embedded broker (Tansu, memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it.\n"
+          f"  export PM25_BOOTSTRAP_SERVERS={broker.bootstrap_servers} PM25_EMBEDDED_BROKER=1", flush=True)
+    try:
+        return broker.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from pm25.kafka import ensure_topics
+
+    settings = _settings(args)
+    created = ensure_topics(settings)
+    print(f"topics created: {', '.join(created) or 'none (all existed)'}")
+    return 0
+
+
+def _iso_hour(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from pm25.schema import InvalidReading, iso_to_hour
+
+    try:
+        return iso_to_hour(text if ("+" in text[10:] or text.endswith("Z")) else text + "Z")
+    except InvalidReading as err:
+        raise UsageError(f"--start: {err.detail}") from err
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from pm25.kafka import ensure_topics, make_producer
+    from producer.replay import ReplayReport, load_source, replay
+
+    settings = _settings(args)
+    report = ReplayReport()
+    stations = set(args.stations.split(",")) if args.stations else None
+    readings = load_source(args.source, report.invalid, stations, _iso_hour(args.start), args.hours)
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    try:
+        replay(producer, settings.readings_topic, readings, report, speedup=args.speedup, rate=args.rate,
+               progress=not args.quiet)
+    finally:
+        producer.close()
+    for err in report.invalid[:10]:
+        print(f"invalid row {err.source}:{err.line}: {err.reason}: {err.detail}", file=sys.stderr)
+    if len(report.invalid) > 10:
+        print(f"... and {len(report.invalid) - 10} more invalid rows", file=sys.stderr)
+    if args.invalid_out and report.invalid:
+        with open(args.invalid_out, "w", encoding="utf-8") as fh:
+            for err in report.invalid:
+                fh.write(f"{err.source}\t{err.line}\t{err.reason}\t{err.detail}\n")
+    print(report.summary())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from pm25.kafka import ensure_topics
+    from stream_processor.app import Worker
+
+    settings = _settings(args)
+    ensure_topics(settings)
+    worker = Worker(settings)
+    log.info("worker: model %s, broker %s, web port %d", worker.engine.model.version,
+             settings.bootstrap_servers, settings.web_port)
+    faust.Worker(worker.app, loglevel=args.log_level.upper(), quiet=True).execute_from_commandline()
+    return 0
+
+
+def cmd_forecasts(args: argparse.Namespace) -> int:
+    from pm25.kafka import make_consumer
+    from pm25.schema import forecast_from_json
+    from pm25.viewer import format_forecast
+
+    settings = _settings(args)
+    consumer = make_consumer(settings, settings.forecasts_topic, group_id=args.group,
+                             consumer_timeout_ms=int(args.timeout * 1000) if args.timeout else float("inf"),
+                             auto_offset_reset="earliest" if args.from_beginning else "latest")
+    n = 0
+    try:
+        for msg in consumer:
+            print(format_forecast(forecast_from_json(msg.value)) if not args.json else msg.value.decode(),
+                  flush=True)
+            n += 1
+            if args.max and n >= args.max:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    print(f"{n} forecasts", file=sys.stderr)
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from producer.replay import load_source
+    from stream_processor.backtest import run_backtest
+
+    settings = _settings(args)
+    invalid: list[Any] = []
+    readings = load_source(args.readings, invalid)
+    n, rejected = run_backtest(settings, readings, Path(args.out), progress=not args.quiet)
+    print(f"{n} forecasts written to {args.out}; invalid rows {len(invalid)}, rejected readings {rejected}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from training.train import TrainConfig, train
+    except ImportError as err:
+        raise UsageError(f"training needs the training extra (pip install -e '.[training]'): {err}") from err
+    from model_store import default_store
+
+    store = Path(args.model_store) if args.model_store else default_store()
+    cfg = TrainConfig(grid=args.grid, seed=args.seed, version=args.version)
+    result = train(cfg, store, force=args.force, promote_if_better=not args.no_promote)
+    print(f"bundle {result.version} at {result.bundle_path}; {result.reason}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pm25.demo import run_demo
+
+    return run_demo(hours=args.hours, speedup=args.speedup, timeout=args.timeout)
+
+
+# -- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pm25", description="Event-driven PM2.5 forecaster (Kafka + Faust + ONNX).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) in the foreground")
+    s.add_argument("--port", type=_port, default=9092, help="port on 127.0.0.1 (default 9092)")
+    s.set_defaults(func=cmd_broker)
+
+    s = sub.add_parser("topics", help="create the project's topics if missing")
+    _kafka_args(s, "readings", "forecasts", "dlq")
+    s.set_defaults(func=cmd_topics)
+
+    s = sub.add_parser("produce", help="publish readings in event-time order, keyed by station")
+    _kafka_args(s, "readings")
+    s.add_argument("--source", default="multisite",
+                   help="'multisite' (12 Beijing stations), 'single-site', or a canonical readings CSV path")
+    s.add_argument("--stations", help="comma-separated station ids to keep")
+    s.add_argument("--start", help="first hour to send (ISO 8601, UTC if no offset)")
+    s.add_argument("--hours", type=_positive_int, help="send this many simulated hours")
+    pace = s.add_mutually_exclusive_group()
+    pace.add_argument("--speedup", type=_positive_float, help="simulated time / real time (3600 = 1 h per second)")
+    pace.add_argument("--rate", type=_positive_float, help="readings per second")
+    s.add_argument("--invalid-out", help="write invalid rows (file, line, reason) to this TSV")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_produce)
+
+    s = sub.add_parser("worker", help="run the stream processor (Faust worker)")
+    _kafka_args(s, "readings", "forecasts", "dlq")
+    s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
+    s.add_argument("--web-port", type=_port, help="HTTP port for /health, /ready, /metrics (env PM25_WEB_PORT)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("forecasts", help="follow the forecast topic, one readable line per forecast")
+    _kafka_args(s, "forecasts")
+    s.add_argument("--from-beginning", action="store_true", help="start at the earliest forecast")
+    s.add_argument("--max", type=_positive_int, help="stop after this many forecasts")
+    s.add_argument("--timeout", type=_positive_float, help="stop after this many idle seconds")
+    s.add_argument("--group", help="consumer group (default: none, no commits)")
+    s.add_argument("--json", action="store_true", help="print the raw JSON messages")
+    s.set_defaults(func=cmd_forecasts)
+
+    s = sub.add_parser("backtest", help="run the stream's window + inference code offline over a readings file")
+    s.add_argument("--readings", required=True,
+                   help="canonical readings CSV (or 'multisite' / 'single-site' for the bundled data)")
+    s.add_argument("--out", required=True, help="output JSON lines, one forecast per line")
+    s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_backtest)
+
+    s = sub.add_parser("train", help="train, select on validation, export ONNX, write a bundle (training extra)")
+    s.add_argument("--grid", default="default", choices=["default", "quick"])
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--version", help="bundle version (default: family + UTC time)")
+    s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
+    gate = s.add_mutually_exclusive_group()
+    gate.add_argument("--force", action="store_true", help="promote even if production scores better")
+    gate.add_argument("--no-promote", action="store_true", help="write the bundle, do not promote it")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("demo", help="embedded broker + worker + replay of the 12 Beijing stations, then a summary")
+    s.add_argument("--hours", type=_positive_int, default=96, help="simulated hours to replay (default 96)")
+    s.add_argument("--speedup", type=_positive_float, default=36000.0,
+                   help="simulated/real time (default 36000: 10 h per second)")
+    s.add_argument("--timeout", type=_positive_float, default=180.0, help="give up after this many seconds")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "aiokafka", "tf2onnx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    func: Callable[[argparse.Namespace], int] = args.func
+    from model_store import BundleError
+    from pm25.schema import InvalidReading
+    from pm25.settings import SettingsError
+
+    try:
+        return func(args)
+    except (UsageError, SettingsError, FileNotFoundError, InvalidReading) as err:
+        print(f"pm25 {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BundleError as err:
+        print(f"pm25 {args.command}: model store error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""`pm25 demo` (run by `make demo`): the whole system on one machine, started and stopped here.
+
+Starts the embedded broker and a worker process, replays the 12 Beijing multi-site stations for a
+few simulated days, prints the forecasts as they arrive, checks them against the offline backtest
+of the same readings (same code path, so the bytes must be equal), prints a summary and stops
+everything it started. Exit status 0 only if every station got forecasts with 24 horizons and
+every expected forecast arrived.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from pm25.adapters import MULTISITE_STATIONS, RowError
+from pm25.embedded import EmbeddedBroker, free_port
+from pm25.schema import forecast_from_json, forecast_to_json
+from pm25.settings import Settings
+from pm25.viewer import format_forecast
+
+__all__ = ["WorkerProcess", "run_demo"]
+
+
+class WorkerProcess:
+    """`pm25 worker` as a child process with its log in a file (used by the demo and tests)."""
+
+    def __init__(self, settings_env: dict[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **settings_env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.web_port = int(settings_env["PM25_WEB_PORT"])
+
+    def start(self) -> WorkerProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "pm25.cli", "worker"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        """Seconds until /ready answered 200; raises RuntimeError if the worker died or timed out."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; log:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/ready", timeout=1) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {timeout} s; log:\n{self.tail()}")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:  # noqa: S310
+            return str(resp.read().decode())
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0) -> int:
+    from pm25.kafka import ensure_topics, make_consumer, make_producer
+    from producer.replay import ReplayReport, load_source, replay
+    from stream_processor.backtest import make_engine
+    from stream_processor.engine import run_offline
+
+    workdir = Path(tempfile.mkdtemp(prefix="pm25-demo-"))
+    broker = EmbeddedBroker().start()
+    web_port = free_port()
+    env = {"PM25_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "PM25_EMBEDDED_BROKER": "1",
+           "PM25_WEB_PORT": str(web_port)}
+    settings = Settings.from_env({**os.environ, **env})
+    worker = WorkerProcess(env, workdir / "worker.log")
+    print(f"embedded broker on {broker.bootstrap_servers}; worker log {worker.log_path}", flush=True)
+    try:
+        ensure_topics(settings)
+        # What the worker must publish: the same readings through the same code, offline.
+        invalid: list[RowError] = []
+        readings = list(load_source("multisite", invalid, hours=hours))
+        expected = {(f.station_id, f.issued_at): forecast_to_json(f) for f in run_offline(make_engine(settings), readings)}
+        worker.start()
+        ready_s = worker.wait_ready()
+        print(f"worker ready in {ready_s:.1f} s; metrics at http://127.0.0.1:{web_port}/metrics", flush=True)
+
+        received: dict[tuple[str, str], bytes] = {}
+        done = threading.Event()
+
+        def consume() -> None:
+            consumer = make_consumer(settings, settings.forecasts_topic, group_id=None, consumer_timeout_ms=500)
+            try:
+                while not done.is_set():
+                    for msg in consumer:
+                        f = forecast_from_json(msg.value)
+                        received[(f.station_id, f.issued_at)] = msg.value
+                        print(format_forecast(f), flush=True)
+            finally:
+                consumer.close()
+
+        thread = threading.Thread(target=consume, daemon=True)
+        thread.start()
+        report = ReplayReport(invalid=invalid)
+        producer = make_producer(settings)
+        replay(producer, settings.readings_topic, readings, report, speedup=speedup, progress=False)
+        producer.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not set(expected) <= set(received):
+            time.sleep(0.5)
+        done.set()
+        thread.join(timeout=10)
+        metrics = worker.metrics()
+    finally:
+        worker.stop()
+        broker.stop()
+
+    stations = Counter(s for s, _ in received)
+    horizons_ok = all(len(forecast_from_json(v).horizons) == 24 for v in received.values())
+    missing = set(expected) - set(received)
+    mismatched = [k for k in expected if k in received and received[k] != expected[k]]
+    versions = sorted({forecast_from_json(v).model_version for v in received.values()})
+    print("\n== demo summary ==")
+    print(f"readings sent:        {report.sent} ({report.first_hour} .. {report.last_hour}), invalid rows {len(report.invalid)}")
+    print(f"forecasts received:   {len(received)} (expected {len(expected)} from the offline backtest; "
+          f"missing {len(missing)}, differing bytes {len(mismatched)})")
+    print(f"stations forecast:    {len(stations)} of {len(MULTISITE_STATIONS)}: "
+          + ", ".join(f"{s} {n}" for s, n in sorted(stations.items())))
+    print(f"horizons per forecast: {'24 in every forecast' if horizons_ok else 'NOT 24 in every forecast'}")
+    print(f"model version:        {', '.join(versions)}")
+    print(f"worker metrics:       readings in {_metric(metrics, 'pm25_readings_in_total'):.0f}, "
+          f"forecasts out {_metric(metrics, 'pm25_forecasts_out_total'):.0f}, "
+          f"dead letters {_metric(metrics, 'pm25_dead_letters_total'):.0f}")
+    ok = len(stations) == len(MULTISITE_STATIONS) and horizons_ok and not missing and not mismatched
+    print("demo: OK" if ok else "demo: FAILED")
+    return 0 if ok else 1

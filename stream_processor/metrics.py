@@ -1,0 +1,42 @@
+"""Prometheus metrics of the worker, in a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["WorkerMetrics"]
+
+_LATENCY_BUCKETS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+_E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.readings_in = Counter("pm25_readings_in", "Reading messages consumed", registry=r)
+        self.readings_valid = Counter("pm25_readings_valid", "Readings accepted into a station window", registry=r)
+        self.duplicates = Counter("pm25_readings_duplicate", "Readings identical to one already held", registry=r)
+        self.out_of_order = Counter("pm25_readings_out_of_order", "Readings older than the station's newest, inserted in place", registry=r)
+        self.forecasts_out = Counter("pm25_forecasts_out", "Forecast messages published", registry=r)
+        self.suspended = Counter("pm25_forecasts_suspended", "Forecasts not issued because the window had a long gap", registry=r)
+        self.dead_letters = Counter("pm25_dead_letters", "Messages sent to the dead-letter topic", ["reason"], registry=r)
+        self.inference_seconds = Histogram("pm25_inference_seconds", "Batched inference time (features + ONNX)",
+                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("pm25_batch_readings", "Readings per micro-batch",
+                                    buckets=(1, 4, 16, 64, 256, 1024), registry=r)
+        self.reading_to_forecast_seconds = Histogram(
+            "pm25_reading_to_forecast_seconds",
+            "Time from a reading's Kafka timestamp to its forecast being handed to the producer",
+            buckets=_E2E_BUCKETS, registry=r)
+        self.model_info = Gauge("pm25_model_info", "Production model serving (value 1)", ["version"], registry=r)
+        self.model_swaps = Counter("pm25_model_swaps", "Model hot swaps", ["result"], registry=r)
+        self.hindcast_rmse = Gauge("pm25_hindcast_rmse", "Rolling RMSE of realised forecasts (µg/m³)",
+                                   ["model", "horizon"], registry=r)
+        self.hindcast_pairs = Counter("pm25_hindcast_pairs", "Forecast/actual pairs scored", registry=r)
+
+    def set_model(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
