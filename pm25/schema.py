@@ -5,7 +5,7 @@ definitions; nothing else parses or writes a reading.
 
 >>> r = parse_reading(b'{"station_id": "Dongsi", "timestamp": "2013-03-01T00:00:00Z", "pm25": 9}')
 >>> r.station_id, r.hour, r.pm25
-('Dongsi', 376056, 9.0)
+('Dongsi', 378360, 9.0)
 >>> reading_to_json(r)[:60]
 b'{"station_id":"Dongsi","timestamp":"2013-03-01T00:00:00Z","p'
 """

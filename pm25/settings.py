@@ -7,6 +7,7 @@ Environment variables (all optional):
 variable                       meaning                                    default
 =============================  =========================================  =====================
 PM25_BOOTSTRAP_SERVERS         Kafka bootstrap servers, HOST:PORT[,...]   127.0.0.1:9092
+PM25_APP_ID                    worker group id and table prefix           pm25-forecaster
 PM25_READINGS_TOPIC            input topic                                pm25.readings
 PM25_FORECASTS_TOPIC           output topic                               pm25.forecasts
 PM25_DLQ_TOPIC                 dead-letter topic                          pm25.readings.dlq
@@ -69,6 +70,7 @@ def _hostport(value: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "pm25-forecaster"
     readings_topic: str = "pm25.readings"
     forecasts_topic: str = "pm25.forecasts"
     dlq_topic: str = "pm25.readings.dlq"
@@ -122,6 +124,7 @@ class Settings:
         store = get("MODEL_STORE")
         values: dict[str, Any] = {
             "bootstrap_servers": get("BOOTSTRAP_SERVERS") or _DEFAULTS["bootstrap_servers"],
+            "app_id": get("APP_ID") or _DEFAULTS["app_id"],
             "readings_topic": get("READINGS_TOPIC") or _DEFAULTS["readings_topic"],
             "forecasts_topic": get("FORECASTS_TOPIC") or _DEFAULTS["forecasts_topic"],
             "dlq_topic": get("DLQ_TOPIC") or _DEFAULTS["dlq_topic"],

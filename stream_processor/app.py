@@ -55,7 +55,7 @@ def _faust_credentials(settings: Settings) -> dict[str, Any]:
 class Worker:
     """Builds the Faust app around a Processor; everything is reachable for tests."""
 
-    def __init__(self, settings: Settings, *, app_id: str = "pm25-forecaster") -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = settings.model_store or default_store()
         self.metrics = WorkerMetrics()
@@ -79,7 +79,7 @@ class Worker:
         }
         if settings.embedded_broker:
             conf.update(faust_overrides())
-        self.app = faust.App(app_id, **conf)
+        self.app = faust.App(settings.app_id, **conf)
         self.readings = self.app.topic(settings.readings_topic, key_type=bytes, value_type=bytes,
                                        key_serializer="raw", value_serializer="raw")
         self.forecasts = self.app.topic(settings.forecasts_topic, key_type=bytes, value_type=bytes,

@@ -70,14 +70,22 @@ class OnnxForecaster:
             self._session = ort.InferenceSession(bundle.onnx_bytes, opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own untyped errors on a bad graph
             raise BundleError(f"bundle {self.version}: onnxruntime cannot load the graph: {err}") from err
-        self._input = self._session.get_inputs()[0].name
+        graph_in = self._session.get_inputs()[0]
+        self._input = graph_in.name
+        expected = [self.window_hours, len(names)]
+        if list(graph_in.shape[1:]) != expected:
+            raise BundleError(f"bundle {self.version}: graph input {graph_in.shape} does not match the spec "
+                              f"[batch, {expected[0]}, {expected[1]}]")
         self._smoke_test()
 
     def _smoke_test(self) -> None:
-        """Run one window through the graph and check the shapes and that outputs are finite."""
+        """Run two windows through the graph and check the shapes and that outputs are finite."""
         raw = np.zeros((2, self.window_hours, len(RAW_FIELDS)), dtype=np.float32)
         raw[:, :, 0] = 50.0
-        pred = self.predict(raw, np.array([400_000, 400_001], dtype=np.int64))
+        try:
+            pred = self.predict(raw, np.array([400_000, 400_001], dtype=np.int64))
+        except Exception as err:  # onnxruntime raises untyped errors for a graph it cannot run
+            raise BundleError(f"bundle {self.version}: smoke inference failed: {err}") from err
         if pred.point.shape != (2, len(self.horizons)) or not np.isfinite(pred.point).all():
             raise BundleError(f"bundle {self.version}: smoke inference gave shape {pred.point.shape} "
                               f"or non-finite values; expected (2, {len(self.horizons)})")

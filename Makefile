@@ -1,0 +1,54 @@
+# Two commands matter: `make demo` (the whole system on the embedded broker) and `make test`.
+# Both create .venv if it is missing and install what they need; afterwards .venv/bin/pm25 exists.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: demo test test-fast lint typecheck bench train train-quick eda evaluate clean help
+
+help:
+	@echo "make demo   - embedded broker + worker + replay of 12 Beijing stations, prints forecasts"
+	@echo "make test   - install test dependencies and run the whole test suite"
+	@echo "make lint   - ruff, mypy, actionlint, hadolint, compose schema, shellcheck"
+	@echo "make bench  - benchmark (writes reports/bench.json and a plot)"
+	@echo "make train  - default grid search, writes and (if better) promotes a bundle"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.serving: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[serving]'
+	@touch $@
+
+$(VENV)/.all: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[serving,training,dev]'
+	@touch $@ $(VENV)/.serving
+
+demo: $(VENV)/.serving
+	$(BIN)/pm25 demo
+
+test: $(VENV)/.all
+	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.all
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(VENV)/.all
+	.ci/lint
+
+typecheck: $(VENV)/.all
+	$(BIN)/mypy
+
+bench: $(VENV)/.all
+	$(BIN)/pm25 bench --out reports/bench.json
+
+train: $(VENV)/.all
+	$(BIN)/pm25 train --grid default
+
+train-quick: $(VENV)/.all
+	$(BIN)/pm25 train --grid quick --no-promote
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,84 @@
+"""The model store refuses anything that does not match its manifest."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from model_store import (
+    BundleError,
+    BundleIntegrityError,
+    BundleNotFound,
+    load_bundle,
+    load_production,
+    promote,
+    write_bundle,
+)
+from stream_processor.inference import OnnxForecaster
+
+
+@pytest.fixture
+def store(tmp_path, production_bundle):
+    dst = tmp_path / "store" / "bundles" / production_bundle.version
+    shutil.copytree(production_bundle.path, dst)
+    promote(tmp_path / "store", production_bundle.version)
+    return tmp_path / "store"
+
+
+def _flip_byte(path, offset=100):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_committed_production_bundle_loads_and_forecasts(production_bundle):
+    model = OnnxForecaster(production_bundle)
+    raw = np.full((3, model.window_hours, 8), np.nan, dtype=np.float32)
+    raw[:, :, 0] = [[40.0], [120.0], [5.0]]
+    pred = model.predict(raw, np.array([380_000, 380_001, 380_002]))
+    assert pred.usable.all() and pred.point.shape == (3, 24)
+    assert (pred.lo <= pred.point).all() and (pred.point <= pred.hi).all()
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "spec.json"])
+def test_changed_byte_is_refused(store, production_bundle, name):
+    _flip_byte(store / "bundles" / production_bundle.version / name)
+    with pytest.raises(BundleIntegrityError, match="sha256 mismatch"):
+        load_production(store)
+
+
+def test_extra_or_missing_file_is_refused(store, production_bundle):
+    folder = store / "bundles" / production_bundle.version
+    (folder / "evil.py").write_text("print('hi')")
+    with pytest.raises(BundleIntegrityError, match="extra"):
+        load_bundle(folder)
+    (folder / "evil.py").unlink()
+    (folder / "MODEL_CARD.md").unlink()
+    with pytest.raises(BundleIntegrityError, match="missing"):
+        load_bundle(folder)
+
+
+def test_rewritten_manifest_is_refused_by_the_pointer(store, production_bundle):
+    folder = store / "bundles" / production_bundle.version
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(BundleIntegrityError, match="production pointer"):
+        load_production(store)
+
+
+def test_no_pointer(tmp_path):
+    with pytest.raises(BundleNotFound):
+        load_production(tmp_path)
+
+
+def test_write_bundle_refuses_overwrite_and_mismatched_graph(tmp_path, production_bundle):
+    spec = dict(production_bundle.spec) | {"version": "x1"}
+    write_bundle(tmp_path, spec, production_bundle.onnx_bytes)
+    with pytest.raises(BundleError, match="already exists"):
+        write_bundle(tmp_path, spec, production_bundle.onnx_bytes)
+    # a graph whose input does not match the spec's window fails the smoke inference
+    bad = dict(production_bundle.spec) | {"version": "x2", "window_hours": production_bundle.spec["window_hours"] + 5}
+    path = write_bundle(tmp_path, bad, production_bundle.onnx_bytes)
+    with pytest.raises(BundleError):
+        OnnxForecaster(load_bundle(path))

@@ -1,0 +1,55 @@
+"""Bad arguments give one line on stderr and a non-zero exit, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pm25.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["produce", "--rate", "-5"],
+        ["produce", "--hours", "x"],
+        ["produce", "--rate", "1", "--speedup", "2"],
+        ["broker", "--port", "70000"],
+        ["nosuchcommand"],
+        ["train", "--grid", "huge"],
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0]
+
+
+def test_missing_readings_file_is_one_line(tmp_path, capsys):
+    code = main(["backtest", "--readings", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.jsonl")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such readings file" in err[0]
+
+
+def test_bad_environment_is_one_line():
+    proc = subprocess.run([sys.executable, "-m", "pm25.cli", "topics"], capture_output=True, text=True,
+                          env={"PM25_BOOTSTRAP_SERVERS": "not-a-server", "PATH": ""}, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "bootstrap servers" in proc.stderr
+
+
+def test_backtest_writes_forecasts(tmp_path):
+    from pm25.adapters import RowError, read_multisite, write_canonical_csv
+    from pm25.adapters import multisite_files
+
+    readings = [r for _, r in zip(range(60), read_multisite(multisite_files()[0]), strict=False)
+                if not isinstance(r, RowError)]
+    csv_path = tmp_path / "r.csv"
+    write_canonical_csv(csv_path, readings)
+    out = tmp_path / "f.jsonl"
+    assert main(["backtest", "--readings", str(csv_path), "--out", str(out), "--quiet"]) == 0
+    lines = out.read_bytes().splitlines()
+    assert 0 < len(lines) <= len(readings)

@@ -1,0 +1,92 @@
+import math
+
+import orjson
+import pytest
+
+from pm25.schema import (
+    MAX_MESSAGE_BYTES,
+    Forecast,
+    HorizonForecast,
+    InvalidReading,
+    forecast_from_json,
+    forecast_to_json,
+    iso_to_hour,
+    parse_reading,
+    reading_to_json,
+)
+
+GOOD = {"station_id": "Dongsi", "timestamp": "2013-03-01T00:00:00Z", "pm25": 12.0, "temperature_c": -1.5,
+        "dew_point_c": -18.0, "pressure_hpa": 1023.0, "wind_speed_ms": 4.4, "wind_direction": "NNW",
+        "precipitation_mm": 0.0}
+
+
+def enc(d: object) -> bytes:
+    return orjson.dumps(d)
+
+
+def test_valid_reading_round_trips():
+    r = parse_reading(enc(GOOD))
+    assert r.station_id == "Dongsi" and r.pm25 == 12.0 and r.wind_direction == "NNW"
+    assert parse_reading(reading_to_json(r)) == r
+
+
+def test_offsets_are_converted_to_utc():
+    local = parse_reading(enc(GOOD | {"timestamp": "2013-03-01T08:00:00+08:00"}))
+    assert local.hour == parse_reading(enc(GOOD)).hour
+    assert local.timestamp == "2013-03-01T00:00:00Z"
+
+
+def test_null_pm25_and_missing_weather_are_allowed():
+    r = parse_reading(enc({"station_id": "a", "timestamp": "2020-01-01T00:00:00Z", "pm25": None}))
+    assert r.pm25 is None and r.temperature_c is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "bad_json"),
+        (b"[1, 2]", "not_an_object"),
+        (enc({"timestamp": "2013-03-01T00:00:00Z"}), "missing_field"),
+        (enc(GOOD | {"station_id": ""}), "bad_station_id"),
+        (enc(GOOD | {"station_id": 7}), "bad_station_id"),
+        (enc(GOOD | {"timestamp": "2013-03-01T00:00:00"}), "naive_timestamp"),
+        (enc(GOOD | {"timestamp": "yesterday"}), "bad_timestamp"),
+        (enc(GOOD | {"timestamp": "2013-03-01T00:30:00Z"}), "not_on_hour"),
+        (enc(GOOD | {"pm25": "12"}), "bad_type"),
+        (enc(GOOD | {"pm25": True}), "bad_type"),
+        (enc(GOOD | {"pm25": -1}), "out_of_range"),
+        (enc(GOOD | {"pm25": 1e9}), "out_of_range"),
+        (enc(GOOD | {"pressure_hpa": 10}), "out_of_range"),
+        (b'{"station_id":"a","timestamp":"2013-03-01T00:00:00Z","pm25":NaN}', "bad_json"),
+        (enc(GOOD | {"wind_direction": "UP"}), "bad_wind_direction"),
+        (b"x" * (MAX_MESSAGE_BYTES + 1), "too_large"),
+        (None, "empty"),
+    ],
+)
+def test_invalid_messages_have_a_reason(raw, reason):
+    with pytest.raises(InvalidReading) as exc:
+        parse_reading(raw)
+    assert exc.value.reason == reason
+
+
+def test_future_timestamp_rejected_with_injected_clock():
+    now = iso_to_hour("2013-03-01T00:00:00Z")
+    with pytest.raises(InvalidReading) as exc:
+        parse_reading(enc(GOOD | {"timestamp": "2013-03-01T05:00:00Z"}), now_hour=now)
+    assert exc.value.reason == "future_timestamp"
+    assert parse_reading(enc(GOOD), now_hour=now).hour == now
+
+
+def test_infinite_value_rejected():
+    from pm25.schema import reading_from_mapping
+
+    with pytest.raises(InvalidReading) as exc:
+        reading_from_mapping(GOOD | {"temperature_c": math.inf})
+    assert exc.value.reason == "not_finite"
+
+
+def test_forecast_serialisation_is_deterministic_and_round_trips():
+    f = Forecast("s", "2013-03-01T00:00:00Z", "v1",
+                 (HorizonForecast(1, "2013-03-01T01:00:00Z", 10.0, 8.0, 12.5, 42, "Good"),))
+    assert forecast_to_json(f) == forecast_to_json(forecast_from_json(forecast_to_json(f)))
+    assert forecast_from_json(forecast_to_json(f)) == f

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from pm25.schema import Reading
+from pm25.window import StationWindow, TooLate, apply_reading
+
+KW = {"capacity": 30, "lateness_hours": 6, "window_hours": 12}
+
+
+def r(hour: int, pm: float | None = 10.0) -> Reading:
+    return Reading("s", hour, pm25=pm)
+
+
+def feed(hours, state=None):
+    issued = []
+    for h in hours:
+        state, _, hs = apply_reading(state, r(h, float(h)), **KW)
+        issued.append(hs)
+    return state, issued
+
+
+def test_in_order_issues_each_hour_once():
+    state, issued = feed(range(100, 110))
+    assert issued == [[h] for h in range(100, 110)]
+    assert state.newest_hour == 109
+    np.testing.assert_array_equal(state.window(109, 3)[:, 0], [107.0, 108.0, 109.0])
+
+
+def test_gap_hours_stay_missing():
+    state, _ = feed([100, 101, 104])
+    w = state.window(104, 5)[:, 0]
+    assert w[0] == 100.0 and np.isnan(w[2]) and np.isnan(w[3]) and w[4] == 104.0
+
+
+def test_out_of_order_reading_is_inserted_and_reissues_later_hours():
+    state, _ = feed([100, 101, 103, 104])
+    state, changed, issued = apply_reading(state, r(102, 102.0), **KW)
+    assert changed and issued == [102, 103, 104]
+    np.testing.assert_array_equal(state.window(104, 5)[:, 0], [100, 101, 102, 103, 104])
+
+
+def test_identical_duplicate_changes_nothing_and_reissues_itself():
+    state, _ = feed([100, 101, 102])
+    before = state.to_bytes()
+    state, changed, issued = apply_reading(state, r(101, 101.0), **KW)
+    assert not changed and issued == [101] and state.to_bytes() == before
+
+
+def test_corrected_duplicate_replaces_value():
+    state, _ = feed([100, 101, 102])
+    state, changed, issued = apply_reading(state, r(101, 55.0), **KW)
+    assert changed and issued == [101, 102]
+    assert state.window(102, 2)[0, 0] == 55.0
+
+
+def test_too_late_is_refused():
+    state, _ = feed([100, 110])
+    with pytest.raises(TooLate):
+        apply_reading(state, r(103), **KW)
+    apply_reading(state, r(104), **KW)  # exactly at the lateness bound is accepted
+
+
+def test_shuffled_input_ends_in_the_same_state_as_ordered():
+    hours = list(range(200, 240))
+    ordered, _ = feed(hours)
+    rng = np.random.default_rng(0)
+    shuffled = hours[:]
+    # local shuffles within the lateness bound
+    for i in range(0, len(shuffled) - 4, 4):
+        block = shuffled[i : i + 4]
+        rng.shuffle(block)
+        shuffled[i : i + 4] = block
+    state, _ = feed(shuffled + shuffled[-5:])  # plus duplicates
+    assert state.to_bytes() == ordered.to_bytes()
+
+
+def test_bytes_round_trip_and_size():
+    state, _ = feed(range(100, 130))
+    data = state.to_bytes()
+    back = StationWindow.from_bytes(data)
+    assert back.to_bytes() == data and back.newest_hour == 129
+    assert len(data) < 30 * (8 * 4 + 1) + 16
+
+
+def test_big_jump_resets_buffer():
+    state, _ = feed([100, 101])
+    state, _, issued = apply_reading(state, r(500), **KW)
+    assert issued == [500] and int(state.present.sum()) == 1
