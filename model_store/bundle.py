@@ -42,8 +42,7 @@ MANIFEST = "MANIFEST.json"
 SPEC = "spec.json"
 MODEL = "model.onnx"
 POINTER = "production.json"
-_REQUIRED_SPEC = ("version", "window_hours", "horizons", "features", "scaler", "target",
-                  "intervals", "max_gap_hours")
+_REQUIRED_SPEC = ("version", "window_hours", "horizons", "features", "scaler", "target", "intervals", "max_gap_hours")
 
 
 def default_store() -> Path:
@@ -101,8 +100,7 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleIntegrityError(f"{path}: spec lacks {missing_keys}")
     if spec["version"] != manifest.get("version"):
         raise BundleIntegrityError(f"{path}: spec version {spec['version']!r} != manifest version")
-    return Bundle(path=path, spec=spec, onnx_bytes=contents[MODEL],
-                  manifest_sha256=_sha256(manifest_bytes))
+    return Bundle(path=path, spec=spec, onnx_bytes=contents[MODEL], manifest_sha256=_sha256(manifest_bytes))
 
 
 def write_bundle(
@@ -149,9 +147,7 @@ def load_production(store: Path) -> Bundle:
     version, manifest_sha = production_version(store)
     bundle = load_bundle(Path(store) / "bundles" / version)
     if bundle.manifest_sha256 != manifest_sha:
-        raise BundleIntegrityError(
-            f"bundle {version}: manifest sha256 differs from the production pointer"
-        )
+        raise BundleIntegrityError(f"bundle {version}: manifest sha256 differs from the production pointer")
     return bundle
 
 
@@ -160,7 +156,6 @@ def promote(store: Path, version: str) -> Bundle:
     bundle = load_bundle(Path(store) / "bundles" / version)
     pointer = Path(store) / POINTER
     tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": version, "manifest_sha256": bundle.manifest_sha256},
-                              indent=2) + "\n")
+    tmp.write_text(json.dumps({"version": version, "manifest_sha256": bundle.manifest_sha256}, indent=2) + "\n")
     os.replace(tmp, pointer)
     return bundle

@@ -42,8 +42,18 @@ __all__ = [
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SINGLE_SITE_STATION = "USEmbassy"
 MULTISITE_STATIONS = (
-    "Aotizhongxin", "Changping", "Dingling", "Dongsi", "Guanyuan", "Gucheng",
-    "Huairou", "Nongzhanguan", "Shunyi", "Tiantan", "Wanliu", "Wanshouxigong",
+    "Aotizhongxin",
+    "Changping",
+    "Dingling",
+    "Dongsi",
+    "Guanyuan",
+    "Gucheng",
+    "Huairou",
+    "Nongzhanguan",
+    "Shunyi",
+    "Tiantan",
+    "Wanliu",
+    "Wanshouxigong",
 )
 CST = timezone(timedelta(hours=8), "CST")
 _SINGLE_DIRS = {"NW": "NW", "NE": "NE", "SE": "SE", "SW": "SW", "cv": "calm"}
@@ -70,7 +80,7 @@ def multisite_files(data_dir: Path = DATA_DIR) -> list[Path]:
 def _open_text(path: Path) -> io.TextIOBase:
     if str(path).endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115 - caller closes
+    return open(path, encoding="utf-8", newline="")
 
 
 def _num(text: str) -> float | None:

@@ -69,8 +69,11 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _kafka_args(p: argparse.ArgumentParser, *topics: str) -> None:
-    p.add_argument("--bootstrap-servers", metavar="HOST:PORT",
-                   help="Kafka bootstrap servers (env PM25_BOOTSTRAP_SERVERS, default 127.0.0.1:9092)")
+    p.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers (env PM25_BOOTSTRAP_SERVERS, default 127.0.0.1:9092)",
+    )
     for t in topics:
         p.add_argument(f"--{t}-topic", metavar="NAME", help=f"{t} topic (env PM25_{t.upper()}_TOPIC)")
 
@@ -80,8 +83,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from pm25.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker(args.port).start()
-    print(f"embedded broker (Tansu, memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it.\n"
-          f"  export PM25_BOOTSTRAP_SERVERS={broker.bootstrap_servers} PM25_EMBEDDED_BROKER=1", flush=True)
+    print(
+        f"embedded broker (Tansu, memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it.\n"
+        f"  export PM25_BOOTSTRAP_SERVERS={broker.bootstrap_servers} PM25_EMBEDDED_BROKER=1",
+        flush=True,
+    )
     try:
         return broker.wait()
     except KeyboardInterrupt:
@@ -121,8 +127,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
     ensure_topics(settings)
     producer = make_producer(settings)
     try:
-        replay(producer, settings.readings_topic, readings, report, speedup=args.speedup, rate=args.rate,
-               progress=not args.quiet)
+        replay(
+            producer,
+            settings.readings_topic,
+            readings,
+            report,
+            speedup=args.speedup,
+            rate=args.rate,
+            progress=not args.quiet,
+        )
     finally:
         producer.close()
     for err in report.invalid[:10]:
@@ -146,8 +159,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ensure_topics(settings)
     worker = Worker(settings)
-    log.info("worker: model %s, broker %s, web port %d", worker.engine.model.version,
-             settings.bootstrap_servers, settings.web_port)
+    log.info(
+        "worker: model %s, broker %s, web port %d",
+        worker.engine.model.version,
+        settings.bootstrap_servers,
+        settings.web_port,
+    )
     faust.Worker(worker.app, loglevel=args.log_level.upper(), quiet=True).execute_from_commandline()
     return 0
 
@@ -158,14 +175,17 @@ def cmd_forecasts(args: argparse.Namespace) -> int:
     from pm25.viewer import format_forecast
 
     settings = _settings(args)
-    consumer = make_consumer(settings, settings.forecasts_topic, group_id=args.group,
-                             consumer_timeout_ms=int(args.timeout * 1000) if args.timeout else float("inf"),
-                             auto_offset_reset="earliest" if args.from_beginning else "latest")
+    consumer = make_consumer(
+        settings,
+        settings.forecasts_topic,
+        group_id=args.group,
+        consumer_timeout_ms=int(args.timeout * 1000) if args.timeout else float("inf"),
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+    )
     n = 0
     try:
         for msg in consumer:
-            print(format_forecast(forecast_from_json(msg.value)) if not args.json else msg.value.decode(),
-                  flush=True)
+            print(format_forecast(forecast_from_json(msg.value)) if not args.json else msg.value.decode(), flush=True)
             n += 1
             if args.max and n >= args.max:
                 break
@@ -225,8 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("produce", help="publish readings in event-time order, keyed by station")
     _kafka_args(s, "readings")
-    s.add_argument("--source", default="multisite",
-                   help="'multisite' (12 Beijing stations), 'single-site', or a canonical readings CSV path")
+    s.add_argument(
+        "--source",
+        default="multisite",
+        help="'multisite' (12 Beijing stations), 'single-site', or a canonical readings CSV path",
+    )
     s.add_argument("--stations", help="comma-separated station ids to keep")
     s.add_argument("--start", help="first hour to send (ISO 8601, UTC if no offset)")
     s.add_argument("--hours", type=_positive_int, help="send this many simulated hours")
@@ -254,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_forecasts)
 
     s = sub.add_parser("backtest", help="run the stream's window + inference code offline over a readings file")
-    s.add_argument("--readings", required=True,
-                   help="canonical readings CSV (or 'multisite' / 'single-site' for the bundled data)")
+    s.add_argument(
+        "--readings", required=True, help="canonical readings CSV (or 'multisite' / 'single-site' for the bundled data)"
+    )
     s.add_argument("--out", required=True, help="output JSON lines, one forecast per line")
     s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -273,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="embedded broker + worker + replay of the 12 Beijing stations, then a summary")
     s.add_argument("--hours", type=_positive_int, default=96, help="simulated hours to replay (default 96)")
-    s.add_argument("--speedup", type=_positive_float, default=36000.0,
-                   help="simulated/real time (default 36000: 10 h per second)")
+    s.add_argument(
+        "--speedup", type=_positive_float, default=36000.0, help="simulated/real time (default 36000: 10 h per second)"
+    )
     s.add_argument("--timeout", type=_positive_float, default=180.0, help="give up after this many seconds")
     s.set_defaults(func=cmd_demo)
     return p
@@ -283,8 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("kafka", "aiokafka", "tf2onnx", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -39,7 +39,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "pm25.cli", "worker"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
         return self
@@ -51,7 +51,7 @@ class WorkerProcess:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited early; log:\n{self.tail()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/ready", timeout=1) as resp:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/ready", timeout=1) as resp:
                     if resp.status == 200:
                         return time.monotonic() - started
             except OSError:
@@ -60,7 +60,7 @@ class WorkerProcess:
         raise RuntimeError(f"worker not ready after {timeout} s; log:\n{self.tail()}")
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
             return str(resp.read().decode())
 
     def tail(self, n: int = 40) -> str:
@@ -101,8 +101,11 @@ def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0) 
     workdir = Path(tempfile.mkdtemp(prefix="pm25-demo-"))
     broker = EmbeddedBroker().start()
     web_port = free_port()
-    env = {"PM25_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "PM25_EMBEDDED_BROKER": "1",
-           "PM25_WEB_PORT": str(web_port)}
+    env = {
+        "PM25_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "PM25_EMBEDDED_BROKER": "1",
+        "PM25_WEB_PORT": str(web_port),
+    }
     settings = Settings.from_env({**os.environ, **env})
     worker = WorkerProcess(env, workdir / "worker.log")
     print(f"embedded broker on {broker.bootstrap_servers}; worker log {worker.log_path}", flush=True)
@@ -111,7 +114,9 @@ def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0) 
         # What the worker must publish: the same readings through the same code, offline.
         invalid: list[RowError] = []
         readings = list(load_source("multisite", invalid, hours=hours))
-        expected = {(f.station_id, f.issued_at): forecast_to_json(f) for f in run_offline(make_engine(settings), readings)}
+        expected = {
+            (f.station_id, f.issued_at): forecast_to_json(f) for f in run_offline(make_engine(settings), readings)
+        }
         worker.start()
         ready_s = worker.wait_ready()
         print(f"worker ready in {ready_s:.1f} s; metrics at http://127.0.0.1:{web_port}/metrics", flush=True)
@@ -152,16 +157,25 @@ def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0) 
     mismatched = [k for k in expected if k in received and received[k] != expected[k]]
     versions = sorted({forecast_from_json(v).model_version for v in received.values()})
     print("\n== demo summary ==")
-    print(f"readings sent:        {report.sent} ({report.first_hour} .. {report.last_hour}), invalid rows {len(report.invalid)}")
-    print(f"forecasts received:   {len(received)} (expected {len(expected)} from the offline backtest; "
-          f"missing {len(missing)}, differing bytes {len(mismatched)})")
-    print(f"stations forecast:    {len(stations)} of {len(MULTISITE_STATIONS)}: "
-          + ", ".join(f"{s} {n}" for s, n in sorted(stations.items())))
+    print(
+        f"readings sent:        {report.sent} ({report.first_hour} .. {report.last_hour}), "
+        f"invalid rows {len(report.invalid)}"
+    )
+    print(
+        f"forecasts received:   {len(received)} (expected {len(expected)} from the offline backtest; "
+        f"missing {len(missing)}, differing bytes {len(mismatched)})"
+    )
+    print(
+        f"stations forecast:    {len(stations)} of {len(MULTISITE_STATIONS)}: "
+        + ", ".join(f"{s} {n}" for s, n in sorted(stations.items()))
+    )
     print(f"horizons per forecast: {'24 in every forecast' if horizons_ok else 'NOT 24 in every forecast'}")
     print(f"model version:        {', '.join(versions)}")
-    print(f"worker metrics:       readings in {_metric(metrics, 'pm25_readings_in_total'):.0f}, "
-          f"forecasts out {_metric(metrics, 'pm25_forecasts_out_total'):.0f}, "
-          f"dead letters {_metric(metrics, 'pm25_dead_letters_total'):.0f}")
+    print(
+        f"worker metrics:       readings in {_metric(metrics, 'pm25_readings_in_total'):.0f}, "
+        f"forecasts out {_metric(metrics, 'pm25_forecasts_out_total'):.0f}, "
+        f"dead letters {_metric(metrics, 'pm25_dead_letters_total'):.0f}"
+    )
     ok = len(stations) == len(MULTISITE_STATIONS) and horizons_ok and not missing and not mismatched
     print("demo: OK" if ok else "demo: FAILED")
     return 0 if ok else 1

@@ -78,15 +78,23 @@ class EmbeddedBroker:
 
     def command(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"
-        return [_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
+        return [
+            _binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
 
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", self.port)) == 0:
                 raise BrokerError(f"port {self.port} is already in use")
         # stderr goes to a temporary file (a pipe nobody reads could fill and block the broker)
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the broker; closed in stop()
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=self._log)  # noqa: S603
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

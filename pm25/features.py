@@ -72,8 +72,7 @@ FEATURES: tuple[str, ...] = (
 )
 
 _WIND_VECTORS: dict[str | None, tuple[float, float]] = {
-    name: (0.0, 0.0) if deg is None else
-    (math.sin(math.radians(deg)), math.cos(math.radians(deg)))
+    name: (0.0, 0.0) if deg is None else (math.sin(math.radians(deg)), math.cos(math.radians(deg)))
     for name, deg in WIND_DIRECTIONS.items()
 }
 _NAN2 = (math.nan, math.nan)
@@ -130,7 +129,7 @@ def _fill(x: F32) -> F32:
 
     Columns with no observation at all stay NaN.
     """
-    b, w, c = x.shape
+    _b, w, _c = x.shape
     valid = ~np.isnan(x)
     idx = np.where(valid, np.arange(w)[None, :, None], 0)
     np.maximum.accumulate(idx, axis=1, out=idx)
@@ -144,7 +143,7 @@ def make_features(raw: F32, end_hours: npt.NDArray[np.int64], max_gap_hours: int
     """Raw windows ``[B, W, len(RAW_FIELDS)]`` whose last row is epoch hour ``end_hours[b]``."""
     if raw.ndim != 3 or raw.shape[2] != len(RAW_FIELDS):
         raise ValueError(f"raw windows must be [B, W, {len(RAW_FIELDS)}], got {raw.shape}")
-    b, w, _ = raw.shape
+    _b, w, _ = raw.shape
     missing_pm = np.isnan(raw[:, :, 0])
     usable = (_longest_missing_run(missing_pm) <= max_gap_hours) & ~missing_pm.all(axis=1)
     filled = _fill(raw)
@@ -189,13 +188,15 @@ def postprocess(
 ) -> tuple[F32, F32, F32]:
     """Model output -> (point, lo, hi) in µg/m³, as the bundle's spec says.
 
-    ``target.kind`` is ``delta`` (output x scale = change from the last PM2.5) or ``log_delta``
+    ``target.kind`` is ``delta`` (output x scale = change from the last PM2.5; ``scale`` is a number
+    or one per horizon, so every horizon weighs the same in the training loss) or ``log_delta``
     (change of log1p PM2.5). The 80 % interval is the point forecast moved by the calibrated
     quantiles of log1p residuals per horizon (split conformal on validation data).
     """
     kind = spec_target["kind"]
     last = last_pm25[:, None].astype(np.float64)
-    out = model_out.astype(np.float64) * float(spec_target.get("scale", 1.0))
+    scale_ = np.asarray(spec_target.get("scale", 1.0), dtype=np.float64)  # scalar or one per horizon
+    out = model_out.astype(np.float64) * scale_
     if kind == "log_delta":
         point = np.expm1(np.log1p(last) + out)
     elif kind == "delta":
@@ -206,5 +207,8 @@ def postprocess(
     base = np.log1p(point)
     lo = np.expm1(base + np.asarray(spec_intervals["log_residual_lo"], dtype=np.float64)[None, :])
     hi = np.expm1(base + np.asarray(spec_intervals["log_residual_hi"], dtype=np.float64)[None, :])
-    return (point.astype(np.float32), np.clip(lo, 0.0, point).astype(np.float32),
-            np.maximum(hi, point).astype(np.float32))
+    return (
+        point.astype(np.float32),
+        np.clip(lo, 0.0, point).astype(np.float32),
+        np.maximum(hi, point).astype(np.float32),
+    )

@@ -30,8 +30,9 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="pm25-admin",
-                                     **settings.kafka_python_security())
+            admin = KafkaAdminClient(
+                bootstrap_servers=settings.bootstrap_servers, client_id="pm25-admin", **settings.kafka_python_security()
+            )
             break
         except (KafkaConnectionError, KafkaTimeoutError):
             if time.monotonic() > deadline:
@@ -66,8 +67,12 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
 def make_producer(settings: Settings, **overrides: Any) -> Any:
     from kafka import KafkaProducer
 
-    kwargs: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers, "acks": "all",
-                              "linger_ms": 5, "client_id": "pm25-producer"}
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "acks": "all",
+        "linger_ms": 5,
+        "client_id": "pm25-producer",
+    }
     kwargs.update(settings.kafka_python_security())
     kwargs.update(overrides)
     return KafkaProducer(**kwargs)
@@ -76,9 +81,13 @@ def make_producer(settings: Settings, **overrides: Any) -> Any:
 def make_consumer(settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any) -> Any:
     from kafka import KafkaConsumer
 
-    kwargs: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers, "group_id": group_id,
-                              "auto_offset_reset": "earliest", "enable_auto_commit": group_id is not None,
-                              "client_id": "pm25-consumer"}
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "group_id": group_id,
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": group_id is not None,
+        "client_id": "pm25-consumer",
+    }
     kwargs.update(settings.kafka_python_security())
     if settings.embedded_broker:
         kwargs.update(kafka_consumer_overrides())

@@ -57,7 +57,7 @@ CSV_HEADER = (
 WIND_DIRECTIONS: dict[str, float | None] = {
     name: i * 22.5
     for i, name in enumerate(
-        "N NNE NE ENE E ESE SE SSE S SSW SW WSW W WNW NW NNW".split()
+        ["N", "NNE", "NE", "ENE", "E", "ESE", "SE", "SSE", "S", "SSW", "SW", "WSW", "W", "WNW", "NW", "NNW"]
     )
 } | {"calm": None}
 
@@ -76,8 +76,7 @@ MAX_MESSAGE_BYTES = 4096
 
 _STATION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NUMERIC = ("pm25", "temperature_c", "dew_point_c", "pressure_hpa", "wind_speed_ms",
-            "precipitation_mm")
+_NUMERIC = ("pm25", "temperature_c", "dew_point_c", "pressure_hpa", "wind_speed_ms", "precipitation_mm")
 # Readings dated further ahead of the wall clock than this are rejected as ``future``.
 _FUTURE_TOLERANCE_H = 1
 

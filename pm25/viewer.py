@@ -19,5 +19,8 @@ def format_forecast(f: Forecast) -> str:
             x = by_h[h]
             parts.append(f"+{h}h {x.pm25:.0f} [{x.pm25_lo:.0f}-{x.pm25_hi:.0f}]")
     worst = max(f.horizons, key=lambda x: (CATEGORIES.index(x.aqi_us_category), -x.h))
-    return (f"{f.station_id:<13} {f.issued_at}  " + "  ".join(parts)
-            + f"  worst: {worst.aqi_us_category} (AQI {worst.aqi_us}) at +{worst.h}h  [{f.model_version}]")
+    return (
+        f"{f.station_id:<13} {f.issued_at}  "
+        + "  ".join(parts)
+        + f"  worst: {worst.aqi_us_category} (AQI {worst.aqi_us}) at +{worst.h}h  [{f.model_version}]"
+    )

@@ -56,11 +56,7 @@ class StationWindow:
         )
 
     def to_bytes(self) -> bytes:
-        return (
-            _HEADER.pack(self.newest_hour, self.capacity)
-            + self.present.tobytes()
-            + self.rows.tobytes()
-        )
+        return _HEADER.pack(self.newest_hour, self.capacity) + self.present.tobytes() + self.rows.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StationWindow:

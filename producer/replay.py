@@ -37,9 +37,11 @@ class ReplayReport:
 
     def summary(self) -> str:
         rate = self.sent / self.seconds if self.seconds > 0 else 0.0
-        return (f"sent {self.sent} readings for {len(self.stations)} stations "
-                f"({self.first_hour} .. {self.last_hour}) in {self.seconds:.1f} s ({rate:.0f}/s); "
-                f"invalid rows: {len(self.invalid)}")
+        return (
+            f"sent {self.sent} readings for {len(self.stations)} stations "
+            f"({self.first_hour} .. {self.last_hour}) in {self.seconds:.1f} s ({rate:.0f}/s); "
+            f"invalid rows: {len(self.invalid)}"
+        )
 
 
 def _split(items: Iterable[Reading | RowError], invalid: list[RowError]) -> Iterator[Reading]:
@@ -55,12 +57,20 @@ def event_time_order(streams: list[Iterator[Reading]]) -> Iterator[Reading]:
     return heapq.merge(*streams, key=lambda r: (r.hour, r.station_id))
 
 
-def load_source(source: str | Path, invalid: list[RowError], stations: set[str] | None = None,
-                start_hour: int | None = None, hours: int | None = None) -> Iterator[Reading]:
+def load_source(
+    source: str | Path,
+    invalid: list[RowError],
+    stations: set[str] | None = None,
+    start_hour: int | None = None,
+    hours: int | None = None,
+) -> Iterator[Reading]:
     """Readings of a bundled dataset name or a canonical CSV path, in event-time order."""
     if str(source) == "multisite":
-        streams = [_split(read_multisite(p), invalid) for p in multisite_files()
-                   if stations is None or p.name.split("_")[2] in stations]
+        streams = [
+            _split(read_multisite(p), invalid)
+            for p in multisite_files()
+            if stations is None or p.name.split("_")[2] in stations
+        ]
         readings: Iterator[Reading] = event_time_order(streams)
     elif str(source) == "single-site":
         readings = _split(read_single_site(), invalid)
@@ -86,9 +96,17 @@ def load_source(source: str | Path, invalid: list[RowError], stations: set[str] 
     return readings
 
 
-def replay(producer: Any, topic: str, readings: Iterable[Reading], report: ReplayReport, *,
-           speedup: float | None = None, rate: float | None = None, progress: bool = True,
-           total: int | None = None) -> ReplayReport:
+def replay(
+    producer: Any,
+    topic: str,
+    readings: Iterable[Reading],
+    report: ReplayReport,
+    *,
+    speedup: float | None = None,
+    rate: float | None = None,
+    progress: bool = True,
+    total: int | None = None,
+) -> ReplayReport:
     """Send readings with ``producer`` (kafka-python). ``speedup`` = simulated hours per real hour
     (3600 = one data hour per second); ``rate`` = readings per second; neither = flat out."""
     from tqdm import tqdm

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import EventT, StreamT
@@ -46,9 +47,14 @@ def _faust_credentials(settings: Settings) -> dict[str, Any]:
     ctx = ssl.create_default_context(cafile=settings.ssl_cafile) if "SSL" in settings.security_protocol else None
     if settings.security_protocol.startswith("SASL"):
         assert settings.sasl_username is not None and settings.sasl_password is not None
-        return {"broker_credentials": faust.SASLCredentials(
-            username=settings.sasl_username, password=settings.sasl_password.reveal(),
-            mechanism=settings.sasl_mechanism or "PLAIN", ssl_context=ctx)}
+        return {
+            "broker_credentials": faust.SASLCredentials(
+                username=settings.sasl_username,
+                password=settings.sasl_password.reveal(),
+                mechanism=settings.sasl_mechanism or "PLAIN",
+                ssl_context=ctx,
+            )
+        }
     return {"broker_credentials": faust.SSLCredentials(ctx)}
 
 
@@ -61,8 +67,9 @@ class Worker:
         self.metrics = WorkerMetrics()
         bundle = load_production(self.store)
         self._bundle_key = (bundle.version, bundle.manifest_sha256)
-        self.engine = Engine(OnnxForecaster(bundle), lateness_hours=settings.lateness_hours,
-                             buffer_hours=settings.buffer_hours)
+        self.engine = Engine(
+            OnnxForecaster(bundle), lateness_hours=settings.lateness_hours, buffer_hours=settings.buffer_hours
+        )
         self.metrics.set_model(bundle.version)
         self.processor = Processor(self.engine, self.metrics)
         conf: dict[str, Any] = {
@@ -80,24 +87,28 @@ class Worker:
         if settings.embedded_broker:
             conf.update(faust_overrides())
         self.app = faust.App(settings.app_id, **conf)
-        self.readings = self.app.topic(settings.readings_topic, key_type=bytes, value_type=bytes,
-                                       key_serializer="raw", value_serializer="raw")
-        self.forecasts = self.app.topic(settings.forecasts_topic, key_type=bytes, value_type=bytes,
-                                        key_serializer="raw", value_serializer="raw")
-        self.dlq = self.app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes,
-                                  key_serializer="raw", value_serializer="raw")
-        self.windows = self.app.Table("station-windows", key_type=str, value_type=bytes,
-                                      partitions=settings.partitions)
+        self.readings = self.app.topic(
+            settings.readings_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+        self.forecasts = self.app.topic(
+            settings.forecasts_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+        self.dlq = self.app.topic(
+            settings.dlq_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+        self.windows = self.app.Table("station-windows", key_type=str, value_type=bytes, partitions=settings.partitions)
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)
         self._pages()
 
     # -- the agent -------------------------------------------------------------------------
     async def _agent(self, stream: StreamT) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await self.handle_batch(stream, events)
+        # take_events and _set_current_event live on the concrete Stream, not on StreamT
+        concrete = cast(faust.Stream, stream)
+        async for events in concrete.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            await self.handle_batch(concrete, events)
 
-    async def handle_batch(self, stream: StreamT, events: list[EventT]) -> None:
+    async def handle_batch(self, stream: faust.Stream, events: Sequence[EventT]) -> None:
         proc = self.processor
         requests: list[Request] = []
         arrived: list[float] = []
@@ -118,7 +129,8 @@ class Worker:
             if state is not None:
                 self.windows[parsed.station_id] = state
             requests.extend(reqs)
-            arrived.extend([msg.timestamp] * len(reqs))
+            if reqs:
+                arrived.append(msg.timestamp)
         stream._set_current_event(None)
         for event, letter in dead:
             await self._dead_letter(event, letter)
@@ -127,20 +139,23 @@ class Worker:
             for key, value in out:
                 await self.forecasts.send(key=key, value=value)
             now = time.time()
-            for ts in arrived[: len(out)]:
+            for ts in arrived:
                 self.metrics.reading_to_forecast_seconds.observe(max(now - ts, 0.0))
         self.metrics.batch_size.observe(len(events))
 
     async def _dead_letter(self, event: EventT, letter: DeadLetter) -> None:
         msg = event.message
-        headers = [
+        headers: list[tuple[str, bytes]] = [
             ("pm25.reason", letter.reason.encode()),
             ("pm25.detail", letter.detail.encode()[:1000]),
             ("pm25.source.topic", str(msg.topic).encode()),
             ("pm25.source.partition", str(msg.partition).encode()),
             ("pm25.source.offset", str(msg.offset).encode()),
-            *[(k, v) for k, v in (msg.headers or []) if not str(k).startswith("pm25.")],
         ]
+        original = msg.headers.items() if isinstance(msg.headers, Mapping) else (msg.headers or [])
+        for k, v in original:  # keep the producer's own headers, except ours
+            if not str(k).startswith("pm25."):
+                headers.append((str(k), v if isinstance(v, bytes) else str(v).encode()))
         # The original bytes travel untouched (a too-large value is kept too: nothing is lost).
         await self.dlq.send(key=msg.key, value=event.value, headers=headers)
 
@@ -173,7 +188,7 @@ class Worker:
 
     # -- HTTP ------------------------------------------------------------------------------
     def ready(self) -> bool:
-        recovery = self.app.tables.recovery
+        recovery = cast(Any, self.app.tables).recovery
         return bool(recovery.completed.is_set() and not recovery.in_recovery and not self.app.rebalancing)
 
     def _pages(self) -> None:

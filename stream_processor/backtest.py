@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 def make_engine(settings: Settings) -> Engine:
     """The production model with the worker's window settings."""
     bundle = load_production(settings.model_store or default_store())
-    return Engine(OnnxForecaster(bundle), lateness_hours=settings.lateness_hours,
-                  buffer_hours=settings.buffer_hours)
+    return Engine(OnnxForecaster(bundle), lateness_hours=settings.lateness_hours, buffer_hours=settings.buffer_hours)
 
 
-def run_backtest(settings: Settings, readings: Iterable[Reading], out: Path, *, progress: bool = True) -> tuple[int, int]:
+def run_backtest(
+    settings: Settings, readings: Iterable[Reading], out: Path, *, progress: bool = True
+) -> tuple[int, int]:
     """Write one forecast per line (the exact bytes the worker would publish); returns
     (forecasts written, readings rejected as too late)."""
     from tqdm import tqdm

@@ -47,8 +47,11 @@ class Engine:
         """Apply a reading (raises pm25.window.TooLate); return state, changed, requests."""
         w = self.model.window_hours
         state, changed, hours = apply_reading(
-            state, reading, capacity=self.buffer_hours,
-            lateness_hours=self.lateness_hours, window_hours=w,
+            state,
+            reading,
+            capacity=self.buffer_hours,
+            lateness_hours=self.lateness_hours,
+            window_hours=w,
         )
         requests = [Request(reading.station_id, h, state.window(h, w).copy()) for h in hours]
         return state, changed, requests
@@ -63,8 +66,9 @@ class Engine:
         ends = np.array([r.end_hour for r in requests], dtype=np.int64)
         pred = model.predict(raw, ends)
         point, lo, hi = pred.point.tolist(), pred.lo.tolist(), pred.hi.tolist()
-        return [_build(req, model, point[i], lo[i], hi[i]) if pred.usable[i] else None
-                for i, req in enumerate(requests)]
+        return [
+            _build(req, model, point[i], lo[i], hi[i]) if pred.usable[i] else None for i, req in enumerate(requests)
+        ]
 
 
 def _build(req: Request, model: Forecaster, point: list[float], lo: list[float], hi: list[float]) -> Forecast:
@@ -72,16 +76,31 @@ def _build(req: Request, model: Forecaster, point: list[float], lo: list[float],
     for k, h in enumerate(model.horizons):
         p = round(point[k], 1)
         aqi, cat = us_aqi(p)
-        horizons.append(HorizonForecast(
-            h=h, target_time=hour_to_iso(req.end_hour + h), pm25=p,
-            pm25_lo=round(lo[k], 1), pm25_hi=round(hi[k], 1), aqi_us=aqi, aqi_us_category=cat,
-        ))
-    return Forecast(station_id=req.station_id, issued_at=hour_to_iso(req.end_hour),
-                    model_version=model.version, horizons=tuple(horizons))
+        horizons.append(
+            HorizonForecast(
+                h=h,
+                target_time=hour_to_iso(req.end_hour + h),
+                pm25=p,
+                pm25_lo=round(lo[k], 1),
+                pm25_hi=round(hi[k], 1),
+                aqi_us=aqi,
+                aqi_us_category=cat,
+            )
+        )
+    return Forecast(
+        station_id=req.station_id,
+        issued_at=hour_to_iso(req.end_hour),
+        model_version=model.version,
+        horizons=tuple(horizons),
+    )
 
 
-def run_offline(engine: Engine, readings: Iterable[Reading], batch_size: int = 256,
-                on_reject: Callable[[Reading, TooLate], None] | None = None) -> Iterator[Forecast]:
+def run_offline(
+    engine: Engine,
+    readings: Iterable[Reading],
+    batch_size: int = 256,
+    on_reject: Callable[[Reading, TooLate], None] | None = None,
+) -> Iterator[Forecast]:
     """The backtest: readings in the given order, state in a dict, one inference per
     ``batch_size`` readings, the forecasts exactly as the worker publishes them."""
     states: dict[str, StationWindow] = {}

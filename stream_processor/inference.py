@@ -74,8 +74,10 @@ class OnnxForecaster:
         self._input = graph_in.name
         expected = [self.window_hours, len(names)]
         if list(graph_in.shape[1:]) != expected:
-            raise BundleError(f"bundle {self.version}: graph input {graph_in.shape} does not match the spec "
-                              f"[batch, {expected[0]}, {expected[1]}]")
+            raise BundleError(
+                f"bundle {self.version}: graph input {graph_in.shape} does not match the spec "
+                f"[batch, {expected[0]}, {expected[1]}]"
+            )
         self._smoke_test()
 
     def _smoke_test(self) -> None:
@@ -87,8 +89,10 @@ class OnnxForecaster:
         except Exception as err:  # onnxruntime raises untyped errors for a graph it cannot run
             raise BundleError(f"bundle {self.version}: smoke inference failed: {err}") from err
         if pred.point.shape != (2, len(self.horizons)) or not np.isfinite(pred.point).all():
-            raise BundleError(f"bundle {self.version}: smoke inference gave shape {pred.point.shape} "
-                              f"or non-finite values; expected (2, {len(self.horizons)})")
+            raise BundleError(
+                f"bundle {self.version}: smoke inference gave shape {pred.point.shape} "
+                f"or non-finite values; expected (2, {len(self.horizons)})"
+            )
 
     def predict(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> Prediction:
         batch = make_features(raw, end_hours, self.max_gap_hours)

@@ -16,22 +16,33 @@ class WorkerMetrics:
         self.readings_in = Counter("pm25_readings_in", "Reading messages consumed", registry=r)
         self.readings_valid = Counter("pm25_readings_valid", "Readings accepted into a station window", registry=r)
         self.duplicates = Counter("pm25_readings_duplicate", "Readings identical to one already held", registry=r)
-        self.out_of_order = Counter("pm25_readings_out_of_order", "Readings older than the station's newest, inserted in place", registry=r)
+        self.out_of_order = Counter(
+            "pm25_readings_out_of_order", "Readings older than the station's newest, inserted in place", registry=r
+        )
         self.forecasts_out = Counter("pm25_forecasts_out", "Forecast messages published", registry=r)
-        self.suspended = Counter("pm25_forecasts_suspended", "Forecasts not issued because the window had a long gap", registry=r)
-        self.dead_letters = Counter("pm25_dead_letters", "Messages sent to the dead-letter topic", ["reason"], registry=r)
-        self.inference_seconds = Histogram("pm25_inference_seconds", "Batched inference time (features + ONNX)",
-                                           buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("pm25_batch_readings", "Readings per micro-batch",
-                                    buckets=(1, 4, 16, 64, 256, 1024), registry=r)
+        self.suspended = Counter(
+            "pm25_forecasts_suspended", "Forecasts not issued because the window had a long gap", registry=r
+        )
+        self.dead_letters = Counter(
+            "pm25_dead_letters", "Messages sent to the dead-letter topic", ["reason"], registry=r
+        )
+        self.inference_seconds = Histogram(
+            "pm25_inference_seconds", "Batched inference time (features + ONNX)", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "pm25_batch_readings", "Readings per micro-batch", buckets=(1, 4, 16, 64, 256, 1024), registry=r
+        )
         self.reading_to_forecast_seconds = Histogram(
             "pm25_reading_to_forecast_seconds",
             "Time from a reading's Kafka timestamp to its forecast being handed to the producer",
-            buckets=_E2E_BUCKETS, registry=r)
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
         self.model_info = Gauge("pm25_model_info", "Production model serving (value 1)", ["version"], registry=r)
         self.model_swaps = Counter("pm25_model_swaps", "Model hot swaps", ["result"], registry=r)
-        self.hindcast_rmse = Gauge("pm25_hindcast_rmse", "Rolling RMSE of realised forecasts (µg/m³)",
-                                   ["model", "horizon"], registry=r)
+        self.hindcast_rmse = Gauge(
+            "pm25_hindcast_rmse", "Rolling RMSE of realised forecasts (µg/m³)", ["model", "horizon"], registry=r
+        )
         self.hindcast_pairs = Counter("pm25_hindcast_pairs", "Forecast/actual pairs scored", registry=r)
 
     def set_model(self, version: str) -> None:

@@ -78,8 +78,12 @@ class Processor:
                 self.metrics.suspended.inc()
                 if req.station_id not in self._suspended:
                     self._suspended.add(req.station_id)
-                    log.warning("station %s: forecasts suspended at %s (PM2.5 gap longer than %d h)",
-                                req.station_id, hour_to_iso(req.end_hour), self.engine.model.max_gap_hours)
+                    log.warning(
+                        "station %s: forecasts suspended at %s (PM2.5 gap longer than %d h)",
+                        req.station_id,
+                        hour_to_iso(req.end_hour),
+                        self.engine.model.max_gap_hours,
+                    )
                 continue
             if req.station_id in self._suspended:
                 self._suspended.discard(req.station_id)

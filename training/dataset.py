@@ -20,8 +20,14 @@ from pm25.features import RAW_FIELDS, encode_reading, make_features
 from pm25.schema import Reading
 
 __all__ = [
-    "DataConfig", "DataReport", "DataValidationError", "Samples", "Series",
-    "load_series", "make_samples", "split_indices",
+    "DataConfig",
+    "DataReport",
+    "DataValidationError",
+    "Samples",
+    "Series",
+    "load_series",
+    "make_samples",
+    "split_indices",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,8 +58,12 @@ class DataReport:
 
     def lines(self) -> list[str]:
         miss = ", ".join(f"{k} {v:.1%}" for k, v in self.missing_rate.items())
-        return [f"rows {self.rows}, bad rows {self.bad_rows}, duplicate hours {self.duplicate_hours}, "
-                f"missing hours {self.gap_hours}", f"missing: {miss}", f"sha256 {self.sha256}"]
+        return [
+            f"rows {self.rows}, bad rows {self.bad_rows}, duplicate hours {self.duplicate_hours}, "
+            f"missing hours {self.gap_hours}",
+            f"missing: {miss}",
+            f"sha256 {self.sha256}",
+        ]
 
 
 @dataclass(frozen=True)
@@ -91,8 +101,11 @@ def load_series(cfg: DataConfig) -> Series:
     duplicates = len(hours_seen) - len(np.unique(hours_seen))
     missing = {name: float(np.isnan(raw[:, i]).mean()) for i, name in enumerate(RAW_FIELDS)}
     report = DataReport(
-        rows=len(readings) + len(errors), bad_rows=len(errors), missing_rate=missing,
-        duplicate_hours=duplicates, gap_hours=len(hours) - len(np.unique(hours_seen)),
+        rows=len(readings) + len(errors),
+        bad_rows=len(errors),
+        missing_rate=missing,
+        duplicate_hours=duplicates,
+        gap_hours=len(hours) - len(np.unique(hours_seen)),
         sha256=hashlib.sha256(Path(cfg.path).read_bytes()).hexdigest(),
     )
     problems = []
@@ -119,8 +132,9 @@ class Samples:
     end_index: npt.NDArray[np.int64]  # index into the series of each sample's last hour
 
 
-def make_samples(series: Series, index: npt.NDArray[np.int64], window_hours: int, horizons: int,
-                 max_gap_hours: int) -> Samples:
+def make_samples(
+    series: Series, index: npt.NDArray[np.int64], window_hours: int, horizons: int, max_gap_hours: int
+) -> Samples:
     """Samples issued at the given series indices (usable windows only, the stream's rule)."""
     index = index[(index >= window_hours - 1) & (index + horizons < len(series.hours))]
     view = np.lib.stride_tricks.sliding_window_view(series.raw, window_hours, axis=0)  # [T-W+1, C, W]
@@ -129,8 +143,12 @@ def make_samples(series: Series, index: npt.NDArray[np.int64], window_hours: int
     keep = batch.usable
     future = np.lib.stride_tricks.sliding_window_view(series.pm25, horizons)  # [T-H+1, H]
     y = future[index[keep] + 1]
-    return Samples(x=batch.features[keep], y=np.ascontiguousarray(y, dtype=np.float32),
-                   last_pm25=batch.last_pm25[keep], end_index=index[keep])
+    return Samples(
+        x=batch.features[keep],
+        y=np.ascontiguousarray(y, dtype=np.float32),
+        last_pm25=batch.last_pm25[keep],
+        end_index=index[keep],
+    )
 
 
 def split_indices(series: Series, cfg: DataConfig, horizons: int) -> dict[str, npt.NDArray[np.int64]]:
@@ -139,10 +157,12 @@ def split_indices(series: Series, cfg: DataConfig, horizons: int) -> dict[str, n
     years = series.local_years()
     idx = np.arange(len(years), dtype=np.int64)
     out = {}
-    for name, (y0, y1) in {"train": cfg.train_years, "val": (cfg.val_year, cfg.val_year),
-                           "test": (cfg.test_year, cfg.test_year)}.items():
+    for name, (y0, y1) in {
+        "train": cfg.train_years,
+        "val": (cfg.val_year, cfg.val_year),
+        "test": (cfg.test_year, cfg.test_year),
+    }.items():
         inside = (years >= y0) & (years <= y1)
         last_inside = idx[inside].max()
         out[name] = idx[inside & (idx + horizons <= last_inside)]
     return out
-

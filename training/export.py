@@ -42,6 +42,8 @@ def export_onnx(model: Any, window_hours: int, n_features: int, check_x: npt.NDA
     ort_out = onnx_predict(onnx_bytes, check_x)
     diff = float(np.max(np.abs(keras_out - ort_out)))
     if ort_out.shape != keras_out.shape or diff > PARITY_ATOL:
-        raise ExportError(f"onnxruntime differs from Keras: shape {ort_out.shape} vs {keras_out.shape}, "
-                          f"max |diff| {diff:.2e} > {PARITY_ATOL}")
+        raise ExportError(
+            f"onnxruntime differs from Keras: shape {ort_out.shape} vs {keras_out.shape}, "
+            f"max |diff| {diff:.2e} > {PARITY_ATOL}"
+        )
     return onnx_bytes

@@ -33,7 +33,9 @@ def horizon_metrics(actual: npt.NDArray[np.floating], pred: npt.NDArray[np.float
     return out
 
 
-def coverage(actual: npt.NDArray[np.floating], lo: npt.NDArray[np.floating], hi: npt.NDArray[np.floating]) -> list[float]:
+def coverage(
+    actual: npt.NDArray[np.floating], lo: npt.NDArray[np.floating], hi: npt.NDArray[np.floating]
+) -> list[float]:
     """Share of existing actuals inside [lo, hi], per horizon."""
     out = []
     for h in range(actual.shape[1]):

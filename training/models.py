@@ -30,8 +30,7 @@ class ModelConfig:
 
     @property
     def name(self) -> str:
-        return (f"{self.family}-w{self.window_hours}-u{self.units}-d{self.dropout:g}"
-                f"-lr{self.learning_rate:g}")
+        return f"{self.family}-w{self.window_hours}-u{self.units}-d{self.dropout:g}-lr{self.learning_rate:g}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

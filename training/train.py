@@ -37,10 +37,22 @@ HORIZONS = 24
 MODEL_FEATURES = tuple(f for f in FEATURES if f != "log_precipitation")
 
 
-def _grid(families: tuple[str, ...], windows: tuple[int, ...], units: tuple[int, ...],
-          lrs: tuple[float, ...], dropouts: tuple[float, ...], epochs: int) -> list[ModelConfig]:
-    return [ModelConfig(family=f, window_hours=w, units=u, learning_rate=lr, dropout=d, epochs=epochs)
-            for f in families for w in windows for u in units for lr in lrs for d in dropouts]
+def _grid(
+    families: tuple[str, ...],
+    windows: tuple[int, ...],
+    units: tuple[int, ...],
+    lrs: tuple[float, ...],
+    dropouts: tuple[float, ...],
+    epochs: int,
+) -> list[ModelConfig]:
+    return [
+        ModelConfig(family=f, window_hours=w, units=u, learning_rate=lr, dropout=d, epochs=epochs)
+        for f in families
+        for w in windows
+        for u in units
+        for lr in lrs
+        for d in dropouts
+    ]
 
 
 GRIDS: dict[str, Callable[[], list[ModelConfig]]] = {
@@ -60,8 +72,8 @@ GRIDS: dict[str, Callable[[], list[ModelConfig]]] = {
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     grid: str = "default"
-    target_kind: str = "delta"  # "delta" (µg/m³ / target_scale) or "log_delta"
-    target_scale: float = 100.0
+    target_kind: str = "delta"  # "delta" (change in µg/m³, scaled per horizon) or "log_delta"
+    ensemble_size: int = 3
     max_gap_hours: int = 6
     seed: int = 42
     selection_horizons: tuple[int, ...] = REPORT_HORIZONS
@@ -77,10 +89,10 @@ class TrainResult:
     reason: str
 
 
-def _targets(s: Samples, kind: str, scale_: float) -> npt.NDArray[np.float32]:
+def _targets(s: Samples, target: dict[str, Any]) -> npt.NDArray[np.float32]:
     last = s.last_pm25[:, None]
-    if kind == "delta":
-        return ((s.y - last) / scale_).astype(np.float32)
+    if target["kind"] == "delta":
+        return ((s.y - last) / np.asarray(target["scale"], dtype=np.float32)).astype(np.float32)
     return (np.log1p(s.y) - np.log1p(last)).astype(np.float32)
 
 
@@ -118,26 +130,46 @@ class _Progress:
         class CB(keras.callbacks.Callback):
             def on_epoch_end(cb_self, epoch: int, logs: dict[str, float] | None = None) -> None:  # noqa: N805
                 logs = logs or {}
-                print(f"  [{k}/{n}] {name} epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
-                      f"val_loss {logs.get('val_loss', float('nan')):.4f}", file=sys.stderr, flush=True)
+                print(
+                    f"  [{k}/{n}] {name} epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
+                    f"val_loss {logs.get('val_loss', float('nan')):.4f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         self.callback = CB()
 
 
-def _fit_one(cfg: ModelConfig, data: dict[str, Samples], sel: list[int], mean: npt.NDArray[np.float32],
-             std: npt.NDArray[np.float32], tc: TrainConfig, k: int, n: int) -> Any:
+def _fit_one(
+    cfg: ModelConfig,
+    data: dict[str, Samples],
+    sel: list[int],
+    mean: npt.NDArray[np.float32],
+    std: npt.NDArray[np.float32],
+    tc: TrainConfig,
+    target: dict[str, Any],
+    k: int,
+    n: int,
+) -> Any:
     import keras
 
     from training.models import build_model
 
     keras.utils.set_random_seed(tc.seed)
     xs = {name: scale(s.x, sel, mean, std) for name, s in data.items() if name != "test"}
-    ys = {name: _targets(data[name], tc.target_kind, tc.target_scale) for name in xs}
+    ys = {name: _targets(data[name], target) for name in xs}
     model = build_model(cfg, len(sel), HORIZONS)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
-    model.fit(xs["train"], ys["train"], validation_data=(xs["val"], ys["val"]), epochs=cfg.epochs,
-              batch_size=cfg.batch_size, shuffle=True, verbose=0,
-              callbacks=[stop, _Progress(k, n, cfg.name).callback])
+    model.fit(
+        xs["train"],
+        ys["train"],
+        validation_data=(xs["val"], ys["val"]),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=[stop, _Progress(k, n, cfg.name).callback],
+    )
     return model
 
 
@@ -145,9 +177,30 @@ def _predict(model: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.asarray(model.predict(x, batch_size=4096, verbose=0), dtype=np.float32)
 
 
-def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_better: bool = True) -> TrainResult:
+def _common(samples: dict[int, dict[str, Samples]]) -> dict[int, dict[str, Samples]]:
+    """Keep, for every window length, only the issue times usable under all of them, so every
+    configuration is scored on exactly the same pairs."""
+    out: dict[int, dict[str, Samples]] = {w: {} for w in samples}
+    for split in next(iter(samples.values())):
+        common = set.intersection(*(set(s[split].end_index.tolist()) for s in samples.values()))
+        for w, s in samples.items():
+            keep = np.isin(s[split].end_index, sorted(common))
+            x = s[split]
+            out[w][split] = Samples(x=x.x[keep], y=x.y[keep], last_pm25=x.last_pm25[keep], end_index=x.end_index[keep])
+    return out
+
+
+def _ensemble(models: list[Any], window_hours: int, n_features: int) -> Any:
     import keras
+
+    inp = keras.Input(shape=(window_hours, n_features), name="x")
+    out = keras.layers.Average(name="y")([m(inp) for m in models])
+    return keras.Model(inp, out, name="ensemble")
+
+
+def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_better: bool = True) -> TrainResult:
     import tensorflow as tf
+    from sklearn.preprocessing import StandardScaler
 
     from training.baselines import baseline_predictions
     from training.export import export_onnx
@@ -158,49 +211,87 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
     splits = split_indices(series, tc.data, HORIZONS)
     configs = GRIDS[tc.grid]()
     sel = [FEATURES.index(f) for f in MODEL_FEATURES]
-    samples: dict[int, dict[str, Samples]] = {}
-    scalers: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {}
-    results: list[dict[str, Any]] = []
-    best: tuple[float, ModelConfig, Any] | None = None
-    print(f"grid '{tc.grid}': {len(configs)} configurations", file=sys.stderr, flush=True)
-    for k, cfg in enumerate(configs, start=1):
-        w = cfg.window_hours
-        if w not in samples:
-            samples[w] = {name: make_samples(series, idx, w, HORIZONS, tc.max_gap_hours)
-                          for name, idx in splits.items()}
-            train_x = samples[w]["train"].x[:, :, sel].reshape(-1, len(sel))
-            # The scaler is fitted on the training split only.
-            from sklearn.preprocessing import StandardScaler
+    windows = sorted({c.window_hours for c in configs})
+    samples = _common(
+        {
+            w: {name: make_samples(series, idx, w, HORIZONS, tc.max_gap_hours) for name, idx in splits.items()}
+            for w in windows
+        }
+    )
+    # Preprocessing fitted on the training split only: feature scaler (shared by all windows,
+    # fitted on the longest) and the per-horizon target scale.
+    train_longest = samples[windows[-1]]["train"]
+    sc = StandardScaler().fit(train_longest.x[:, :, sel].reshape(-1, len(sel)))
+    mean, std = sc.mean_.astype(np.float32), np.maximum(sc.scale_, 1e-6).astype(np.float32)
+    delta = train_longest.y - train_longest.last_pm25[:, None]
+    target: dict[str, Any] = {"kind": tc.target_kind, "scale": 1.0}
+    if tc.target_kind == "delta":
+        target["scale"] = [round(float(v), 4) for v in np.nanstd(delta, axis=0)]
+    print(
+        f"grid '{tc.grid}': {len(configs)} configurations; {len(train_longest.y)} training, "
+        f"{len(samples[windows[-1]]['val'].y)} validation samples",
+        file=sys.stderr,
+        flush=True,
+    )
 
-            sc = StandardScaler().fit(train_x)
-            scalers[w] = (sc.mean_.astype(np.float32), np.maximum(sc.scale_, 1e-6).astype(np.float32))
-        mean, std = scalers[w]
-        t0 = time.perf_counter()
-        model = _fit_one(cfg, samples[w], sel, mean, std, tc, k, len(configs))
+    def val_score(model: Any, w: int) -> tuple[float, dict[str, list[float]]]:
         val = samples[w]["val"]
-        out = _predict(model, scale(val.x, sel, mean, std))
-        point, _, _ = postprocess(out, val.last_pm25, _target_spec(tc), _zero_intervals())
+        point, _, _ = postprocess(
+            _predict(model, scale(val.x, sel, mean, std)), val.last_pm25, target, _zero_intervals()
+        )
         m = horizon_metrics(val.y, point)
-        score = _selection_score(m, tc.selection_horizons)
-        results.append({"config": cfg.to_dict(), "name": cfg.name, "val_score": round(score, 4),
-                        "val_rmse": {h: m["rmse"][h - 1] for h in REPORT_HORIZONS},
-                        "seconds": round(time.perf_counter() - t0, 1)})
-        print(f"[{k}/{len(configs)}] {cfg.name}: validation mean RMSE {score:.2f} "
-              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-        if best is None or score < best[0]:
-            best = (score, cfg, model)
-        else:
-            keras.backend.clear_session(free_memory=False)
-    assert best is not None
-    score, cfg, model = best
+        return _selection_score(m, tc.selection_horizons), m
+
+    results: list[dict[str, Any]] = []
+    trained: list[tuple[float, ModelConfig, Any]] = []
+    for k, cfg in enumerate(configs, start=1):
+        t0 = time.perf_counter()
+        model = _fit_one(cfg, samples[cfg.window_hours], sel, mean, std, tc, target, k, len(configs))
+        score, m = val_score(model, cfg.window_hours)
+        trained.append((score, cfg, model))
+        results.append(
+            {
+                "config": cfg.to_dict(),
+                "name": cfg.name,
+                "val_score": round(score, 4),
+                "val_rmse": {h: m["rmse"][h - 1] for h in REPORT_HORIZONS},
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        print(
+            f"[{k}/{len(configs)}] {cfg.name}: validation mean RMSE {score:.2f} ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    trained.sort(key=lambda t: t[0])
+    score, cfg, model = trained[0]
     w = cfg.window_hours
-    mean, std = scalers[w]
+    family, name = cfg.family, cfg.name
+    # An average of the best configurations with the same window, kept only if validation says so.
+    members = [t for t in trained if t[1].window_hours == w][: tc.ensemble_size]
+    if len(members) > 1:
+        ens = _ensemble([t[2] for t in members], w, len(sel))
+        ens_score, _ = val_score(ens, w)
+        names = [t[1].name for t in members]
+        results.append(
+            {
+                "config": {"ensemble": names},
+                "name": "ensemble(" + ", ".join(names) + ")",
+                "val_score": round(ens_score, 4),
+                "val_rmse": {},
+                "seconds": 0.0,
+            }
+        )
+        print(f"ensemble of {names}: validation mean RMSE {ens_score:.2f}", file=sys.stderr, flush=True)
+        if ens_score < score:
+            score, model, family = ens_score, ens, "ensemble"
+            name = "ensemble(" + ", ".join(names) + ")"
     data = samples[w]
-    print(f"selected {cfg.name} (validation mean RMSE {score:.2f})", file=sys.stderr, flush=True)
+    print(f"selected {name} (validation mean RMSE {score:.2f})", file=sys.stderr, flush=True)
 
     # Interval calibration on validation residuals (log1p space), then test scored once.
     val_out = _predict(model, scale(data["val"].x, sel, mean, std))
-    val_point, _, _ = postprocess(val_out, data["val"].last_pm25, _target_spec(tc), _zero_intervals())
+    val_point, _, _ = postprocess(val_out, data["val"].last_pm25, target, _zero_intervals())
     resid = np.log1p(data["val"].y) - np.log1p(val_point)
     intervals = {
         "method": "split conformal on validation log1p residuals",
@@ -211,37 +302,45 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         s = data[split]
-        out = _predict(model, scale(s.x, sel, mean, std))
-        point, lo, hi = postprocess(out, s.last_pm25, _target_spec(tc), intervals)
-        base = baseline_predictions(series, s)
+        point, lo, hi = postprocess(_predict(model, scale(s.x, sel, mean, std)), s.last_pm25, target, intervals)
         metrics[split] = {"model": horizon_metrics(s.y, point) | {"coverage_80": coverage(s.y, lo, hi)}}
-        for name, pred in base.items():
-            metrics[split][name] = horizon_metrics(s.y, pred)
+        for base_name, pred in baseline_predictions(series, s).items():
+            metrics[split][base_name] = horizon_metrics(s.y, pred)
 
-    version = tc.version or f"{cfg.family}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    version = tc.version or f"{family}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     onnx_bytes = export_onnx(model, w, len(sel), check_x=scale(data["val"].x[:256], sel, mean, std))
     spec = {
         "version": version,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "family": cfg.family,
+        "family": family,
+        "model_name": name,
         "config": cfg.to_dict(),
         "window_hours": w,
         "horizons": list(range(1, HORIZONS + 1)),
         "raw_fields": list(RAW_FIELDS),
         "features": list(MODEL_FEATURES),
         "max_gap_hours": tc.max_gap_hours,
-        "scaler": {"kind": "sklearn.preprocessing.StandardScaler (fitted on train)",
-                   "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-        "target": _target_spec(tc),
+        "scaler": {
+            "kind": "sklearn.preprocessing.StandardScaler (fitted on the training split)",
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+        },
+        "target": target,
         "intervals": intervals,
-        "selection": {"score": "mean validation RMSE over horizons "
-                      + ",".join(map(str, tc.selection_horizons)),
-                      "val_score": round(score, 4), "grid": tc.grid, "results": results},
+        "selection": {
+            "score": "mean validation RMSE over horizons " + ",".join(map(str, tc.selection_horizons)),
+            "val_score": round(score, 4),
+            "grid": tc.grid,
+            "results": results,
+        },
         "metrics": metrics,
-        "data": {"file": Path(tc.data.path).name, "sha256": series.report.sha256,
-                 "rows": series.report.rows, "splits": {"train": list(tc.data.train_years),
-                                                        "val": tc.data.val_year, "test": tc.data.test_year}},
-        "train_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(replace(tc, data=DataConfig())).items() if k != "data"},
+        "data": {
+            "file": Path(tc.data.path).name,
+            "sha256": series.report.sha256,
+            "rows": series.report.rows,
+            "splits": {"train": list(tc.data.train_years), "val": tc.data.val_year, "test": tc.data.test_year},
+        },
+        "train_config": {k: v for k, v in asdict(replace(tc, data=DataConfig())).items() if k != "data"},
         "seed": tc.seed,
         "code_sha256": _code_fingerprint(),
         "packages": _package_versions(),
@@ -252,10 +351,6 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
     promoted, reason = _gate(store, version, score, force, promote_if_better)
     print(reason, file=sys.stderr, flush=True)
     return TrainResult(path, version, score, promoted, reason)
-
-
-def _target_spec(tc: TrainConfig) -> dict[str, Any]:
-    return {"kind": tc.target_kind, "scale": tc.target_scale if tc.target_kind == "delta" else 1.0}
 
 
 def _zero_intervals() -> dict[str, list[float]]:
@@ -275,27 +370,43 @@ def _gate(store: Path, version: str, score: float, force: bool, enabled: bool) -
         return True, f"promoted {version}: no usable production bundle ({err})"
     if force:
         promote(store, version)
-        return True, f"promoted {version} with --force (validation {score:.2f} vs {current_score:.2f} of {current_version})"
+        return (
+            True,
+            f"promoted {version} with --force (validation {score:.2f} vs {current_score:.2f} of {current_version})",
+        )
     if score < current_score:
         promote(store, version)
-        return True, f"promoted {version}: validation mean RMSE {score:.2f} beats {current_version}'s {current_score:.2f}"
-    return False, (f"kept {current_version} in production: its validation mean RMSE {current_score:.2f} "
-                   f"is not beaten by {version}'s {score:.2f} (use --force to promote anyway)")
+        return (
+            True,
+            f"promoted {version}: validation mean RMSE {score:.2f} beats {current_version}'s {current_score:.2f}",
+        )
+    return False, (
+        f"kept {current_version} in production: its validation mean RMSE {current_score:.2f} "
+        f"is not beaten by {version}'s {score:.2f} (use --force to promote anyway)"
+    )
 
 
 def _model_card(spec: dict[str, Any]) -> str:
-    lines = [f"# Model card: {spec['version']}", "",
-             f"- family: {spec['family']}, window {spec['window_hours']} h, horizons 1-24 h",
-             f"- target: {spec['target']['kind']}; intervals: {spec['intervals']['method']}",
-             f"- data: {spec['data']['file']} (sha256 {spec['data']['sha256'][:12]}...), "
-             f"train {spec['data']['splits']['train']}, validation {spec['data']['splits']['val']}, "
-             f"test {spec['data']['splits']['test']}",
-             f"- selected on validation only: {spec['selection']['score']} = {spec['selection']['val_score']}",
-             ""]
+    lines = [
+        f"# Model card: {spec['version']}",
+        "",
+        f"- model: {spec['model_name']}, window {spec['window_hours']} h, horizons 1-24 h",
+        f"- target: {spec['target']['kind']}; intervals: {spec['intervals']['method']}",
+        f"- data: {spec['data']['file']} (sha256 {spec['data']['sha256'][:12]}...), "
+        f"train {spec['data']['splits']['train']}, validation {spec['data']['splits']['val']}, "
+        f"test {spec['data']['splits']['test']}",
+        f"- selected on validation only: {spec['selection']['score']} = {spec['selection']['val_score']}",
+        "",
+    ]
     for split in ("val", "test"):
         m = spec["metrics"][split]
-        lines += [f"## {'Validation' if split == 'val' else 'Test'} ({'2013' if split == 'val' else '2014'}), RMSE / MAE / R² (µg/m³)", "",
-                  "| horizon | " + " | ".join(m) + " | 80 % coverage |", "|---" * (len(m) + 2) + "|"]
+        lines += [
+            f"## {'Validation' if split == 'val' else 'Test'} ({spec['data']['splits'][split]}), "
+            "RMSE / MAE / R² (µg/m³)",
+            "",
+            "| horizon | " + " | ".join(m) + " | 80 % coverage |",
+            "|---" * (len(m) + 2) + "|",
+        ]
         for h in REPORT_HORIZONS:
             cells = [f"{m[k]['rmse'][h - 1]:.2f} / {m[k]['mae'][h - 1]:.2f} / {m[k]['r2'][h - 1]:.3f}" for k in m]
             lines.append(f"| {h} h | " + " | ".join(cells) + f" | {m['model']['coverage_80'][h - 1]:.1%} |")

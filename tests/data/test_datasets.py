@@ -5,11 +5,19 @@ import hashlib
 
 import pytest
 
-from pm25.adapters import MULTISITE_STATIONS, RowError, multisite_files, read_multisite, read_single_site, single_site_file
+from pm25.adapters import (
+    MULTISITE_STATIONS,
+    RowError,
+    multisite_files,
+    read_multisite,
+    read_single_site,
+    single_site_file,
+)
 
 
 def test_single_site_checksum_and_counts():
-    raw = gzip.open(single_site_file()).read()
+    with gzip.open(single_site_file()) as fh:
+        raw = fh.read()
     assert hashlib.sha256(raw).hexdigest() == "4127f868775e31b3956522adc0ec75af8937dde6a3896e8beed3a376c6d27f1c"
     items = list(read_single_site())
     assert len(items) == 43824 and not any(isinstance(i, RowError) for i in items)

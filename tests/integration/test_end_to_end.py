@@ -36,6 +36,6 @@ def test_worker_publishes_forecasts_equal_to_backtest(settings, start_worker):
     assert {s for s, _ in got} == STATIONS
     assert got.keys() == expected.keys()
     assert got == expected  # the stream publishes byte for byte what the backtest computes
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics") as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics") as resp:
         text = resp.read().decode()
     assert f"pm25_readings_in_total {float(len(readings))}" in text

@@ -12,11 +12,11 @@ SINGLE = """No,year,month,day,hour,pm2.5,DEWP,TEMP,PRES,cbwd,Iws,Is,Ir
 6,2010,1,2,5,109,-7,-6,1022,NW,4.92,0,0
 """
 
-MULTI = '''"No","year","month","day","hour","PM2.5","PM10","SO2","NO2","CO","O3","TEMP","PRES","DEWP","RAIN","wd","WSPM","station"
+MULTI = """"No","year","month","day","hour","PM2.5","PM10","SO2","NO2","CO","O3","TEMP","PRES","DEWP","RAIN","wd","WSPM","station"
 1,2013,3,1,0,4,4,4,7,300,77,-0.7,1023,-18.8,0,"NNW",4.4,"Aotizhongxin"
 2,2013,3,1,1,NA,8,4,7,300,77,-1.1,1023.2,-18.2,0.3,NA,4.7,"Aotizhongxin"
 3,2013,3,1,2,7,7,5,10,300,73,-1.1,1023.5,-18.2,0,"XX",5.6,"Aotizhongxin"
-'''
+"""
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

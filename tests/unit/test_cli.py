@@ -35,18 +35,23 @@ def test_missing_readings_file_is_one_line(tmp_path, capsys):
 
 
 def test_bad_environment_is_one_line():
-    proc = subprocess.run([sys.executable, "-m", "pm25.cli", "topics"], capture_output=True, text=True,
-                          env={"PM25_BOOTSTRAP_SERVERS": "not-a-server", "PATH": ""}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pm25.cli", "topics"],
+        capture_output=True,
+        text=True,
+        env={"PM25_BOOTSTRAP_SERVERS": "not-a-server", "PATH": ""},
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "bootstrap servers" in proc.stderr
 
 
 def test_backtest_writes_forecasts(tmp_path):
-    from pm25.adapters import RowError, read_multisite, write_canonical_csv
-    from pm25.adapters import multisite_files
+    from pm25.adapters import RowError, multisite_files, read_multisite, write_canonical_csv
 
-    readings = [r for _, r in zip(range(60), read_multisite(multisite_files()[0]), strict=False)
-                if not isinstance(r, RowError)]
+    readings = [
+        r for _, r in zip(range(60), read_multisite(multisite_files()[0]), strict=False) if not isinstance(r, RowError)
+    ]
     csv_path = tmp_path / "r.csv"
     write_canonical_csv(csv_path, readings)
     out = tmp_path / "f.jsonl"

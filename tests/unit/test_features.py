@@ -64,8 +64,12 @@ def test_batch_rows_are_independent():
 
 def test_postprocess_delta_and_intervals():
     spec_i = {"log_residual_lo": [-0.5, -0.5], "log_residual_hi": [0.5, 0.5]}
-    point, lo, hi = postprocess(np.array([[0.1, -1.0]], dtype=np.float32), np.array([50.0], dtype=np.float32),
-                                {"kind": "delta", "scale": 100.0}, spec_i)
+    point, lo, hi = postprocess(
+        np.array([[0.1, -1.0]], dtype=np.float32),
+        np.array([50.0], dtype=np.float32),
+        {"kind": "delta", "scale": 100.0},
+        spec_i,
+    )
     assert point[0, 0] == pytest.approx(60.0) and point[0, 1] == 0.0  # clipped at zero
     assert lo[0, 0] < point[0, 0] < hi[0, 0]
     assert lo[0, 1] == 0.0 and hi[0, 1] >= 0.0

@@ -15,9 +15,17 @@ from pm25.schema import (
     reading_to_json,
 )
 
-GOOD = {"station_id": "Dongsi", "timestamp": "2013-03-01T00:00:00Z", "pm25": 12.0, "temperature_c": -1.5,
-        "dew_point_c": -18.0, "pressure_hpa": 1023.0, "wind_speed_ms": 4.4, "wind_direction": "NNW",
-        "precipitation_mm": 0.0}
+GOOD = {
+    "station_id": "Dongsi",
+    "timestamp": "2013-03-01T00:00:00Z",
+    "pm25": 12.0,
+    "temperature_c": -1.5,
+    "dew_point_c": -18.0,
+    "pressure_hpa": 1023.0,
+    "wind_speed_ms": 4.4,
+    "wind_direction": "NNW",
+    "precipitation_mm": 0.0,
+}
 
 
 def enc(d: object) -> bytes:
@@ -86,7 +94,8 @@ def test_infinite_value_rejected():
 
 
 def test_forecast_serialisation_is_deterministic_and_round_trips():
-    f = Forecast("s", "2013-03-01T00:00:00Z", "v1",
-                 (HorizonForecast(1, "2013-03-01T01:00:00Z", 10.0, 8.0, 12.5, 42, "Good"),))
+    f = Forecast(
+        "s", "2013-03-01T00:00:00Z", "v1", (HorizonForecast(1, "2013-03-01T01:00:00Z", 10.0, 8.0, 12.5, 42, "Good"),)
+    )
     assert forecast_to_json(f) == forecast_to_json(forecast_from_json(forecast_to_json(f)))
     assert forecast_from_json(forecast_to_json(f)) == f

@@ -30,8 +30,14 @@ def test_invalid_settings_raise(env):
 
 
 def test_secrets_never_printed():
-    s = Settings.from_env({"PM25_SECURITY_PROTOCOL": "SASL_SSL", "PM25_SASL_MECHANISM": "SCRAM-SHA-512",
-                           "PM25_SASL_USERNAME": "u", "PM25_SASL_PASSWORD": "hunter2"})
+    s = Settings.from_env(
+        {
+            "PM25_SECURITY_PROTOCOL": "SASL_SSL",
+            "PM25_SASL_MECHANISM": "SCRAM-SHA-512",
+            "PM25_SASL_USERNAME": "u",
+            "PM25_SASL_PASSWORD": "hunter2",
+        }
+    )
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.sasl_password)
     assert isinstance(s.sasl_password, Secret) and s.sasl_password.reveal() == "hunter2"
     assert s.kafka_python_security()["sasl_plain_password"] == "hunter2"

@@ -1,0 +1,195 @@
+"""Fault tests on a real broker (embedded Tansu unless PM25_TEST_BOOTSTRAP_SERVERS is set)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+import urllib.request
+from collections import Counter
+
+import pytest
+
+from model_store import default_store, load_production, promote, write_bundle
+from pm25.schema import forecast_from_json, forecast_to_json, reading_to_json
+from producer.replay import load_source
+from stream_processor.backtest import make_engine
+from stream_processor.engine import run_offline
+from tests.integration.badmessages import bad_messages
+from tests.integration.conftest import collect, send_raw, send_readings
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+STATIONS = {"Dongsi", "Wanliu", "Huairou", "Gucheng", "Tiantan", "Shunyi"}
+
+
+def expected_forecasts(settings, readings):
+    return {(f.station_id, f.issued_at): forecast_to_json(f) for f in run_offline(make_engine(settings), readings)}
+
+
+def by_key(msgs):
+    """Latest forecast per (station, issued_at) in consumption order, and how often each came."""
+    latest, seen = {}, Counter()
+    for m in msgs:
+        f = forecast_from_json(m.value)
+        latest[(f.station_id, f.issued_at)] = m.value
+        seen[(f.station_id, f.issued_at)] += 1
+    return latest, seen
+
+
+def _get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return resp.status, resp.read().decode()
+
+
+def test_bad_messages_go_to_dead_letters_and_valid_ones_are_forecast(settings, start_worker):
+    readings = list(load_source("multisite", [], stations=STATIONS, hours=72))
+    expected = expected_forecasts(settings, readings)
+    bad = bad_messages(10_000)
+    rng = random.Random(3)
+    # interleave: bad messages at random places, valid readings keep their order
+    stream = [(r.station_id.encode(), reading_to_json(r)) for r in readings]
+    for _, key, value in bad:
+        stream.insert(rng.randrange(len(stream) + 1), (key, value))
+    worker = start_worker()
+    send_raw(settings, stream)
+
+    dead = collect(settings, settings.dlq_topic, lambda m: len(m) >= len(bad), timeout=180)
+    forecasts = collect(settings, settings.forecasts_topic, lambda m: len(m) >= len(expected), timeout=120)
+    latest, _ = by_key(forecasts)
+    reasons = Counter(dict(m.headers)["pm25.reason"].decode() for m in dead)
+    print(
+        f"\nbad messages sent {len(bad)}, dead letters received {len(dead)}; valid readings {len(readings)}, "
+        f"forecasts expected {len(expected)}, received {len(forecasts)}; reasons {dict(reasons)}"
+    )
+    assert reasons == Counter(reason for reason, _, _ in bad)  # every bad one, with its reason
+    for m in dead[:200]:
+        h = dict(m.headers)
+        assert h["pm25.source.topic"].decode() == settings.readings_topic
+        assert int(h["pm25.source.offset"]) >= 0 and int(h["pm25.source.partition"]) >= 0
+    originals = {value for _, _, value in bad}
+    assert all(m.value in originals for m in dead)  # original bytes, untouched
+    assert latest == expected
+    assert _get(worker.web_port, "/health")[0] == 200
+
+
+def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker):
+    readings = list(load_source("multisite", [], stations=STATIONS, hours=240))
+    expected = expected_forecasts(settings, readings)
+    worker = start_worker()
+    send_readings(settings, readings)
+    before = collect(settings, settings.forecasts_topic, lambda m: len(m) >= len(expected) // 3, timeout=60)
+    worker.stop(kill=True)  # SIGKILL mid-replay
+    killed_at = len(before)
+    start_worker()
+    msgs = collect(
+        settings,
+        settings.forecasts_topic,
+        lambda m: (
+            {(forecast_from_json(x.value).station_id, forecast_from_json(x.value).issued_at) for x in m}
+            >= expected.keys()
+        ),
+        timeout=180,
+    )
+    latest, seen = by_key(msgs)
+    values: dict = {}
+    for m in msgs:
+        f = forecast_from_json(m.value)
+        values.setdefault((f.station_id, f.issued_at), set()).add(m.value)
+    duplicates = sum(n - 1 for n in seen.values())
+    print(
+        f"\nreadings {len(readings)}, forecasts expected {len(expected)}, received {len(msgs)} "
+        f"(killed after {killed_at}), duplicates {duplicates}"
+    )
+    assert expected.keys() <= latest.keys()
+    assert all(len(v) == 1 for v in values.values())  # replayed duplicates are byte-identical
+    assert latest == expected
+
+
+def test_model_promoted_mid_stream_swaps_and_tampered_one_is_refused(settings, start_worker, tmp_path):
+    store = tmp_path / "store"
+    prod = load_production(default_store())
+    shutil.copytree(prod.path, store / "bundles" / prod.version)
+    promote(store, prod.version)
+    worker = start_worker(PM25_MODEL_STORE=str(store))
+    readings = list(load_source("multisite", [], stations=STATIONS, hours=90))
+    third = len(readings) // 3
+    parts = [readings[:third], readings[third : 2 * third], readings[2 * third :]]
+    expected = expected_forecasts(settings, readings)
+
+    def wait_for(n):
+        return collect(settings, settings.forecasts_topic, lambda m: len(m) >= n, timeout=90)
+
+    send_readings(settings, parts[0])
+    keys0 = expected_forecasts(settings, parts[0]).keys()
+    wait_for(len(keys0))
+    # promote a new bundle (same graph, new version)
+    new_spec = dict(prod.spec) | {"version": prod.version + "-b"}
+    write_bundle(store, new_spec, prod.onnx_bytes)
+    promote(store, new_spec["version"])
+    _wait_metric(worker, 'pm25_model_swaps_total{result="swapped"} 1.0')
+    send_readings(settings, parts[1])
+    keys01 = expected_forecasts(settings, parts[0] + parts[1]).keys()
+    wait_for(len(keys01))
+    # promote a bundle, then tamper with it: refused, the previous one keeps serving
+    bad_spec = dict(prod.spec) | {"version": prod.version + "-c"}
+    bad_path = write_bundle(store, bad_spec, prod.onnx_bytes)
+    promote(store, bad_spec["version"])
+    onnx = bad_path / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    _wait_metric(worker, 'pm25_model_swaps_total{result="refused"} 1.0')
+    send_readings(settings, parts[2])
+    msgs = wait_for(len(expected))
+    version = {}
+    for m in msgs:
+        f = forecast_from_json(m.value)
+        version[(f.station_id, f.issued_at)] = f.model_version
+    print(f"\nforecasts expected {len(expected)}, received {len(msgs)}; by version {dict(Counter(version.values()))}")
+    assert version.keys() == expected.keys()  # no reading left unforecast
+    assert {version[k] for k in keys0} == {prod.version}
+    assert {version[k] for k in version.keys() - keys0} == {new_spec["version"]}  # swapped; tampered never served
+    status, health = _get(worker.web_port, "/health")
+    assert json.loads(health)["model_version"] == new_spec["version"]
+
+
+def _wait_metric(worker, line, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if line in worker.metrics():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"metric {line!r} not seen; worker log:\n{worker.tail()}")
+
+
+def test_out_of_order_and_duplicates_give_the_clean_forecasts(settings, start_worker):
+    clean = list(load_source("multisite", [], stations=STATIONS, hours=96))
+    expected = expected_forecasts(settings, clean)  # pm25 backtest on the clean sequence
+    rng = random.Random(11)
+    messy = list(clean)
+    # shuffle within blocks of 6 hours (inside the 24 h lateness bound) and duplicate 20 %
+    for i in range(0, len(messy), 6 * len(STATIONS)):
+        block = messy[i : i + 6 * len(STATIONS)]
+        rng.shuffle(block)
+        messy[i : i + 6 * len(STATIONS)] = block
+    # duplicate 20 % of the readings, each re-sent up to 12 hours after its first copy
+    span = 12 * len(STATIONS)
+    dups = rng.sample(range(len(clean)), len(clean) // 5)
+    for i in sorted(dups, reverse=True):
+        messy.insert(min(i + rng.randrange(1, span), len(messy)), messy[i])
+    start_worker()
+    send_readings(settings, messy)
+
+    def complete(m):
+        latest, _ = by_key(m)
+        return latest == expected
+
+    msgs = collect(settings, settings.forecasts_topic, complete, timeout=120)
+    latest, seen = by_key(msgs)
+    print(
+        f"\nclean readings {len(clean)}, messy sent {len(messy)} ({len(dups)} duplicates), "
+        f"forecasts expected {len(expected)}, messages received {len(msgs)}"
+    )
+    assert latest == expected
