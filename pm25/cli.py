@@ -223,6 +223,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_year, write_report
+
+    settings = _settings(args)
+    ev = evaluate_year(settings, args.year, progress=not args.quiet)
+    print(ev.table())
+    for path in write_report(ev, Path(args.out)):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0 if all(ev.passed().values()) and ev.coverage_ok() else 1
+
+
+def cmd_eda(args: argparse.Namespace) -> int:
+    try:
+        from training.eda import write_eda
+    except ImportError as err:
+        raise UsageError(f"the EDA report needs the training extra (pip install -e '.[training]'): {err}") from err
+    print(f"wrote {write_eda(Path(args.out))}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pm25.demo import run_demo
 
@@ -294,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--force", action="store_true", help="promote even if production scores better")
     gate.add_argument("--no-promote", action="store_true", help="write the bundle, do not promote it")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="backtest the production bundle on a test year vs persistence and yardstick")
+    s.add_argument("--year", type=int, default=2014, choices=range(2010, 2015), metavar="{2010..2014}")
+    s.add_argument("--out", default="reports", help="folder for evaluation.json/.md/.png (default reports/)")
+    s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("eda", help="exploratory report of the training data (Markdown + PNG plots)")
+    s.add_argument("--out", default="reports/eda", help="output folder (default reports/eda)")
+    s.set_defaults(func=cmd_eda)
 
     s = sub.add_parser("demo", help="embedded broker + worker + replay of the 12 Beijing stations, then a summary")
     s.add_argument("--hours", type=_positive_int, default=96, help="simulated hours to replay (default 96)")

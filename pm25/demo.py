@@ -9,6 +9,7 @@ every expected forecast arrived.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -90,6 +91,18 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name) and not line.startswith("#"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _hindcast(text: str) -> list[tuple[int, float, float]]:
+    values: dict[tuple[int, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("pm25_hindcast_rmse{"):
+            labels, value = line.rsplit(" ", 1)
+            h = int(labels.split('horizon="')[1].split('"')[0])
+            model = labels.split('model="')[1].split('"')[0]
+            values[(h, model)] = float(value)
+    hs = sorted({h for h, _ in values})
+    return [(h, values.get((h, "forecast"), math.nan), values.get((h, "persistence"), math.nan)) for h in hs]
 
 
 def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0) -> int:
@@ -176,6 +189,13 @@ def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0) 
         f"forecasts out {_metric(metrics, 'pm25_forecasts_out_total'):.0f}, "
         f"dead letters {_metric(metrics, 'pm25_dead_letters_total'):.0f}"
     )
+    skill = _hindcast(metrics)
+    if skill:
+        print(
+            "live hindcast RMSE:   "
+            + ", ".join(f"+{h}h {m:.1f} vs persistence {p:.1f}" for h, m, p in skill)
+            + " (µg/m³, all stations)"
+        )
     ok = len(stations) == len(MULTISITE_STATIONS) and horizons_ok and not missing and not mismatched
     print("demo: OK" if ok else "demo: FAILED")
     return 0 if ok else 1

@@ -96,6 +96,9 @@ class Worker:
         self.dlq = self.app.topic(
             settings.dlq_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
+        self.scores = self.app.topic(
+            settings.scores_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
         self.windows = self.app.Table("station-windows", key_type=str, value_type=bytes, partitions=settings.partitions)
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)
@@ -134,13 +137,13 @@ class Worker:
         stream._set_current_event(None)
         for event, letter in dead:
             await self._dead_letter(event, letter)
-        if requests:
-            out = proc.forecast(requests)
-            for key, value in out:
-                await self.forecasts.send(key=key, value=value)
-            now = time.time()
-            for ts in arrived:
-                self.metrics.reading_to_forecast_seconds.observe(max(now - ts, 0.0))
+        for key, value in proc.forecast(requests):
+            await self.forecasts.send(key=key, value=value)
+        now = time.time()
+        for ts in arrived:
+            self.metrics.reading_to_forecast_seconds.observe(max(now - ts, 0.0))
+        for key, value in proc.drain_scores():
+            await self.scores.send(key=key, value=value)
         self.metrics.batch_size.observe(len(events))
 
     async def _dead_letter(self, event: EventT, letter: DeadLetter) -> None:

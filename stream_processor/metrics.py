@@ -41,9 +41,14 @@ class WorkerMetrics:
         self.model_info = Gauge("pm25_model_info", "Production model serving (value 1)", ["version"], registry=r)
         self.model_swaps = Counter("pm25_model_swaps", "Model hot swaps", ["result"], registry=r)
         self.hindcast_rmse = Gauge(
-            "pm25_hindcast_rmse", "Rolling RMSE of realised forecasts (µg/m³)", ["model", "horizon"], registry=r
+            "pm25_hindcast_rmse",
+            "Rolling RMSE of realised forecasts and of persistence on the same pairs (µg/m³)",
+            ["model", "horizon"],
+            registry=r,
         )
-        self.hindcast_pairs = Counter("pm25_hindcast_pairs", "Forecast/actual pairs scored", registry=r)
+        self.hindcast_pairs = Gauge(
+            "pm25_hindcast_pairs", "Forecast/actual pairs scored since start", ["horizon"], registry=r
+        )
 
     def set_model(self, version: str) -> None:
         self.model_info.clear()

@@ -12,9 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from pm25.schema import InvalidReading, Reading, forecast_to_json, hour_to_iso, parse_reading
 from pm25.window import StationWindow, TooLate
 from stream_processor.engine import Engine, Request
+from stream_processor.hindcast import HindcastScorer
 from stream_processor.metrics import WorkerMetrics
 
 __all__ = ["DeadLetter", "Processor", "wall_clock_hour"]
@@ -38,6 +41,9 @@ class Processor:
         self.metrics = metrics
         self.now_hour = now_hour
         self._suspended: set[str] = set()
+        self.scorer = HindcastScorer()
+        self._observed: list[tuple[str, int, float | None]] = []
+        self._scores: list[tuple[bytes, bytes]] = []
 
     def parse(self, raw: bytes | None, key: bytes | None) -> Reading | DeadLetter:
         self.metrics.readings_in.inc()
@@ -59,6 +65,7 @@ class Processor:
         except TooLate as err:
             return self._dead("too_late", str(err))
         self.metrics.readings_valid.inc()
+        self._observed.append((reading.station_id, reading.hour, reading.pm25))
         if not changed:
             self.metrics.duplicates.inc()
         elif newest is not None and reading.hour < newest:
@@ -66,9 +73,31 @@ class Processor:
         return (window.to_bytes() if changed else None), requests
 
     def forecast(self, requests: list[Request]) -> list[tuple[bytes, bytes]]:
-        """(key, value) of every forecast the requests produce; logs suspensions and resumptions."""
-        if not requests:
-            return []
+        """(key, value) of every forecast the requests produce; logs suspensions and resumptions.
+        Then scores the forecasts whose target hours the batch's readings observed."""
+        out = self._forecast(requests) if requests else []
+        self._score()
+        return out
+
+    def drain_scores(self) -> list[tuple[bytes, bytes]]:
+        """Hindcast score messages produced since the last call, keyed by station."""
+        scores, self._scores = self._scores, []
+        return scores
+
+    def _score(self) -> None:
+        for station, hour, pm25 in self._observed:
+            msg = self.scorer.observe(station, hour, pm25)
+            if msg is not None:
+                self._scores.append((station.encode(), msg))
+        if self._observed:
+            for h, skill in self.scorer.total.items():
+                if skill.n:
+                    self.metrics.hindcast_rmse.labels(model="forecast", horizon=str(h)).set(skill.mse**0.5)
+                    self.metrics.hindcast_rmse.labels(model="persistence", horizon=str(h)).set(skill.p_mse**0.5)
+                    self.metrics.hindcast_pairs.labels(horizon=str(h)).set(skill.n)
+        self._observed = []
+
+    def _forecast(self, requests: list[Request]) -> list[tuple[bytes, bytes]]:
         started = time.perf_counter()
         results = self.engine.forecast(requests)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
@@ -89,6 +118,8 @@ class Processor:
                 self._suspended.discard(req.station_id)
                 log.info("station %s: forecasts resumed at %s", req.station_id, f.issued_at)
             out.append((f.station_id.encode(), forecast_to_json(f)))
+            observed = req.raw[:, 0][~np.isnan(req.raw[:, 0])]
+            self.scorer.record(f, float(observed[-1]) if len(observed) else f.horizons[0].pm25)
         self.metrics.forecasts_out.inc(len(out))
         return out
 

@@ -202,7 +202,7 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
     import tensorflow as tf
     from sklearn.preprocessing import StandardScaler
 
-    from training.baselines import baseline_predictions
+    from training.baselines import GradientBoostingBaseline, baseline_predictions
     from training.export import export_onnx
 
     tf.config.experimental.enable_op_determinism()
@@ -299,12 +299,14 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
         "log_residual_lo": [round(float(np.nanquantile(resid[:, h], 0.1)), 5) for h in range(HORIZONS)],
         "log_residual_hi": [round(float(np.nanquantile(resid[:, h], 0.9)), 5) for h in range(HORIZONS)],
     }
+    print("fitting the gradient-boosting baseline", file=sys.stderr, flush=True)
+    gb = GradientBoostingBaseline(tc.seed).fit(data["train"])
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         s = data[split]
         point, lo, hi = postprocess(_predict(model, scale(s.x, sel, mean, std)), s.last_pm25, target, intervals)
         metrics[split] = {"model": horizon_metrics(s.y, point) | {"coverage_80": coverage(s.y, lo, hi)}}
-        for base_name, pred in baseline_predictions(series, s).items():
+        for base_name, pred in baseline_predictions(series, s, gb).items():
             metrics[split][base_name] = horizon_metrics(s.y, pred)
 
     version = tc.version or f"{family}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
@@ -346,11 +348,23 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
         "packages": _package_versions(),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
+    spec = _json_safe(spec)
     extra = {"MODEL_CARD.md": _model_card(spec).encode()}
     path = write_bundle(store, spec, onnx_bytes, extra)
     promoted, reason = _gate(store, version, score, force, promote_if_better)
     print(reason, file=sys.stderr, flush=True)
     return TrainResult(path, version, score, promoted, reason)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a horizon a baseline does not forecast) becomes null: the spec is strict JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _zero_intervals() -> dict[str, list[float]]:

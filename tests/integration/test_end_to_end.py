@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
+import orjson
 import pytest
 
 from pm25.schema import forecast_from_json, forecast_to_json
@@ -39,3 +40,8 @@ def test_worker_publishes_forecasts_equal_to_backtest(settings, start_worker):
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics") as resp:
         text = resp.read().decode()
     assert f"pm25_readings_in_total {float(len(readings))}" in text
+    assert 'pm25_hindcast_rmse{horizon="1",model="forecast"}' in text
+    scores = collect(settings, settings.scores_topic, lambda m: len(m) > 50, timeout=30)
+    body = orjson.loads(scores[-1].value)
+    assert scores[-1].key.decode() == body["station_id"] in STATIONS
+    assert [x["h"] for x in body["skill"]] == [1, 3, 6, 12, 24] and body["skill"][0]["n"] > 0
