@@ -7,6 +7,7 @@ a bad argument or setting gives a one-line error and exit status 2, never a trac
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -243,10 +244,29 @@ def cmd_eda(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(
+        stations=args.stations, hours=args.hours, latency_rate=args.latency_rate, latency_seconds=args.latency_seconds
+    )
+    report = run_bench(cfg, Path(args.out))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}", file=sys.stderr)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dashboard.server import run_dashboard
+
+    run_dashboard(_settings(args), args.host, args.port)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pm25.demo import run_demo
 
-    return run_demo(hours=args.hours, speedup=args.speedup, timeout=args.timeout)
+    return run_demo(hours=args.hours, speedup=args.speedup, timeout=args.timeout, keep_open=args.keep_open)
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -326,12 +346,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="reports/eda", help="output folder (default reports/eda)")
     s.set_defaults(func=cmd_eda)
 
+    s = sub.add_parser("bench", help="inference and end-to-end benchmark on the embedded broker (JSON + plot)")
+    s.add_argument("--out", default="reports/bench.json", help="JSON report path (plot beside it)")
+    s.add_argument("--stations", type=_positive_int, default=1000, help="stations in the throughput run")
+    s.add_argument("--hours", type=_positive_int, default=60, help="hours per station in the throughput run")
+    s.add_argument("--latency-rate", type=_positive_float, default=500.0, help="offered readings/s for latency")
+    s.add_argument("--latency-seconds", type=_positive_float, default=20.0, help="duration of the latency run")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("dashboard", help="live web dashboard of readings, forecasts and skill")
+    _kafka_args(s, "readings", "forecasts")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 in a container)")
+    s.add_argument("--port", type=_port, default=8080, help="HTTP port (default 8080)")
+    s.set_defaults(func=cmd_dashboard)
+
     s = sub.add_parser("demo", help="embedded broker + worker + replay of the 12 Beijing stations, then a summary")
     s.add_argument("--hours", type=_positive_int, default=96, help="simulated hours to replay (default 96)")
     s.add_argument(
         "--speedup", type=_positive_float, default=36000.0, help="simulated/real time (default 36000: 10 h per second)"
     )
     s.add_argument("--timeout", type=_positive_float, default=180.0, help="give up after this many seconds")
+    s.add_argument("--keep-open", action="store_true", help="after the summary, keep everything running until Ctrl-C")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -105,7 +105,20 @@ def _hindcast(text: str) -> list[tuple[int, float, float]]:
     return [(h, values.get((h, "forecast"), math.nan), values.get((h, "persistence"), math.nan)) for h in hs]
 
 
-def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0) -> int:
+def _summary_and_wait(dash_port: int, web_port: int) -> None:
+    print(
+        f"\nkeeping everything running: dashboard http://127.0.0.1:{dash_port}/, "
+        f"metrics http://127.0.0.1:{web_port}/metrics; Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0, keep_open: bool = False) -> int:
     from pm25.kafka import ensure_topics, make_consumer, make_producer
     from producer.replay import ReplayReport, load_source, replay
     from stream_processor.backtest import make_engine
@@ -121,7 +134,16 @@ def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0) 
     }
     settings = Settings.from_env({**os.environ, **env})
     worker = WorkerProcess(env, workdir / "worker.log")
+    dash_port = free_port()
+    dash_log = open(workdir / "dashboard.log", "wb")  # noqa: SIM115 - closed in the finally below
+    dashboard = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "pm25.cli", "dashboard", "--port", str(dash_port)],
+        env={**os.environ, **env},
+        stdout=dash_log,
+        stderr=subprocess.STDOUT,
+    )
     print(f"embedded broker on {broker.bootstrap_servers}; worker log {worker.log_path}", flush=True)
+    print(f"dashboard: http://127.0.0.1:{dash_port}/  (live during the replay)", flush=True)
     try:
         ensure_topics(settings)
         # What the worker must publish: the same readings through the same code, offline.
@@ -160,7 +182,12 @@ def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0) 
         done.set()
         thread.join(timeout=10)
         metrics = worker.metrics()
+        if keep_open:
+            _summary_and_wait(dash_port, web_port)
     finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+        dash_log.close()
         worker.stop()
         broker.stop()
 

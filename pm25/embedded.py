@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "BrokerError",
     "EmbeddedBroker",
+    "aiokafka_consumer_overrides",
     "faust_overrides",
     "free_port",
     "kafka_consumer_overrides",
@@ -47,6 +48,11 @@ def faust_overrides() -> dict[str, Any]:
 def kafka_consumer_overrides() -> dict[str, Any]:
     """kafka-python consumer settings for Tansu (short session for fast joins, and a short fetch
     wait because Tansu answers a waiting fetch only when the wait expires)."""
+    return {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000, "fetch_max_wait_ms": 100}
+
+
+def aiokafka_consumer_overrides() -> dict[str, Any]:
+    """aiokafka consumer settings for Tansu (same reasons as the kafka-python ones)."""
     return {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000, "fetch_max_wait_ms": 100}
 
 

@@ -157,5 +157,20 @@ class Settings:
             out["ssl_cafile"] = self.ssl_cafile
         return out
 
+    def aiokafka_security(self) -> dict[str, Any]:
+        """Security keyword arguments for aiokafka clients."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if "SSL" in self.security_protocol:
+            import ssl
+
+            out["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.sasl_mechanism:
+            out["sasl_mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            out["sasl_plain_username"] = self.sasl_username
+        if self.sasl_password:
+            out["sasl_plain_password"] = self.sasl_password.reveal()
+        return out
+
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,11 +61,12 @@ def build_model(cfg: ModelConfig, n_features: int, horizons: int) -> keras.Model
         h = layers.Conv1D(cfg.units, 5, activation="relu", padding="causal", dilation_rate=2)(h)
         h = layers.GlobalAveragePooling1D()(h)
     # The newest hour enters the head directly: short horizons depend on it most.
-    last = layers.Lambda(lambda t: t[:, -1, :], name="last_hour")(inp)
+    last = layers.Flatten(name="last_hour")(layers.Cropping1D((cfg.window_hours - 1, 0))(inp))
     h = layers.Concatenate()([h, last])
     h = layers.Dropout(cfg.dropout)(h)
     h = layers.Dense(cfg.units, activation="relu")(h)
     out = layers.Dense(horizons, name="y")(h)
-    model = keras.Model(inp, out, name=cfg.family)
+    # a unique name per configuration, so models can be nested in an ensemble
+    model = keras.Model(inp, out, name=re.sub(r"[^A-Za-z0-9_]", "_", cfg.name))
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=masked_mse)
     return model

@@ -349,11 +349,22 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     spec = _json_safe(spec)
-    extra = {"MODEL_CARD.md": _model_card(spec).encode()}
+    extra = {"MODEL_CARD.md": _model_card(spec).encode(), "model.keras": _keras_bytes(model)}
     path = write_bundle(store, spec, onnx_bytes, extra)
     promoted, reason = _gate(store, version, score, force, promote_if_better)
     print(reason, file=sys.stderr, flush=True)
     return TrainResult(path, version, score, promoted, reason)
+
+
+def _keras_bytes(model: Any) -> bytes:
+    """The Keras model in the native .keras format (config JSON + weights, no pickle), kept for
+    provenance and for the Keras-vs-onnxruntime benchmark; serving never reads it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
 
 
 def _json_safe(value: Any) -> Any:

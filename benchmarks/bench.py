@@ -1,0 +1,411 @@
+"""`pm25 bench`: inference and end-to-end figures anyone can rerun, with a JSON report and a plot.
+
+1. Inference: the production bundle in onnxruntime at batch 1 and batched, and the same model in
+   Keras ``predict`` (from the bundle's ``model.keras``), in one run.
+2. End to end on the embedded broker, one worker process: readings of many stations preloaded
+   and offered as fast as the worker takes them -> readings/s from the first forecast out to the
+   last (every expected forecast counted); then readings offered at a fixed rate ->
+   reading-to-forecast latency (Kafka timestamps of reading and forecast, same clock).
+3. The same preloaded run through the naive worker (``benchmarks.naive_worker``), same run.
+4. Worker peak RSS (VmHWM) and cold start (process spawn to first forecast).
+
+Latency on the embedded broker is bounded by its fetch behaviour (a waiting fetch is answered when
+Faust's 1.5 s fetch wait expires); it is reported as measured and is not Apache Kafka's latency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pm25.demo import WorkerProcess
+from pm25.embedded import EmbeddedBroker, free_port
+from pm25.kafka import ensure_topics, make_consumer, make_producer
+from pm25.schema import Reading, forecast_from_json, reading_to_json
+from pm25.settings import Settings
+
+__all__ = ["BenchConfig", "run_bench"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    stations: int = 1000
+    hours: int = 60
+    latency_rate: float = 500.0
+    latency_seconds: float = 20.0
+    inference_calls: int = 2000
+    keras_calls: int = 60
+
+
+def _say(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def synthetic_readings(stations: int, hours: int, offset_hours: int = 0) -> list[Reading]:
+    """``stations`` stations x ``hours`` hours from the 12 real multi-site series: station k
+    replays real station k % 12 from a different starting day; all stations report each hour."""
+    from producer.replay import load_source
+
+    per_source = -(-stations // 12)
+    span = per_source * 24 + hours + offset_hours
+    by_source: dict[str, list[Reading]] = {}
+    for r in load_source("multisite", [], hours=span):
+        by_source.setdefault(r.station_id, []).append(r)
+    sources = sorted(by_source)
+    out: list[Reading] = []
+    for t in range(offset_hours, offset_hours + hours):
+        for k in range(stations):
+            series = by_source[sources[k % 12]]
+            r = series[(k // 12) * 24 + t]
+            out.append(
+                Reading(
+                    f"S{k:05d}",
+                    r.hour,
+                    r.pm25,
+                    r.temperature_c,
+                    r.dew_point_c,
+                    r.pressure_hpa,
+                    r.wind_speed_ms,
+                    r.wind_direction,
+                    r.precipitation_mm,
+                )
+            )
+    return out
+
+
+def bench_inference(cfg: BenchConfig, settings: Settings) -> dict[str, Any]:
+    from model_store import default_store, load_production
+    from pm25.features import FEATURES, make_features, scale
+    from stream_processor.inference import OnnxForecaster
+
+    bundle = load_production(settings.model_store or default_store())
+    model = OnnxForecaster(bundle)
+    readings = synthetic_readings(600, model.window_hours)
+    raw = np.zeros((600, model.window_hours, 8), dtype=np.float32)
+    from pm25.features import encode_reading
+
+    for i, r in enumerate(readings):
+        raw[i % 600, i // 600] = encode_reading(r)
+    ends = np.array([r.hour for r in readings[-600:]], dtype=np.int64)
+    sel = [FEATURES.index(f) for f in bundle.spec["features"]]
+    mean = np.asarray(bundle.spec["scaler"]["mean"], dtype=np.float32)
+    std = np.asarray(bundle.spec["scaler"]["std"], dtype=np.float32)
+    x = scale(make_features(raw, ends, model.max_gap_hours).features, sel, mean, std)
+    sess, name = model._session, model._input
+
+    def rate(fn: Any, rows: int, calls: int) -> float:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return rows * calls / (time.perf_counter() - t0)
+
+    _say("inference: onnxruntime batch 1 and 512")
+    x1, x512 = x[:1], x[:512]
+    onnx1 = rate(lambda: sess.run(None, {name: x1}), 1, cfg.inference_calls)
+    onnx_b = rate(lambda: sess.run(None, {name: x512}), 512, max(cfg.inference_calls // 20, 20))
+    full_b = rate(lambda: model.predict(raw[:512], ends[:512]), 512, 50)
+    out: dict[str, Any] = {
+        "model_version": bundle.version,
+        "onnx_rows_per_s_batch1": round(onnx1, 1),
+        "onnx_rows_per_s_batched": round(onnx_b, 1),
+        "batch_size": 512,
+        "onnx_us_per_call_batch1": round(1e6 / onnx1, 1),
+        "features_plus_onnx_rows_per_s_batched": round(full_b, 1),
+    }
+    keras_path = bundle.path / "model.keras"
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+    except ImportError:
+        out["keras_rows_per_s_batch1"] = None
+        out["keras_note"] = "TensorFlow is not installed (training extra)"
+        return out
+    if not keras_path.is_file():
+        out["keras_rows_per_s_batch1"] = None
+        out["keras_note"] = "bundle has no model.keras"
+        return out
+    _say("inference: Keras predict batch 1")
+    kmodel = keras.models.load_model(keras_path, compile=False, safe_mode=True)
+    keras1 = rate(lambda: kmodel.predict(x1, verbose=0), 1, cfg.keras_calls)
+    diff = float(np.max(np.abs(np.asarray(kmodel.predict(x[:64], verbose=0)) - sess.run(None, {name: x[:64]})[0])))
+    out.update(
+        {
+            "keras_rows_per_s_batch1": round(keras1, 1),
+            "keras_ms_per_call_batch1": round(1e3 / keras1, 2),
+            "onnx_vs_keras_batch1": round(onnx1 / keras1, 1),
+            "onnx_keras_max_abs_diff": diff,
+        }
+    )
+    return out
+
+
+def _consume_until(settings: Settings, topic: str, expected: int, timeout: float) -> list[Any]:
+    consumer = make_consumer(settings, topic, group_id=None, consumer_timeout_ms=500, max_poll_records=5000)
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            for msg in consumer:
+                out.append(msg)
+                if len(out) >= expected:
+                    break
+            if time.monotonic() - last_report > 5:
+                _say(f"  {len(out)}/{expected} forecasts")
+                last_report = time.monotonic()
+    finally:
+        consumer.close()
+    return out
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _throughput_run(
+    env: dict[str, str], settings: Settings, expected: int, n: int, log: Path, naive: bool
+) -> dict[str, Any]:
+    spawn = time.time()
+    if naive:
+        fh = open(log, "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.naive_worker"],
+            env={**os.environ, **env},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+        pid = proc.pid
+    else:
+        worker = WorkerProcess(env, log).start()
+        assert worker.proc is not None
+        pid = worker.proc.pid
+    try:
+        msgs = _consume_until(settings, settings.forecasts_topic, expected, timeout=900)
+        rss = _peak_rss_mb(pid)
+    finally:
+        if naive:
+            proc.terminate()
+            proc.wait(timeout=30)
+            fh.close()
+        else:
+            worker.stop()
+    stamps = sorted(m.timestamp / 1000.0 for m in msgs)
+    span = stamps[-1] - stamps[0] if len(stamps) > 1 else float("nan")
+    return {
+        "readings": n,
+        "forecasts_expected": expected,
+        "forecasts_received": len(msgs),
+        "seconds_first_to_last_forecast": round(span, 2),
+        "readings_per_s": round(n / span, 1) if span > 0 else None,
+        "cold_start_s": round(stamps[0] - spawn, 2) if stamps else None,
+        "peak_rss_mb": rss,
+    }
+
+
+def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
+    from stream_processor.backtest import make_engine
+    from stream_processor.engine import run_offline
+
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "config": cfg.__dict__,
+    }
+    base = Settings.from_env()
+    report["inference"] = bench_inference(cfg, base)
+    _say(json.dumps(report["inference"]))
+    broker = EmbeddedBroker().start()
+    workdir = Path(tempfile.mkdtemp(prefix="pm25-bench-"))
+    try:
+
+        def env_for(tag: str, readings_topic: str) -> dict[str, str]:
+            return {
+                "PM25_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+                "PM25_EMBEDDED_BROKER": "1",
+                "PM25_APP_ID": f"bench-{tag}",
+                "PM25_READINGS_TOPIC": readings_topic,
+                "PM25_FORECASTS_TOPIC": f"forecasts-{tag}",
+                "PM25_DLQ_TOPIC": f"dlq-{tag}",
+                "PM25_SCORES_TOPIC": f"scores-{tag}",
+                "PM25_WEB_PORT": str(free_port()),
+            }
+
+        readings = synthetic_readings(cfg.stations, cfg.hours)
+        _say(
+            f"end to end: {len(readings)} readings of {cfg.stations} stations; offline backtest for the expected count"
+        )
+        expected = sum(1 for _ in run_offline(make_engine(base), readings, batch_size=512))
+        env_a = env_for("prod", "readings-preloaded")
+        settings_a = Settings.from_env({**os.environ, **env_a})
+        ensure_topics(settings_a)
+        _say("preloading the readings topic")
+        producer = make_producer(settings_a, linger_ms=20, batch_size=1 << 18)
+        for r in readings:
+            producer.send(settings_a.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))
+        producer.flush()
+        producer.close()
+        _say("production worker, readings offered as fast as it takes them")
+        prod = _throughput_run(env_a, settings_a, expected, len(readings), workdir / "prod.log", naive=False)
+        _say(json.dumps(prod))
+        env_b = env_for("naive", "readings-preloaded")
+        settings_b = Settings.from_env({**os.environ, **env_b})
+        ensure_topics(settings_b)
+        _say("naive worker, same readings")
+        naive = _throughput_run(env_b, settings_b, expected, len(readings), workdir / "naive.log", naive=True)
+        _say(json.dumps(naive))
+        _say(f"latency: {cfg.latency_rate:.0f} readings/s for {cfg.latency_seconds:.0f} s")
+        latency = _latency_run(cfg, env_for("latency", "readings-latency"), workdir / "latency.log")
+        _say(json.dumps(latency))
+    finally:
+        broker.stop()
+    report["e2e"] = {
+        "readings_per_s": prod["readings_per_s"],
+        "readings_per_s_naive": naive["readings_per_s"],
+        "speedup_vs_naive": round(prod["readings_per_s"] / naive["readings_per_s"], 2)
+        if prod["readings_per_s"] and naive["readings_per_s"]
+        else None,
+        "production": prod,
+        "naive": naive,
+        "latency_ms": latency["latency_ms"],
+        "latency": latency,
+        "broker": "embedded Tansu 0.6 (latency bounded by its fetch wait; not Apache Kafka figures)",
+    }
+    report["worker_peak_rss_mb"] = prod["peak_rss_mb"]
+    report["cold_start_s"] = prod["cold_start_s"]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, out_path.with_suffix(".png"))
+    return report
+
+
+def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path) -> dict[str, Any]:
+    from stream_processor.backtest import make_engine
+    from stream_processor.engine import run_offline
+
+    settings = Settings.from_env({**os.environ, **env})
+    ensure_topics(settings)
+    worker = WorkerProcess(env, log).start()
+    try:
+        worker.wait_ready()
+        stations = max(1, int(cfg.latency_rate))  # one reading per station per second of offered load
+        seconds = int(cfg.latency_seconds)
+        readings = synthetic_readings(stations, seconds + 30)
+        # warm every station's window first (not timed), then one hour per second at the fixed rate
+        warm, timed = readings[: stations * 30], readings[stations * 30 :]
+        expected = sum(1 for _ in run_offline(make_engine(settings), readings, batch_size=512))
+        producer = make_producer(settings)
+        for r in warm:
+            producer.send(settings.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))
+        producer.flush()
+        sent_at: dict[tuple[str, int], float] = {}
+        t0 = time.monotonic()
+        for i, r in enumerate(timed):
+            due = t0 + i / cfg.latency_rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            producer.send(settings.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))
+            sent_at[(r.station_id, r.hour)] = time.time()
+        producer.flush()
+        producer.close()
+        offered = len(timed) / (time.monotonic() - t0)
+        msgs = _consume_until(settings, settings.forecasts_topic, expected, timeout=120)
+    finally:
+        worker.stop()
+    from pm25.schema import iso_to_hour
+
+    lat = []
+    for m in msgs:
+        f = forecast_from_json(m.value)
+        key = (f.station_id, iso_to_hour(f.issued_at))
+        if key in sent_at:
+            lat.append(m.timestamp / 1000.0 - sent_at[key])
+    lat_ms = sorted(x * 1000 for x in lat)
+
+    def pct(p: float) -> float | None:
+        return round(lat_ms[min(len(lat_ms) - 1, int(p / 100 * len(lat_ms)))], 1) if lat_ms else None
+
+    return {
+        "offered_readings_per_s": round(offered, 1),
+        "timed_readings": len(timed),
+        "forecasts_matched": len(lat_ms),
+        "latency_ms": {
+            "p50": pct(50),
+            "p95": pct(95),
+            "p99": pct(99),
+            "mean": round(statistics.fmean(lat_ms), 1) if lat_ms else None,
+        },
+    }
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    inf, e2e = report["inference"], report["e2e"]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    names = ["ONNX b=1", "ONNX b=512"] + (["Keras b=1"] if inf.get("keras_rows_per_s_batch1") else [])
+    vals = [inf["onnx_rows_per_s_batch1"], inf["onnx_rows_per_s_batched"]] + (
+        [inf["keras_rows_per_s_batch1"]] if inf.get("keras_rows_per_s_batch1") else []
+    )
+    ax[0].bar(names, vals, color=["tab:blue", "tab:blue", "tab:gray"][: len(vals)])
+    ax[0].set_yscale("log")
+    ax[0].set(title="Inference rows/s (log scale)")
+    ax[1].bar(
+        ["production", "naive"],
+        [e2e["readings_per_s"] or 0, e2e["readings_per_s_naive"] or 0],
+        color=["tab:green", "tab:gray"],
+    )
+    ax[1].axhline(3000, color="k", ls="--", lw=0.8, label="target 3000/s")
+    ax[1].set(title="End-to-end readings/s, one worker (embedded broker)")
+    ax[1].legend()
+    lat = e2e["latency_ms"]
+    ax[2].bar(["p50", "p95", "p99"], [lat["p50"] or 0, lat["p95"] or 0, lat["p99"] or 0], color="tab:orange")
+    ax[2].set(title=f"Reading-to-forecast latency (ms) at {e2e['latency']['offered_readings_per_s']:.0f}/s")
+    fig.suptitle(
+        f"pm25 bench {report['date']} - {report['machine']['cores']} cores, {report['machine']['cpu_model']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

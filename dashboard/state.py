@@ -1,0 +1,130 @@
+"""What the dashboard shows, built from the three topics; pure and bounded (tested without Kafka).
+
+>>> from pm25.schema import Reading
+>>> s = DashboardState()
+>>> s.add_reading(Reading("Dongsi", 378360, pm25=42.0))
+>>> s.stations()[0]["latest_reading"]["aqi_us_category"]
+'Unhealthy for Sensitive Groups'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pm25.aqi import CATEGORIES, us_aqi
+from pm25.schema import Forecast, Reading, hour_to_iso, iso_to_hour
+
+__all__ = ["LEADS", "DashboardState"]
+
+#: Lead times of the past forecasts drawn against the actual readings on a station page.
+LEADS = (1, 6, 24)
+
+
+@dataclass
+class _Station:
+    readings: dict[int, float | None] = field(default_factory=dict)
+    forecasts: dict[int, Forecast] = field(default_factory=dict)
+    skill: list[dict[str, Any]] = field(default_factory=list)
+    newest: int = 0
+
+
+class DashboardState:
+    def __init__(self, history_hours: int = 72) -> None:
+        self.history_hours = history_hours
+        self._stations: dict[str, _Station] = {}
+        self.version = 0  # bumped on every change (the pages poll or listen for it)
+
+    def _station(self, station_id: str, hour: int) -> _Station:
+        st = self._stations.setdefault(station_id, _Station())
+        if hour > st.newest:
+            st.newest = hour
+            horizon = hour - self.history_hours - 24
+            st.readings = {h: v for h, v in st.readings.items() if h >= horizon}
+            st.forecasts = {h: f for h, f in st.forecasts.items() if h >= horizon}
+        self.version += 1
+        return st
+
+    def add_reading(self, r: Reading) -> None:
+        self._station(r.station_id, r.hour).readings[r.hour] = r.pm25
+
+    def add_forecast(self, f: Forecast) -> None:
+        issued = iso_to_hour(f.issued_at)
+        self._station(f.station_id, issued).forecasts[issued] = f
+
+    def add_score(self, body: dict[str, Any]) -> None:
+        st = self._station(str(body["station_id"]), iso_to_hour(body["target_time"]))
+        st.skill = list(body.get("skill", []))
+
+    # -- views -------------------------------------------------------------------------------
+    def stations(self) -> list[dict[str, Any]]:
+        return [self._summary(sid, st) for sid, st in sorted(self._stations.items())]
+
+    def station(self, station_id: str) -> dict[str, Any] | None:
+        st = self._stations.get(station_id)
+        if st is None:
+            return None
+        start = st.newest - self.history_hours + 1
+        readings = [
+            {"timestamp": hour_to_iso(h), "pm25": st.readings.get(h)}
+            for h in range(start, st.newest + 1)
+            if h in st.readings
+        ]
+        past: dict[str, list[dict[str, Any]]] = {}
+        for lead in LEADS:
+            points = []
+            for issued, f in sorted(st.forecasts.items()):
+                target = issued + lead
+                if start <= target <= st.newest and lead <= len(f.horizons):
+                    x = f.horizons[lead - 1]
+                    points.append({"target_time": x.target_time, "pm25": x.pm25})
+            past[str(lead)] = points
+        summary = self._summary(station_id, st)
+        return summary | {"readings": readings, "past_forecasts": past, "skill": st.skill}
+
+    def _summary(self, station_id: str, st: _Station) -> dict[str, Any]:
+        latest_reading = None
+        observed = [h for h, v in st.readings.items() if v is not None]
+        if observed:
+            h = max(observed)
+            value = st.readings[h]
+            assert value is not None
+            aqi, cat = us_aqi(value)
+            latest_reading = {"timestamp": hour_to_iso(h), "pm25": value, "aqi_us": aqi, "aqi_us_category": cat}
+        forecast = None
+        worst = None
+        if st.forecasts:
+            f = st.forecasts[max(st.forecasts)]
+            forecast = {
+                "issued_at": f.issued_at,
+                "model_version": f.model_version,
+                "horizons": [
+                    {
+                        "h": x.h,
+                        "target_time": x.target_time,
+                        "pm25": x.pm25,
+                        "pm25_lo": x.pm25_lo,
+                        "pm25_hi": x.pm25_hi,
+                        "aqi_us": x.aqi_us,
+                        "aqi_us_category": x.aqi_us_category,
+                    }
+                    for x in f.horizons
+                ],
+            }
+            w = max(f.horizons, key=lambda x: (CATEGORIES.index(x.aqi_us_category), -x.h))
+            worst = {"aqi_us_category": w.aqi_us_category, "aqi_us": w.aqi_us, "h": w.h, "target_time": w.target_time}
+        skill_1h = next((s for s in st.skill if s.get("h") == 1), None)
+        return {
+            "station_id": station_id,
+            "latest_reading": latest_reading,
+            "forecast": forecast,
+            "worst_next_24h": worst,
+            "skill_1h": skill_1h,
+        }
+
+    def load(self, readings: Iterable[Reading] = (), forecasts: Iterable[Forecast] = ()) -> None:
+        for r in readings:
+            self.add_reading(r)
+        for f in forecasts:
+            self.add_forecast(f)
