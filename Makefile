@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: demo test test-fast lint typecheck bench train train-quick eda evaluate clean help
+.PHONY: demo test test-fast lint typecheck bench train train-quick eda evaluate dashboard chromium clean help
 
 help:
 	@echo "make demo   - embedded broker + worker + replay of 12 Beijing stations, prints forecasts"
@@ -29,7 +29,14 @@ $(VENV)/.all: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.serving
 	$(BIN)/pm25 demo
 
-test: $(VENV)/.all
+# The browser test drives Debian's chromium (no browser download); installed here when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the dashboard browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(VENV)/.all chromium
 	$(BIN)/python -m pytest
 
 test-fast: $(VENV)/.all
@@ -46,6 +53,12 @@ bench: $(VENV)/.all
 
 train: $(VENV)/.all
 	$(BIN)/pm25 train --grid default
+
+evaluate: $(VENV)/.all
+	$(BIN)/pm25 evaluate --year 2014
+
+eda: $(VENV)/.all
+	$(BIN)/pm25 eda
 
 train-quick: $(VENV)/.all
 	$(BIN)/pm25 train --grid quick --no-promote

@@ -7,6 +7,7 @@ a bad argument or setting gives a one-line error and exit status 2, never a trac
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -154,12 +155,19 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from pm25.kafka import ensure_topics
+    from pm25.kafka import ensure_topics, partition_counts
     from stream_processor.app import Worker
 
     settings = _settings(args)
     ensure_topics(settings)
-    worker = Worker(settings)
+    counts = partition_counts(settings, settings.readings_topic, settings.forecasts_topic)
+    worker = Worker(settings, copartitioned=len(set(counts.values())) == 1 and None not in counts.values())
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        log.info("uvloop not installed; using the default asyncio loop")
     log.info(
         "worker: model %s, broker %s, web port %d",
         worker.engine.model.version,

@@ -10,7 +10,7 @@ from typing import Any
 from pm25.embedded import kafka_consumer_overrides
 from pm25.settings import Settings
 
-__all__ = ["TOPIC_CONFIGS", "ensure_topics", "make_consumer", "make_producer"]
+__all__ = ["TOPIC_CONFIGS", "ensure_topics", "make_consumer", "make_producer", "partition_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,17 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     finally:
         admin.close()
     return created
+
+
+def partition_counts(settings: Settings, *topics: str) -> dict[str, int | None]:
+    """Partition count of each topic (None if it cannot be described)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_python_security())
+    try:
+        return {t: (len(consumer.partitions_for_topic(t) or ()) or None) for t in topics}
+    finally:
+        consumer.close()
 
 
 def make_producer(settings: Settings, **overrides: Any) -> Any:

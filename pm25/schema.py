@@ -12,6 +12,7 @@ b'{"station_id":"Dongsi","timestamp":"2013-03-01T00:00:00Z","p'
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -128,8 +129,9 @@ class Forecast:
     horizons: tuple[HorizonForecast, ...]
 
 
+@functools.lru_cache(maxsize=65536)
 def hour_to_iso(hour: int) -> str:
-    """Epoch hour -> ISO 8601 UTC string.
+    """Epoch hour -> ISO 8601 UTC string (cached: forecasts format 25 hours each).
 
     >>> hour_to_iso(0)
     '1970-01-01T00:00:00Z'

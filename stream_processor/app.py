@@ -61,8 +61,11 @@ def _faust_credentials(settings: Settings) -> dict[str, Any]:
 class Worker:
     """Builds the Faust app around a Processor; everything is reachable for tests."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, copartitioned: bool = False) -> None:
         self.settings = settings
+        # forecasts go to the partition of their reading when both topics have the same count
+        # (saves hashing every key in Python); otherwise the producer partitions by key
+        self.copartitioned = copartitioned
         self.store = settings.model_store or default_store()
         self.metrics = WorkerMetrics()
         bundle = load_production(self.store)
@@ -114,6 +117,7 @@ class Worker:
     async def handle_batch(self, stream: faust.Stream, events: Sequence[EventT]) -> None:
         proc = self.processor
         requests: list[Request] = []
+        partition_of: dict[str, int] = {}
         arrived: list[float] = []
         dead: list[tuple[EventT, DeadLetter]] = []
         for event in events:
@@ -132,13 +136,16 @@ class Worker:
             if state is not None:
                 self.windows[parsed.station_id] = state
             requests.extend(reqs)
+            partition_of[parsed.station_id] = msg.partition
             if reqs:
                 arrived.append(msg.timestamp)
         stream._set_current_event(None)
         for event, letter in dead:
             await self._dead_letter(event, letter)
+        producer, topic = self.app.producer, self.settings.forecasts_topic
         for key, value in proc.forecast(requests):
-            await self.forecasts.send(key=key, value=value)
+            partition = partition_of.get(key.decode()) if self.copartitioned else None
+            await producer.send(topic, key, value, partition, None, None)
         now = time.time()
         for ts in arrived:
             self.metrics.reading_to_forecast_seconds.observe(max(now - ts, 0.0))

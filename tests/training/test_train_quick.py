@@ -1,0 +1,46 @@
+"""The quick training mode end to end: trains, exports, writes a verified bundle, gates promotion,
+and is reproducible (same inputs, same selection and scores)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from model_store import load_bundle, load_production
+from pm25.cli import main
+from stream_processor.inference import OnnxForecaster
+
+pytestmark = [pytest.mark.training, pytest.mark.slow]
+
+
+def test_quick_train_export_gate_and_reproducibility(tmp_path, capsys):
+    store = tmp_path / "store"
+    started = time.monotonic()
+    assert main(["train", "--grid", "quick", "--model-store", str(store), "--version", "q1"]) == 0
+    elapsed = time.monotonic() - started
+    print(f"\nquick training + export took {elapsed:.1f} s")
+    assert elapsed < 120
+    first = load_production(store)
+    assert first.version == "q1"
+    model = OnnxForecaster(first)
+    raw = np.full((2, model.window_hours, 8), 30.0, dtype=np.float32)
+    assert model.predict(raw, np.array([380_000, 380_001])).point.shape == (2, 24)
+    spec = first.spec
+    for key in ("data", "packages", "code_sha256", "seed", "metrics", "intervals", "scaler", "train_config"):
+        assert key in spec
+    assert set(spec["metrics"]["test"]) == {"model", "persistence", "seasonal_naive_24h", "gradient_boosting"}
+    assert (first.path / "model.keras").is_file() and (first.path / "MODEL_CARD.md").is_file()
+
+    # same inputs -> same scores; not better -> production is kept
+    assert main(["train", "--grid", "quick", "--model-store", str(store), "--version", "q2"]) == 0
+    second = load_bundle(store / "bundles" / "q2")
+    assert second.spec["selection"]["val_score"] == spec["selection"]["val_score"]
+    assert second.spec["metrics"] == spec["metrics"]
+    assert load_production(store).version == "q1"
+    assert "kept q1 in production" in capsys.readouterr().err
+    # --force promotes anyway
+    assert main(["train", "--grid", "quick", "--model-store", str(store), "--version", "q3", "--force"]) == 0
+    assert json.loads((store / "production.json").read_text())["version"] == "q3"
