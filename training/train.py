@@ -33,6 +33,8 @@ __all__ = ["GRIDS", "TrainConfig", "TrainResult", "train"]
 
 log = logging.getLogger(__name__)
 HORIZONS = 24
+#: A new bundle must beat production's validation score by more than this (µg/m³) to be promoted.
+MIN_IMPROVEMENT = 0.05
 #: Features the model reads (precipitation is not in the single-site data, so it is left out).
 MODEL_FEATURES = tuple(f for f in FEATURES if f != "log_precipitation")
 
@@ -399,7 +401,7 @@ def _gate(store: Path, version: str, score: float, force: bool, enabled: bool) -
             True,
             f"promoted {version} with --force (validation {score:.2f} vs {current_score:.2f} of {current_version})",
         )
-    if score < current_score:
+    if score < current_score - MIN_IMPROVEMENT:
         promote(store, version)
         return (
             True,
@@ -407,7 +409,7 @@ def _gate(store: Path, version: str, score: float, force: bool, enabled: bool) -
         )
     return False, (
         f"kept {current_version} in production: its validation mean RMSE {current_score:.2f} "
-        f"is not beaten by {version}'s {score:.2f} (use --force to promote anyway)"
+        f"is not beaten by {version}'s {score:.2f} by more than {MIN_IMPROVEMENT} (use --force to promote anyway)"
     )
 
 

@@ -47,9 +47,9 @@ def test_dashboard_live_in_headless_chromium(settings_env, settings, start_worke
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), f"Chromium not found at {CHROMIUM} (make test installs Debian's chromium)"
-    readings = list(load_source("multisite", [], stations=STATIONS, hours=40))
-    first = [r for r in readings if r.hour < readings[0].hour + 34]
-    later = [r for r in readings if r.hour >= readings[0].hour + 34]
+    readings = list(load_source("multisite", [], stations=STATIONS, hours=60))
+    first = [r for r in readings if r.hour < readings[0].hour + 54]
+    later = [r for r in readings if r.hour >= readings[0].hour + 54]
     start_worker()
     port = free_port()
     log = open(tmp_path / "dashboard.log", "wb")  # noqa: SIM115

@@ -19,7 +19,7 @@ STATIONS = {"Dongsi", "Wanliu", "Huairou", "Gucheng"}
 
 
 def test_worker_publishes_forecasts_equal_to_backtest(settings, start_worker):
-    readings = list(load_source("multisite", [], stations=STATIONS, hours=60))
+    readings = list(load_source("multisite", [], stations=STATIONS, hours=80))
     expected = {(f.station_id, f.issued_at): forecast_to_json(f) for f in run_offline(make_engine(settings), readings)}
     assert len(expected) > 100
 

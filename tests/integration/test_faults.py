@@ -113,7 +113,7 @@ def test_model_promoted_mid_stream_swaps_and_tampered_one_is_refused(settings, s
     shutil.copytree(prod.path, store / "bundles" / prod.version)
     promote(store, prod.version)
     worker = start_worker(PM25_MODEL_STORE=str(store))
-    readings = list(load_source("multisite", [], stations=STATIONS, hours=90))
+    readings = list(load_source("multisite", [], stations=STATIONS, hours=180))
     third = len(readings) // 3
     parts = [readings[:third], readings[third : 2 * third], readings[2 * third :]]
     expected = expected_forecasts(settings, readings)
@@ -123,6 +123,7 @@ def test_model_promoted_mid_stream_swaps_and_tampered_one_is_refused(settings, s
 
     send_readings(settings, parts[0])
     keys0 = expected_forecasts(settings, parts[0]).keys()
+    assert len(keys0) > 50
     wait_for(len(keys0))
     # promote a new bundle (same graph, new version)
     new_spec = dict(prod.spec) | {"version": prod.version + "-b"}

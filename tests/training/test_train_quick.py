@@ -4,6 +4,8 @@ and is reproducible (same inputs, same selection and scores)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -16,7 +18,7 @@ from stream_processor.inference import OnnxForecaster
 pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 
-def test_quick_train_export_gate_and_reproducibility(tmp_path, capsys):
+def test_quick_train_export_gate_and_reproducibility(tmp_path):
     store = tmp_path / "store"
     started = time.monotonic()
     assert main(["train", "--grid", "quick", "--model-store", str(store), "--version", "q1"]) == 0
@@ -34,13 +36,20 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path, capsys):
     assert set(spec["metrics"]["test"]) == {"model", "persistence", "seasonal_naive_24h", "gradient_boosting"}
     assert (first.path / "model.keras").is_file() and (first.path / "MODEL_CARD.md").is_file()
 
-    # same inputs -> same scores; not better -> production is kept
-    assert main(["train", "--grid", "quick", "--model-store", str(store), "--version", "q2"]) == 0
+    # same inputs in a fresh process -> the same model, byte for byte; not better -> production is kept
+    proc = subprocess.run(
+        [sys.executable, "-m", "pm25.cli", "train", "--grid", "quick", "--model-store", str(store), "--version", "q2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
     second = load_bundle(store / "bundles" / "q2")
     assert second.spec["selection"]["val_score"] == spec["selection"]["val_score"]
     assert second.spec["metrics"] == spec["metrics"]
+    assert second.onnx_bytes == first.onnx_bytes
     assert load_production(store).version == "q1"
-    assert "kept q1 in production" in capsys.readouterr().err
+    assert "kept q1 in production" in proc.stdout + proc.stderr
     # --force promotes anyway
     assert main(["train", "--grid", "quick", "--model-store", str(store), "--version", "q3", "--force"]) == 0
     assert json.loads((store / "production.json").read_text())["version"] == "q3"
