@@ -18,7 +18,7 @@ import numpy as np
 from model_store import default_store, load_production
 from pm25.embedded import faust_overrides
 from pm25.kafka import ensure_topics
-from pm25.schema import InvalidReading, forecast_to_json, reading_from_mapping
+from pm25.schema import InvalidReading, reading_from_mapping
 from pm25.settings import Settings
 from pm25.window import StationWindow, TooLate
 from stream_processor.engine import Engine
@@ -64,7 +64,7 @@ def build(settings: Settings) -> faust.App:
                 reading = reading_from_mapping(record.asdict())
             except InvalidReading:
                 continue
-            stored = windows[reading.station_id]
+            stored = windows.get(reading.station_id)
             state = None
             if stored is not None:
                 state = StationWindow(
@@ -84,7 +84,7 @@ def build(settings: Settings) -> faust.App:
             for request in requests:
                 (forecast,) = engine.forecast([request])
                 if forecast is not None:
-                    await forecasts.send(key=forecast.station_id, value=forecast_to_json(forecast))
+                    await forecasts.send(key=forecast.station_id, value=forecast.value)
 
     return app
 

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -75,6 +76,7 @@ class Worker:
         )
         self.metrics.set_model(bundle.version)
         self.processor = Processor(self.engine, self.metrics)
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pm25-inference")
         conf: dict[str, Any] = {
             "broker": f"kafka://{settings.bootstrap_servers}",
             "store": "memory://",
@@ -143,7 +145,9 @@ class Worker:
         for event, letter in dead:
             await self._dead_letter(event, letter)
         producer, topic = self.app.producer, self.settings.forecasts_topic
-        for key, value in proc.forecast(requests):
+        # inference (onnxruntime releases the GIL) runs off the event loop, one batch at a time
+        loop = asyncio.get_running_loop()
+        for key, value in await loop.run_in_executor(self._inference, proc.forecast, requests):
             partition = partition_of.get(key.decode()) if self.copartitioned else None
             await producer.send(topic, key, value, partition, None, None)
         now = time.time()

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from model_store import default_store, load_production
-from pm25.schema import Reading, forecast_to_json
+from pm25.schema import Reading
 from pm25.settings import Settings
 from pm25.window import TooLate
 from stream_processor.engine import Engine, run_offline
@@ -44,6 +44,6 @@ def run_backtest(
     with open(out, "wb") as fh:
         stream = tqdm(readings, unit="reading", disable=not progress, file=sys.stderr, mininterval=0.5)
         for f in run_offline(engine, stream, on_reject=reject):
-            fh.write(forecast_to_json(f) + b"\n")
+            fh.write(f.value + b"\n")
             n += 1
     return n, rejected

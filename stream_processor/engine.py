@@ -12,12 +12,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pm25.aqi import us_aqi
-from pm25.schema import Forecast, HorizonForecast, Reading, hour_to_iso
+from pm25.aqi import CATEGORIES, us_aqi_array
+from pm25.schema import Forecast, Reading, encode_forecast, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
 from stream_processor.inference import Forecaster
 
-__all__ = ["Engine", "Request", "run_offline"]
+__all__ = ["EncodedForecast", "Engine", "Request", "run_offline"]
+
+
+@dataclass(slots=True)
+class EncodedForecast:
+    """A forecast as published: its key fields, the message bytes and the point values."""
+
+    station_id: str
+    end_hour: int
+    value: bytes
+    point: list[float]  # µg/m³ per horizon, in the model's horizon order
+
+    @property
+    def issued_at(self) -> str:
+        return hour_to_iso(self.end_hour)
+
+    def decode(self) -> Forecast:
+        return forecast_from_json(self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,43 +73,37 @@ class Engine:
         requests = [Request(reading.station_id, h, state.window(h, w).copy()) for h in hours]
         return state, changed, requests
 
-    def forecast(self, requests: list[Request]) -> list[Forecast | None]:
+    def forecast(self, requests: list[Request]) -> list[EncodedForecast | None]:
         """One batched inference, aligned with ``requests``; None where the window is not usable
-        (a PM2.5 gap longer than the model's ``max_gap_hours``): that forecast is suspended."""
+        (a PM2.5 gap longer than the model's ``max_gap_hours``): that forecast is suspended.
+
+        Rounding (0.1 µg/m³) and the AQI are computed on whole arrays; each forecast is then
+        serialised straight from the values (no intermediate objects on the hot path)."""
         if not requests:
             return []
         model = self.model
         raw = np.stack([r.raw for r in requests])
         ends = np.array([r.end_hour for r in requests], dtype=np.int64)
         pred = model.predict(raw, ends)
-        point, lo, hi = pred.point.tolist(), pred.lo.tolist(), pred.hi.tolist()
-        return [
-            _build(req, model, point[i], lo[i], hi[i]) if pred.usable[i] else None for i, req in enumerate(requests)
-        ]
-
-
-def _build(req: Request, model: Forecaster, point: list[float], lo: list[float], hi: list[float]) -> Forecast:
-    horizons = []
-    for k, h in enumerate(model.horizons):
-        p = round(point[k], 1)
-        aqi, cat = us_aqi(p)
-        horizons.append(
-            HorizonForecast(
-                h=h,
-                target_time=hour_to_iso(req.end_hour + h),
-                pm25=p,
-                pm25_lo=round(lo[k], 1),
-                pm25_hi=round(hi[k], 1),
-                aqi_us=aqi,
-                aqi_us_category=cat,
-            )
-        )
-    return Forecast(
-        station_id=req.station_id,
-        issued_at=hour_to_iso(req.end_hour),
-        model_version=model.version,
-        horizons=tuple(horizons),
-    )
+        point = np.round(pred.point.astype(np.float64), 1)
+        aqi, cat = us_aqi_array(point)
+        point_l, lo_l = point.tolist(), np.round(pred.lo.astype(np.float64), 1).tolist()
+        hi_l, aqi_l, cat_l = np.round(pred.hi.astype(np.float64), 1).tolist(), aqi.tolist(), cat.tolist()
+        usable = pred.usable.tolist()
+        horizons, version = model.horizons, model.version
+        out: list[EncodedForecast | None] = []
+        for i, req in enumerate(requests):
+            if not usable[i]:
+                out.append(None)
+                continue
+            end = req.end_hour
+            p, lo, hi, a, c = point_l[i], lo_l[i], hi_l[i], aqi_l[i], cat_l[i]
+            rows = [
+                (h, hour_to_iso(end + h), p[k], lo[k], hi[k], a[k], CATEGORIES[c[k]]) for k, h in enumerate(horizons)
+            ]
+            value = encode_forecast(req.station_id, hour_to_iso(end), version, rows)
+            out.append(EncodedForecast(req.station_id, end, value, p))
+        return out
 
 
 def run_offline(
@@ -100,7 +111,7 @@ def run_offline(
     readings: Iterable[Reading],
     batch_size: int = 256,
     on_reject: Callable[[Reading, TooLate], None] | None = None,
-) -> Iterator[Forecast]:
+) -> Iterator[EncodedForecast]:
     """The backtest: readings in the given order, state in a dict, one inference per
     ``batch_size`` readings, the forecasts exactly as the worker publishes them."""
     states: dict[str, StationWindow] = {}

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
-from pm25.schema import Forecast, hour_to_iso, iso_to_hour
+from pm25.schema import hour_to_iso
 
 __all__ = ["SCORED_HORIZONS", "HindcastScorer", "Skill"]
 
 SCORED_HORIZONS = (1, 3, 6, 12, 24)
 #: Weight of the newest pair in the rolling means (about the last 100 pairs count).
 ALPHA = 0.01
+_PLAIN_MEAN_PAIRS = int(1 / ALPHA)
+#: Every pair is scored; a station's skill message is published for every third hour only.
+PUBLISH_EVERY_HOURS = 3
 
 
 @dataclass(slots=True)
@@ -35,21 +39,22 @@ class Skill:
     p_mae: float = 0.0
 
     def update(self, err: float, p_err: float) -> None:
-        a = max(ALPHA, 1.0 / (self.n + 1))  # plain mean until 1/ALPHA pairs, then exponential
-        self.n += 1
+        n = self.n = self.n + 1
+        a = 1.0 / n if n < _PLAIN_MEAN_PAIRS else ALPHA  # plain mean first, then exponential
         self.mse += a * (err * err - self.mse)
-        self.mae += a * (abs(err) - self.mae)
+        self.mae += a * ((err if err >= 0 else -err) - self.mae)
         self.p_mse += a * (p_err * p_err - self.p_mse)
-        self.p_mae += a * (abs(p_err) - self.p_mae)
+        self.p_mae += a * ((p_err if p_err >= 0 else -p_err) - self.p_mae)
 
     def as_dict(self, h: int) -> dict[str, float | int]:
+        """Rolling skill in µg/m³ (full precision: consumers round for display)."""
         return {
             "h": h,
             "n": self.n,
-            "rmse": round(math.sqrt(self.mse), 2),
-            "mae": round(self.mae, 2),
-            "persistence_rmse": round(math.sqrt(self.p_mse), 2),
-            "persistence_mae": round(self.p_mae, 2),
+            "rmse": math.sqrt(self.mse),
+            "mae": self.mae,
+            "persistence_rmse": math.sqrt(self.p_mse),
+            "persistence_mae": self.p_mae,
         }
 
 
@@ -66,10 +71,12 @@ class HindcastScorer:
         self._stations: dict[str, _Station] = {}
         self.total: dict[int, Skill] = {h: Skill() for h in SCORED_HORIZONS}
 
-    def record(self, forecast: Forecast, persistence: float) -> None:
-        st = self._stations.setdefault(forecast.station_id, _Station())
-        issued = iso_to_hour(forecast.issued_at)
-        st.issued[issued] = (persistence, {x.h: x.pm25 for x in forecast.horizons if x.h in SCORED_HORIZONS})
+    def record(
+        self, station_id: str, issued: int, horizons: Sequence[int], point: Sequence[float], persistence: float
+    ) -> None:
+        """Keep a forecast's point values (issued at epoch hour ``issued``) until its targets arrive."""
+        st = self._stations.setdefault(station_id, _Station())
+        st.issued[issued] = (persistence, {h: p for h, p in zip(horizons, point, strict=True) if h in SCORED_HORIZONS})
         st.issued.move_to_end(issued)
         while len(st.issued) > 2 * max(SCORED_HORIZONS):
             st.issued.popitem(last=False)
@@ -92,7 +99,7 @@ class HindcastScorer:
         if len(st.scored) > 4 * len(SCORED_HORIZONS) * max(SCORED_HORIZONS):
             oldest = hour - 2 * max(SCORED_HORIZONS)
             st.scored = {k for k in st.scored if k[0] >= oldest}
-        if not scored:
+        if not scored or hour % PUBLISH_EVERY_HOURS:
             return None
         return orjson.dumps(
             {

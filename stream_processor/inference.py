@@ -96,9 +96,11 @@ class OnnxForecaster:
 
     def predict(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> Prediction:
         batch = make_features(raw, end_hours, self.max_gap_hours)
-        x = scale(batch.features, self._selected, self._mean, self._std)
-        (out,) = self._session.run(None, {self._input: x})[:1]
-        out = np.asarray(out, dtype=np.float32).reshape(raw.shape[0], -1)
+        out = np.zeros((raw.shape[0], len(self.horizons)), dtype=np.float32)
+        rows = np.flatnonzero(batch.usable)
+        if len(rows):  # windows that cannot be forecast (long gaps) skip the model
+            x = scale(batch.features[rows], self._selected, self._mean, self._std)
+            out[rows] = np.asarray(self._session.run(None, {self._input: x})[0], dtype=np.float32)
         last = np.nan_to_num(batch.last_pm25, nan=0.0)
         point, lo, hi = postprocess(out, last, self._target, self._intervals)
         return Prediction(usable=batch.usable, point=point, lo=lo, hi=hi)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pm25.schema import InvalidReading, Reading, forecast_to_json, hour_to_iso, parse_reading
+from pm25.schema import InvalidReading, Reading, hour_to_iso, parse_reading
 from pm25.window import StationWindow, TooLate
 from stream_processor.engine import Engine, Request
 from stream_processor.hindcast import HindcastScorer
@@ -117,9 +117,10 @@ class Processor:
             if req.station_id in self._suspended:
                 self._suspended.discard(req.station_id)
                 log.info("station %s: forecasts resumed at %s", req.station_id, f.issued_at)
-            out.append((f.station_id.encode(), forecast_to_json(f)))
+            out.append((f.station_id.encode(), f.value))
             observed = req.raw[:, 0][~np.isnan(req.raw[:, 0])]
-            self.scorer.record(f, float(observed[-1]) if len(observed) else f.horizons[0].pm25)
+            persistence = float(observed[-1]) if len(observed) else f.point[0]
+            self.scorer.record(f.station_id, f.end_hour, self.engine.model.horizons, f.point, persistence)
         self.metrics.forecasts_out.inc(len(out))
         return out
 

@@ -116,11 +116,12 @@ def evaluate_year(settings: Settings, year: int = 2014, progress: bool = True) -
 
         stream = tqdm(stream, unit="reading", desc=f"backtest {year}")
     n = 0
-    for f in run_offline(engine, stream):
-        issued = iso_to_hour(f.issued_at)
+    for encoded in run_offline(engine, stream):
+        issued = encoded.end_hour
         if not start <= issued < end:
             continue
         n += 1
+        f = encoded.decode()
         rows_pred.append([x.pm25 for x in f.horizons])
         rows_lo.append([x.pm25_lo for x in f.horizons])
         rows_hi.append([x.pm25_hi for x in f.horizons])

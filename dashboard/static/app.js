@@ -101,7 +101,7 @@ async function renderOverview() {
       a.append(el("div", { class: "muted", "data-issued": f.issued_at }, `Issued ${hhmm(f.issued_at)} · ${f.model_version}`));
     }
     if (s.skill_1h && s.skill_1h.n) {
-      a.append(el("div", { class: "muted" }, `1 h RMSE ${s.skill_1h.rmse} vs persistence ${s.skill_1h.persistence_rmse} (${s.skill_1h.n} pairs)`));
+      a.append(el("div", { class: "muted" }, `1 h RMSE ${s.skill_1h.rmse.toFixed(1)} vs persistence ${s.skill_1h.persistence_rmse.toFixed(1)} (${s.skill_1h.n} pairs)`));
     }
     return el("li", { class: "card" }, a);
   }));
@@ -140,8 +140,8 @@ async function renderStation() {
     el("td", {}, chip(h.aqi_us_category)))));
   const skill = document.querySelector("#skill tbody");
   skill.replaceChildren(...(s.skill || []).map((k) => el("tr", {},
-    el("td", {}, `+${k.h} h`), el("td", {}, String(k.n)), el("td", {}, String(k.rmse)),
-    el("td", {}, String(k.persistence_rmse)), el("td", {}, String(k.mae)),
+    el("td", {}, `+${k.h} h`), el("td", {}, String(k.n)), el("td", {}, k.rmse.toFixed(1)),
+    el("td", {}, k.persistence_rmse.toFixed(1)), el("td", {}, k.mae.toFixed(1)),
     el("td", {}, k.n ? (k.rmse < k.persistence_rmse ? "yes" : "no") : "—"))));
   status(`issued ${s.forecast ? hhmm(s.forecast.issued_at) : "—"} · updated ${new Date().toLocaleTimeString()}`);
 }

@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from pm25.aqi import CATEGORIES, us_aqi
+from pm25.aqi import CATEGORIES, us_aqi, us_aqi_array
 
 
 @pytest.mark.parametrize(
@@ -31,3 +32,10 @@ def test_aqi_is_monotonic():
     values = [us_aqi(c / 10)[0] for c in range(0, 4000)]
     assert values == sorted(values)
     assert len(CATEGORIES) == 6
+
+
+def test_vectorised_aqi_equals_scalar():
+    values = np.concatenate([np.arange(0, 600, 0.05), [9.05, 35.45, 325.4, 325.5, -1.0]])
+    aqi, cat = us_aqi_array(values)
+    for v, a, c in zip(values.tolist(), aqi.tolist(), cat.tolist(), strict=True):
+        assert (a, CATEGORIES[c]) == us_aqi(v), v

@@ -93,6 +93,22 @@ def test_infinite_value_rejected():
     assert exc.value.reason == "not_finite"
 
 
+def test_encoded_forecast_equals_dataclass_serialisation():
+    from pm25.schema import encode_forecast
+
+    f = Forecast(
+        "s",
+        "2013-03-01T00:00:00Z",
+        "v1",
+        (
+            HorizonForecast(1, "2013-03-01T01:00:00Z", 10.1, 8.0, 12.5, 42, "Good"),
+            HorizonForecast(2, "2013-03-01T02:00:00Z", 0.0, 0.0, 0.3, 0, "Good"),
+        ),
+    )
+    rows = [(h.h, h.target_time, h.pm25, h.pm25_lo, h.pm25_hi, h.aqi_us, h.aqi_us_category) for h in f.horizons]
+    assert encode_forecast(f.station_id, f.issued_at, f.model_version, rows) == forecast_to_json(f)
+
+
 def test_forecast_serialisation_is_deterministic_and_round_trips():
     f = Forecast(
         "s", "2013-03-01T00:00:00Z", "v1", (HorizonForecast(1, "2013-03-01T01:00:00Z", 10.0, 8.0, 12.5, 42, "Good"),)
