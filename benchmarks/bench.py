@@ -230,24 +230,20 @@ def _throughput_run(
     env: dict[str, str],
     settings: Settings,
     expected: int,
-    timed_from_hour: int,
+    timed_keys: set[tuple[str, str]],
     timed_readings: int,
     log: Path,
     naive: bool,
 ) -> dict[str, Any]:
     """The topic holds warm-up hours, then the timed hours. Every timed reading has a full window,
     so the timed forecasts span exactly the processing of the timed readings."""
-    from pm25.schema import iso_to_hour
-
     proc, handle = _spawn(env, log, naive)
     try:
         msgs = _consume_until(settings, settings.forecasts_topic, expected, timeout=1200)
         rss = _peak_rss_mb(proc.pid)
     finally:
         _stop(proc, handle)
-    timed = sorted(
-        m.timestamp / 1000.0 for m in msgs if iso_to_hour(forecast_from_json(m.value).issued_at) >= timed_from_hour
-    )
+    timed = sorted(m.timestamp / 1000.0 for m in msgs if _key(m.value) in timed_keys)
     span = timed[-1] - timed[0] if len(timed) > 1 else float("nan")
     return {
         "timed_readings": timed_readings,
@@ -258,6 +254,11 @@ def _throughput_run(
         "readings_per_s": round(timed_readings / span, 1) if span > 0 else None,
         "peak_rss_mb": rss,
     }
+
+
+def _key(value: bytes) -> tuple[str, str]:
+    f = forecast_from_json(value)
+    return f.station_id, f.issued_at
 
 
 def _cold_start(env: dict[str, str], settings: Settings, next_hour: list[Reading], log: Path) -> dict[str, Any]:
@@ -321,7 +322,7 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
         readings = synthetic_readings(cfg.stations, warm_hours + cfg.hours + 1)
         next_hour = readings[-cfg.stations :]
         readings = readings[: -cfg.stations]
-        timed_from = readings[cfg.stations * warm_hours].hour
+        timed_keys = {(r.station_id, r.timestamp) for r in readings[cfg.stations * warm_hours :]}
         timed_n = len(readings) - cfg.stations * warm_hours
         _say(
             f"end to end: {cfg.stations} stations, {warm_hours} warm-up hours then {cfg.hours} timed hours "
@@ -338,13 +339,13 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
         producer.flush()
         producer.close()
         _say("production worker, readings offered as fast as it takes them")
-        prod = _throughput_run(env_a, settings_a, expected, timed_from, timed_n, workdir / "prod.log", naive=False)
+        prod = _throughput_run(env_a, settings_a, expected, timed_keys, timed_n, workdir / "prod.log", naive=False)
         _say(json.dumps(prod))
         env_b = env_for("naive", "readings-preloaded")
         settings_b = Settings.from_env({**os.environ, **env_b})
         ensure_topics(settings_b)
         _say("naive worker, same readings")
-        naive = _throughput_run(env_b, settings_b, expected, timed_from, timed_n, workdir / "naive.log", naive=True)
+        naive = _throughput_run(env_b, settings_b, expected, timed_keys, timed_n, workdir / "naive.log", naive=True)
         _say(json.dumps(naive))
         _say("cold start: restart of the production worker, one new hour of readings")
         cold = _cold_start(env_a, settings_a, next_hour, workdir / "restart.log")

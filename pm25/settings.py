@@ -23,6 +23,8 @@ PM25_SSL_CAFILE                CA bundle for TLS                          (syste
 PM25_WEB_PORT                  worker HTTP port (health, metrics)         6066
 PM25_LATENESS_HOURS            oldest accepted reading, hours behind      24
                                the station's newest
+PM25_BUFFER_HOURS              hours of readings kept per station         72
+                               (>= model window + lateness)
 =============================  =========================================  =====================
 """
 
@@ -85,7 +87,7 @@ class Settings:
     ssl_cafile: str | None = None
     web_port: int = 6066
     lateness_hours: int = 24
-    buffer_hours: int = 96
+    buffer_hours: int = 72  # station state: at least model window + lateness (48 + 24)
 
     def __post_init__(self) -> None:
         _hostport(self.bootstrap_servers)
@@ -99,6 +101,8 @@ class Settings:
             raise SettingsError(f"partitions must be 1..1000, got {self.partitions}")
         if not 0 <= self.lateness_hours <= 168:
             raise SettingsError(f"lateness must be 0..168 hours, got {self.lateness_hours}")
+        if self.buffer_hours < self.lateness_hours + 1 or self.buffer_hours > 24 * 30:
+            raise SettingsError(f"buffer must be > lateness and at most 720 hours, got {self.buffer_hours}")
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"web port must be 1..65535, got {self.web_port}")
 
@@ -139,13 +143,14 @@ class Settings:
             "ssl_cafile": get("SSL_CAFILE"),
             "web_port": as_int("WEB_PORT", _DEFAULTS["web_port"]),
             "lateness_hours": as_int("LATENESS_HOURS", _DEFAULTS["lateness_hours"]),
+            "buffer_hours": as_int("BUFFER_HOURS", _DEFAULTS["buffer_hours"]),
         }
         settings = cls(**values)
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings
 
-    def kafka_python_security(self) -> dict[str, Any]:
-        """Security keyword arguments for kafka-python clients."""
+    def _sasl(self) -> dict[str, Any]:
+        """The keyword arguments kafka-python and aiokafka name alike."""
         out: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.sasl_mechanism:
             out["sasl_mechanism"] = self.sasl_mechanism
@@ -153,23 +158,22 @@ class Settings:
             out["sasl_plain_username"] = self.sasl_username
         if self.sasl_password:
             out["sasl_plain_password"] = self.sasl_password.reveal()
+        return out
+
+    def kafka_python_security(self) -> dict[str, Any]:
+        """Security keyword arguments for kafka-python clients."""
+        out = self._sasl()
         if self.ssl_cafile:
             out["ssl_cafile"] = self.ssl_cafile
         return out
 
     def aiokafka_security(self) -> dict[str, Any]:
-        """Security keyword arguments for aiokafka clients."""
-        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        """Security keyword arguments for aiokafka clients (TLS as an SSL context)."""
+        out = self._sasl()
         if "SSL" in self.security_protocol:
             import ssl
 
             out["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
-        if self.sasl_mechanism:
-            out["sasl_mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            out["sasl_plain_username"] = self.sasl_username
-        if self.sasl_password:
-            out["sasl_plain_password"] = self.sasl_password.reveal()
         return out
 
 
