@@ -39,3 +39,24 @@ def run_id() -> str:
 @pytest.fixture(scope="session")
 def production_bundle():
     return load_production(default_store())
+
+
+_COUNTS: list[str] = []
+
+
+@pytest.fixture
+def report_counts(request):
+    """Record a line of counts; all of them are printed in the test run's summary."""
+
+    def add(text: str) -> None:
+        _COUNTS.append(f"{request.node.name}: {text}")
+        print(text)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _COUNTS:
+        terminalreporter.section("counts reported by the integration and fault tests")
+        for line in _COUNTS:
+            terminalreporter.write_line(line)

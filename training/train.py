@@ -205,6 +205,7 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
     from sklearn.preprocessing import StandardScaler
 
     from training.baselines import GradientBoostingBaseline, baseline_predictions
+    from training.card import card_plots
     from training.export import export_onnx
 
     tf.config.experimental.enable_op_determinism()
@@ -307,6 +308,8 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
     for split in ("val", "test"):
         s = data[split]
         point, lo, hi = postprocess(_predict(model, scale(s.x, sel, mean, std)), s.last_pm25, target, intervals)
+        if split == "test":
+            test_pred = (point, lo, hi)
         metrics[split] = {"model": horizon_metrics(s.y, point) | {"coverage_80": coverage(s.y, lo, hi)}}
         for base_name, pred in baseline_predictions(series, s, gb).items():
             metrics[split][base_name] = horizon_metrics(s.y, pred)
@@ -351,7 +354,8 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     spec = _json_safe(spec)
-    extra = {"MODEL_CARD.md": _model_card(spec).encode(), "model.keras": _keras_bytes(model)}
+    plots = card_plots(metrics, series.hours[data["test"].end_index], data["test"].y, *test_pred)
+    extra = {"MODEL_CARD.md": _model_card(spec, list(plots)).encode(), "model.keras": _keras_bytes(model), **plots}
     path = write_bundle(store, spec, onnx_bytes, extra)
     promoted, reason = _gate(store, version, score, force, promote_if_better)
     print(reason, file=sys.stderr, flush=True)
@@ -413,7 +417,7 @@ def _gate(store: Path, version: str, score: float, force: bool, enabled: bool) -
     )
 
 
-def _model_card(spec: dict[str, Any]) -> str:
+def _model_card(spec: dict[str, Any], plots: list[str] | None = None) -> str:
     lines = [
         f"# Model card: {spec['version']}",
         "",
@@ -440,5 +444,7 @@ def _model_card(spec: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Grid (validation mean RMSE)", "", "| configuration | score | seconds |", "|---|---|---|"]
     lines += [f"| {r['name']} | {r['val_score']:.2f} | {r['seconds']} |" for r in spec["selection"]["results"]]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     lines += ["", "Package versions: " + json.dumps(spec["packages"]), ""]
     return "\n".join(lines)

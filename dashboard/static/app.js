@@ -149,7 +149,7 @@ async function renderStation() {
 function status(text) { const s = document.getElementById("status"); if (s) s.textContent = text; }
 
 function legend() {
-  const ul = document.querySelector(".legend");
+  const ul = document.querySelector("header .legend");
   if (ul) ul.replaceChildren(...CATS.map(([name]) => el("li", {}, chip(name))));
 }
 

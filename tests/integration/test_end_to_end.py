@@ -18,7 +18,7 @@ pytestmark = pytest.mark.broker
 STATIONS = {"Dongsi", "Wanliu", "Huairou", "Gucheng"}
 
 
-def test_worker_publishes_forecasts_equal_to_backtest(settings, start_worker):
+def test_worker_publishes_forecasts_equal_to_backtest(settings, start_worker, report_counts):
     readings = list(load_source("multisite", [], stations=STATIONS, hours=80))
     expected = {(f.station_id, f.issued_at): f.value for f in run_offline(make_engine(settings), readings)}
     assert len(expected) > 100
@@ -33,7 +33,7 @@ def test_worker_publishes_forecasts_equal_to_backtest(settings, start_worker):
         assert m.key == f.station_id.encode()  # keyed by station
         assert [h.h for h in f.horizons] == list(range(1, 25))
         got[(f.station_id, f.issued_at)] = m.value
-    print(f"\nreadings sent {len(readings)}, forecasts expected {len(expected)}, received {len(msgs)}")
+    report_counts(f"readings sent {len(readings)}, forecasts expected {len(expected)}, received {len(msgs)}")
     assert {s for s, _ in got} == STATIONS
     assert got.keys() == expected.keys()
     assert got == expected  # the stream publishes byte for byte what the backtest computes

@@ -43,7 +43,7 @@ def _get(port, path):
         return resp.status, resp.read().decode()
 
 
-def test_bad_messages_go_to_dead_letters_and_valid_ones_are_forecast(settings, start_worker):
+def test_bad_messages_go_to_dead_letters_and_valid_ones_are_forecast(settings, start_worker, report_counts):
     readings = list(load_source("multisite", [], stations=STATIONS, hours=72))
     expected = expected_forecasts(settings, readings)
     bad = bad_messages(10_000)
@@ -59,8 +59,8 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_are_forecast(settings, s
     forecasts = collect(settings, settings.forecasts_topic, lambda m: len(m) >= len(expected), timeout=120)
     latest, _ = by_key(forecasts)
     reasons = Counter(dict(m.headers)["pm25.reason"].decode() for m in dead)
-    print(
-        f"\nbad messages sent {len(bad)}, dead letters received {len(dead)}; valid readings {len(readings)}, "
+    report_counts(
+        f"bad messages sent {len(bad)}, dead letters received {len(dead)}; valid readings {len(readings)}, "
         f"forecasts expected {len(expected)}, received {len(forecasts)}; reasons {dict(reasons)}"
     )
     assert reasons == Counter(reason for reason, _, _ in bad)  # every bad one, with its reason
@@ -74,7 +74,7 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_are_forecast(settings, s
     assert _get(worker.web_port, "/health")[0] == 200
 
 
-def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker):
+def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker, report_counts):
     readings = list(load_source("multisite", [], stations=STATIONS, hours=240))
     expected = expected_forecasts(settings, readings)
     worker = start_worker()
@@ -98,8 +98,8 @@ def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker):
         f = forecast_from_json(m.value)
         values.setdefault((f.station_id, f.issued_at), set()).add(m.value)
     duplicates = sum(n - 1 for n in seen.values())
-    print(
-        f"\nreadings {len(readings)}, forecasts expected {len(expected)}, received {len(msgs)} "
+    report_counts(
+        f"readings {len(readings)}, forecasts expected {len(expected)}, received {len(msgs)} "
         f"(killed after {killed_at}), duplicates {duplicates}"
     )
     assert expected.keys() <= latest.keys()
@@ -107,7 +107,7 @@ def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker):
     assert latest == expected
 
 
-def test_model_promoted_mid_stream_swaps_and_tampered_one_is_refused(settings, start_worker, tmp_path):
+def test_model_promoted_mid_stream_swaps_and_tampered_one_is_refused(settings, start_worker, report_counts, tmp_path):
     store = tmp_path / "store"
     prod = load_production(default_store())
     shutil.copytree(prod.path, store / "bundles" / prod.version)
@@ -148,7 +148,9 @@ def test_model_promoted_mid_stream_swaps_and_tampered_one_is_refused(settings, s
     for m in msgs:
         f = forecast_from_json(m.value)
         version[(f.station_id, f.issued_at)] = f.model_version
-    print(f"\nforecasts expected {len(expected)}, received {len(msgs)}; by version {dict(Counter(version.values()))}")
+    report_counts(
+        f"forecasts expected {len(expected)}, received {len(msgs)}; by version {dict(Counter(version.values()))}"
+    )
     assert version.keys() == expected.keys()  # no reading left unforecast
     assert {version[k] for k in keys0} == {prod.version}
     assert {version[k] for k in version.keys() - keys0} == {new_spec["version"]}  # swapped; tampered never served
@@ -165,7 +167,7 @@ def _wait_metric(worker, line, timeout=30.0):
     raise AssertionError(f"metric {line!r} not seen; worker log:\n{worker.tail()}")
 
 
-def test_out_of_order_and_duplicates_give_the_clean_forecasts(settings, start_worker):
+def test_out_of_order_and_duplicates_give_the_clean_forecasts(settings, start_worker, report_counts):
     clean = list(load_source("multisite", [], stations=STATIONS, hours=96))
     expected = expected_forecasts(settings, clean)  # pm25 backtest on the clean sequence
     rng = random.Random(11)
@@ -189,8 +191,8 @@ def test_out_of_order_and_duplicates_give_the_clean_forecasts(settings, start_wo
 
     msgs = collect(settings, settings.forecasts_topic, complete, timeout=120)
     latest, seen = by_key(msgs)
-    print(
-        f"\nclean readings {len(clean)}, messy sent {len(messy)} ({len(dups)} duplicates), "
+    report_counts(
+        f"clean readings {len(clean)}, messy sent {len(messy)} ({len(dups)} duplicates), "
         f"forecasts expected {len(expected)}, messages received {len(msgs)}"
     )
     assert latest == expected

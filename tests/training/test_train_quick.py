@@ -35,6 +35,9 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
         assert key in spec
     assert set(spec["metrics"]["test"]) == {"model", "persistence", "seasonal_naive_24h", "gradient_boosting"}
     assert (first.path / "model.keras").is_file() and (first.path / "MODEL_CARD.md").is_file()
+    for plot in ("card/skill_vs_horizon.png", "card/coverage.png", "card/sample_weeks.png"):
+        assert (first.path / plot).read_bytes()[:4] == b"\x89PNG"
+        assert plot in (first.path / "MODEL_CARD.md").read_text()
 
     # same inputs in a fresh process -> the same model, byte for byte; not better -> production is kept
     proc = subprocess.run(
