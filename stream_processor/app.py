@@ -117,52 +117,39 @@ class Worker:
             await self.handle_batch(concrete, events)
 
     async def handle_batch(self, stream: faust.Stream, events: Sequence[EventT]) -> None:
-        """At-least-once without transactions: forecasts are delivered (broker ack) before the
-        station states are saved, and each state records the offset it has applied. A crash can
-        then only leave the input offset behind (replays are recognised and skipped), never a saved
-        state whose forecasts were lost."""
         proc = self.processor
         requests: list[Request] = []
         partition_of: dict[str, int] = {}
         arrived: list[float] = []
         dead: list[tuple[EventT, DeadLetter]] = []
-        pending: dict[str, tuple[bytes, EventT]] = {}  # newest state per station in this batch
         for event in events:
             msg = event.message
             parsed = proc.parse(event.value, msg.key)
             if isinstance(parsed, DeadLetter):
                 dead.append((event, parsed))
                 continue
-            sid = parsed.station_id
-            current = pending[sid][0] if sid in pending else self.windows.get(sid)
-            result = proc.apply(current, parsed, msg.offset)
+            # A table write must see its own event as current (take_events does not set it).
+            stream._set_current_event(event)
+            result = proc.apply(self.windows.get(parsed.station_id), parsed)
             if isinstance(result, DeadLetter):
                 dead.append((event, result))
                 continue
             state, reqs = result
             if state is not None:
-                pending[sid] = (state, event)
+                self.windows[parsed.station_id] = state
             requests.extend(reqs)
-            partition_of[sid] = msg.partition
+            partition_of[parsed.station_id] = msg.partition
             if reqs:
                 arrived.append(msg.timestamp)
+        stream._set_current_event(None)
         for event, letter in dead:
             await self._dead_letter(event, letter)
         producer, topic = self.app.producer, self.settings.forecasts_topic
         # inference (onnxruntime releases the GIL) runs off the event loop, one batch at a time
         loop = asyncio.get_running_loop()
-        delivered = []
         for key, value in await loop.run_in_executor(self._inference, proc.forecast, requests):
             partition = partition_of.get(key.decode()) if self.copartitioned else None
-            delivered.append(await producer.send(topic, key, value, partition, None, None))
-        await asyncio.gather(*delivered)  # forecasts acknowledged by the broker ...
-        # ... then one state write per station. A table write must see its own event as current;
-        # the stream's own current event is restored after (take_events' buffer reads it).
-        previous = stream.current_event
-        for sid, (state, event) in pending.items():
-            stream._set_current_event(event)
-            self.windows[sid] = state
-        stream._set_current_event(previous)
+            await producer.send(topic, key, value, partition, None, None)
         now = time.time()
         for ts in arrived:
             self.metrics.reading_to_forecast_seconds.observe(max(now - ts, 0.0))
