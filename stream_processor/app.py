@@ -122,6 +122,7 @@ class Worker:
         partition_of: dict[str, int] = {}
         arrived: list[float] = []
         dead: list[tuple[EventT, DeadLetter]] = []
+        previous = stream.current_event  # take_events' buffer reads it: restored below, never None
         for event in events:
             msg = event.message
             parsed = proc.parse(event.value, msg.key)
@@ -141,7 +142,7 @@ class Worker:
             partition_of[parsed.station_id] = msg.partition
             if reqs:
                 arrived.append(msg.timestamp)
-        stream._set_current_event(None)
+        stream._set_current_event(previous)
         for event, letter in dead:
             await self._dead_letter(event, letter)
         producer, topic = self.app.producer, self.settings.forecasts_topic
