@@ -1,7 +1,8 @@
 """Per-station state: a bounded event-time buffer of raw hourly rows, as one compact value.
 
-The state is keyed by station in a table and written back once per reading. Its bytes are
-``newest_hour`` (int64), ``capacity`` (uint16), a presence byte per hour, then the float32 rows.
+The state is keyed by station in a table. Its bytes are ``newest_hour`` (int64), ``capacity``
+(uint16), ``last_offset`` (int64: the input offset of the newest message applied, -1 if unknown),
+a presence byte per hour, then the float32 rows.
 Row ``capacity - 1`` is ``newest_hour``; row ``i`` is ``newest_hour - (capacity - 1 - i)``.
 
 :func:`apply_reading` is pure: state and reading in, new state and the epoch hours whose
@@ -29,7 +30,7 @@ from pm25.schema import Reading
 
 __all__ = ["StationWindow", "TooLate", "apply_reading"]
 
-_HEADER = struct.Struct("<qH")
+_HEADER = struct.Struct("<qHq")
 _N = len(RAW_FIELDS)
 
 
@@ -42,6 +43,7 @@ class StationWindow:
     newest_hour: int
     present: npt.NDArray[np.uint8]  # [capacity]
     rows: npt.NDArray[np.float32]  # [capacity, len(RAW_FIELDS)]
+    last_offset: int = -1
 
     @property
     def capacity(self) -> int:
@@ -56,15 +58,16 @@ class StationWindow:
         )
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(self.newest_hour, self.capacity) + self.present.tobytes() + self.rows.tobytes()
+        header = _HEADER.pack(self.newest_hour, self.capacity, self.last_offset)
+        return header + self.present.tobytes() + self.rows.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StationWindow:
-        newest, cap = _HEADER.unpack_from(data)
+        newest, cap, last_offset = _HEADER.unpack_from(data)
         off = _HEADER.size
         present = np.frombuffer(data, dtype=np.uint8, count=cap, offset=off).copy()
         rows = np.frombuffer(data, dtype=np.float32, count=cap * _N, offset=off + cap)
-        return cls(newest_hour=newest, present=present, rows=rows.reshape(cap, _N).copy())
+        return cls(newest_hour=newest, present=present, rows=rows.reshape(cap, _N).copy(), last_offset=last_offset)
 
     def index_of(self, hour: int) -> int:
         return self.capacity - 1 - (self.newest_hour - hour)
@@ -111,6 +114,7 @@ def apply_reading(
         if state is not None:  # capacity changed by configuration: keep what fits
             keep = min(capacity, state.capacity)
             fresh.newest_hour = state.newest_hour
+            fresh.last_offset = state.last_offset
             fresh.present[-keep:] = state.present[-keep:]
             fresh.rows[-keep:] = state.rows[-keep:]
         state = fresh

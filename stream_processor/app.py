@@ -12,22 +12,25 @@ bundle after verifying it. HTTP: ``/health`` (liveness), ``/ready`` (after table
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
 from model_store import BundleError, default_store, load_production, production_version
-from pm25.embedded import faust_overrides
+from pm25.embedded import CHANGELOG_END_KEY, faust_overrides
 from pm25.settings import Settings
 from stream_processor.engine import Engine, Request
 from stream_processor.inference import OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
+from stream_processor.offsets import OffsetGuard, Verdict
 from stream_processor.processor import DeadLetter, Processor
 
 __all__ = ["BATCH_MAX", "BATCH_WITHIN_S", "Worker", "create_worker"]
@@ -76,6 +79,7 @@ class Worker:
         )
         self.metrics.set_model(bundle.version)
         self.processor = Processor(self.engine, self.metrics)
+        self.offsets = OffsetGuard()
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pm25-inference")
         conf: dict[str, Any] = {
             "broker": f"kafka://{settings.bootstrap_servers}",
@@ -104,61 +108,125 @@ class Worker:
         self.scores = self.app.topic(
             settings.scores_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
+        self._changelog_keys: dict[str, bytes] = {}
         self.windows = self.app.Table("station-windows", key_type=str, value_type=bytes, partitions=settings.partitions)
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)
+        self.app.task(self._install_task_dump)
+        self.app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
         self._pages()
 
     # -- the agent -------------------------------------------------------------------------
     async def _agent(self, stream: StreamT) -> None:
-        # take_events and _set_current_event live on the concrete Stream, not on StreamT
+        # take_events lives on the concrete Stream, not on StreamT
         concrete = cast(faust.Stream, stream)
         async for events in concrete.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await self.handle_batch(concrete, events)
+            await self.handle_batch(events)
 
-    async def handle_batch(self, stream: faust.Stream, events: Sequence[EventT]) -> None:
+    async def handle_batch(self, events: Sequence[EventT]) -> None:
+        """One micro-batch, at least once without transactions.
+
+        Faust commits a batch's input offsets only after this returns, so everything the batch
+        produced is acknowledged by the broker before it returns, in this order:
+
+        1. dead letters, forecasts and scores;
+        2. then the new station states (one per station per batch), each recording the input
+           offset it has applied.
+
+        A crash at any point leaves the committed input offset at or behind the saved states, never
+        ahead of them: a replayed message at or before its station's recorded offset is recognised
+        and skipped (its forecasts were delivered before its state was saved), and a message after
+        it is processed as new. Faust's own table write (``table[key] = value``) cannot give this
+        order: it hands the changelog record to a buffer that its commit does not wait for, so a
+        kill -9 could commit offsets whose states were never written.
+
+        Messages the consumer skipped (a Faust race at recovery, see stream_processor.offsets) are
+        read again: the partition is sought back and what arrived past the hole is dropped unacked.
+        """
         proc = self.processor
+        store = self.windows.data
         requests: list[Request] = []
         partition_of: dict[str, int] = {}
         arrived: list[float] = []
         dead: list[tuple[EventT, DeadLetter]] = []
-        previous = stream.current_event  # take_events' buffer reads it: restored below, never None
+        pending: dict[str, bytes] = {}  # the newest state per station in this batch
+        seeks: dict[int, int] = {}
         for event in events:
             msg = event.message
+            verdict = self.offsets.check(msg.partition, msg.offset)
+            if verdict is not Verdict.PROCESS:
+                _withhold_ack(self.app.consumer, event)  # it will be read again
+                if verdict is Verdict.SEEK:
+                    seeks[msg.partition] = self.offsets.seek_target(msg.partition)
+                continue
             parsed = proc.parse(event.value, msg.key)
             if isinstance(parsed, DeadLetter):
                 dead.append((event, parsed))
                 continue
-            # A table write must see its own event as current (take_events does not set it).
-            stream._set_current_event(event)
-            result = proc.apply(self.windows.get(parsed.station_id), parsed)
+            sid = parsed.station_id
+            current = pending[sid] if sid in pending else store.get(sid)
+            result = proc.apply(current, parsed, msg.offset)
             if isinstance(result, DeadLetter):
                 dead.append((event, result))
                 continue
             state, reqs = result
             if state is not None:
-                self.windows[parsed.station_id] = state
+                pending[sid] = state
+            partition_of[sid] = msg.partition
             requests.extend(reqs)
-            partition_of[parsed.station_id] = msg.partition
             if reqs:
                 arrived.append(msg.timestamp)
-        stream._set_current_event(previous)
-        for event, letter in dead:
-            await self._dead_letter(event, letter)
+        delivered: list[Awaitable[Any]] = [await self._dead_letter(event, letter) for event, letter in dead]
         producer, topic = self.app.producer, self.settings.forecasts_topic
         # inference (onnxruntime releases the GIL) runs off the event loop, one batch at a time
         loop = asyncio.get_running_loop()
         for key, value in await loop.run_in_executor(self._inference, proc.forecast, requests):
             partition = partition_of.get(key.decode()) if self.copartitioned else None
-            await producer.send(topic, key, value, partition, None, None)
+            delivered.append(await producer.send(topic, key, value, partition, None, None))
+        for key, value in proc.drain_scores():
+            delivered.append(await producer.send(self.settings.scores_topic, key, value, None, None, None))
+        await asyncio.gather(*delivered)  # 1. acknowledged by the broker ...
+        changelog = self.windows.changelog_topic.get_topic_name()
+        saved = []
+        for sid, state in pending.items():  # 2. ... then the states
+            store[sid] = state
+            saved.append(await producer.send(changelog, self._changelog_key(sid), state, partition_of[sid], None, None))
+        await asyncio.gather(*saved)
+        if self.settings.embedded_broker and pending:
+            await self._end_changelog_batches({partition_of[sid] for sid in pending})
         now = time.time()
         for ts in arrived:
             self.metrics.reading_to_forecast_seconds.observe(max(now - ts, 0.0))
-        for key, value in proc.drain_scores():
-            await self.scores.send(key=key, value=value)
+        for partition, offset in seeks.items():
+            log.warning("partition %d: the consumer skipped offsets from %d; reading them again", partition, offset)
+            self.metrics.input_seeks.inc()
+            await self.app.consumer.seek(TP(self.settings.readings_topic, partition), offset)
         self.metrics.batch_size.observe(len(events))
 
-    async def _dead_letter(self, event: EventT, letter: DeadLetter) -> None:
+    async def _end_changelog_batches(self, partitions: set[int]) -> None:
+        """Embedded broker only (see pm25.embedded.CHANGELOG_END_KEY): one record alone in the last
+        batch of each changelog partition written, so that table recovery reads every state."""
+        name = self.windows.changelog_topic.get_topic_name()
+        key = self._changelog_key(CHANGELOG_END_KEY)
+        producer = self.app.producer
+        await asyncio.gather(*[await producer.send(name, key, b"", p, None, None) for p in partitions])
+
+    async def _on_revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
+        self.offsets.forget({tp.partition for tp in revoked if tp.topic == self.settings.readings_topic})
+
+    def _changelog_key(self, station_id: str) -> bytes:
+        """The changelog key exactly as Faust's own table writes serialise it (recovery reads it)."""
+        key = self._changelog_keys.get(station_id)
+        if key is None:
+            table = cast(Any, self.windows)
+            key = self._changelog_keys[station_id] = table.changelog_topic.prepare_key(
+                station_id, table.key_serializer
+            )[0]
+        return key
+
+    async def _dead_letter(self, event: EventT, letter: DeadLetter) -> Awaitable[Any]:
+        """Queue a dead letter; returns its delivery future."""
         msg = event.message
         headers: list[tuple[str, bytes]] = [
             ("pm25.reason", letter.reason.encode()),
@@ -172,7 +240,35 @@ class Worker:
             if not str(k).startswith("pm25."):
                 headers.append((str(k), v if isinstance(v, bytes) else str(v).encode()))
         # The original bytes travel untouched (a too-large value is kept too: nothing is lost).
-        await self.dlq.send(key=msg.key, value=event.value, headers=headers)
+        producer = self.app.producer
+        return await producer.send(self.settings.dlq_topic, msg.key, event.value, None, None, headers)
+
+    # -- diagnostics -------------------------------------------------------------------------
+    async def _install_task_dump(self) -> None:
+        """``kill -USR1 <pid>`` logs the stack of every asyncio task (what a stalled worker awaits)."""
+        if hasattr(signal, "SIGUSR1"):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._dump_state)
+
+    def _dump_state(self) -> None:
+        dump_tasks()
+        consumer = cast(Any, self.app.consumer)
+        fields = ("_active_partitions", "_buffered_partitions", "_paused_partitions", "flow_active")
+        state = {f: getattr(consumer, f, "?") for f in fields}
+        state["assignment"] = consumer.assignment()
+        state["in_recovery"] = self.app.in_recovery
+        queue = cast(Any, self.readings).queue
+        state["queue"] = (queue.qsize(), queue.maxsize, len(queue._pending_pressure_drop_callbacks))
+        try:
+            client = consumer._thread._ensure_consumer()
+            assignment = client._subscription.subscription.assignment
+            state["positions"] = {
+                str(tp): (st.position, st.paused, st.has_valid_position)
+                for tp, st in assignment._tp_state.items()  # (not public API: diagnostics only)
+            }
+            state["fetched"] = {str(tp): type(r).__name__ for tp, r in client._fetcher._records.items()}
+        except Exception as err:  # diagnostics must never take the worker down
+            state["positions"] = f"unavailable: {err!r}"
+        log.warning("consumer state: %s", state)
 
     # -- model hot swap --------------------------------------------------------------------
     async def _watch_model(self) -> None:
@@ -221,6 +317,38 @@ class Worker:
         @self.app.page("/metrics")
         async def metrics(view: Any, request: Any) -> Any:
             return view.text(worker.metrics.render().decode(), content_type="text/plain; version=0.0.4")
+
+
+def _withhold_ack(consumer: Any, event: EventT) -> None:
+    """Keep a dropped message out of the committed offsets (take_events acknowledges every event
+    it yielded): marked as already acknowledged, the consumer's ack skips it. Faust internals."""
+    event.message.acked = True
+    consumer._unacked_messages.discard(event.message)
+
+
+def dump_tasks() -> None:
+    """Log every pending asyncio task with its whole await chain (coroutines and async generators)."""
+    lines: list[str] = []
+    tasks = asyncio.all_tasks()
+    for task in tasks:
+        lines.append(f"task {task.get_name()}:")
+        for frame in _await_chain(task.get_coro()):
+            lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+    log.warning("%d asyncio tasks:\n%s", len(tasks), "\n".join(lines))
+
+
+def _await_chain(obj: Any, depth: int = 40) -> list[Any]:
+    frames: list[Any] = []
+    while obj is not None and depth > 0:
+        depth -= 1
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None) or getattr(obj, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        nxt = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None) or getattr(obj, "gi_yieldfrom", None)
+        if nxt is None and type(obj).__name__ in {"async_generator_asend", "async_generator_athrow"}:
+            nxt = next((r for r in gc.get_referents(obj) if hasattr(r, "ag_frame")), None)
+        obj = nxt
+    return frames
 
 
 def create_worker(settings: Settings) -> Worker:

@@ -19,6 +19,12 @@ class WorkerMetrics:
         self.out_of_order = Counter(
             "pm25_readings_out_of_order", "Readings older than the station's newest, inserted in place", registry=r
         )
+        self.replayed = Counter(
+            "pm25_readings_replayed", "Messages already applied before a restart (skipped)", registry=r
+        )
+        self.input_seeks = Counter(
+            "pm25_input_seeks", "Times the consumer skipped input offsets and the worker read them again", registry=r
+        )
         self.forecasts_out = Counter("pm25_forecasts_out", "Forecast messages published", registry=r)
         self.suspended = Counter(
             "pm25_forecasts_suspended", "Forecasts not issued because the window had a long gap", registry=r

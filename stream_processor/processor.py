@@ -56,9 +56,18 @@ class Processor:
             return self._dead("key_mismatch", f"message key {key[:64]!r} != station_id {reading.station_id!r}")
         return reading
 
-    def apply(self, state: bytes | None, reading: Reading) -> tuple[bytes | None, list[Request]] | DeadLetter:
-        """New state bytes (None when unchanged) and the forecast requests, or a DeadLetter."""
+    def apply(
+        self, state: bytes | None, reading: Reading, offset: int | None = None
+    ) -> tuple[bytes | None, list[Request]] | DeadLetter:
+        """New state bytes (None when unchanged) and the forecast requests, or a DeadLetter.
+
+        ``offset`` is the message's input offset. A message at or before the offset the state has
+        already applied is a replay after a restart (the worker saves a state only after the
+        batch's forecasts were delivered), so it changes nothing and needs no forecast."""
         window = StationWindow.from_bytes(state) if state is not None else None
+        if window is not None and offset is not None and offset <= window.last_offset:
+            self.metrics.replayed.inc()
+            return None, []
         newest = window.newest_hour if window is not None else None
         try:
             window, changed, requests = self.engine.ingest(window, reading)
@@ -70,6 +79,9 @@ class Processor:
             self.metrics.duplicates.inc()
         elif newest is not None and reading.hour < newest:
             self.metrics.out_of_order.inc()
+        if offset is not None:
+            window.last_offset = offset
+            changed = True
         return (window.to_bytes() if changed else None), requests
 
     def forecast(self, requests: list[Request]) -> list[tuple[bytes, bytes]]:

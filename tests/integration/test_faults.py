@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -75,13 +76,16 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_are_forecast(settings, s
 
 
 def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker, report_counts):
-    readings = list(load_source("multisite", [], stations=STATIONS, hours=240))
+    readings = list(load_source("multisite", [], stations=STATIONS, hours=720))
     expected = expected_forecasts(settings, readings)
     worker = start_worker()
-    send_readings(settings, readings)
-    before = collect(settings, settings.forecasts_topic, lambda m: len(m) >= len(expected) // 3, timeout=60)
+    # the replay is paced (about 800 readings/s) so the kill lands in the middle of it
+    sender = threading.Thread(target=_paced_send, args=(settings, readings, 800.0))
+    sender.start()
+    killed_at = _first_forecasts(settings, 20, timeout=60)
     worker.stop(kill=True)  # SIGKILL mid-replay
-    killed_at = len(before)
+    sender.join()
+    assert killed_at < len(expected), "the worker finished before it was killed: not a mid-replay kill"
     start_worker()
     msgs = collect(
         settings,
@@ -156,6 +160,39 @@ def test_model_promoted_mid_stream_swaps_and_tampered_one_is_refused(settings, s
     assert {version[k] for k in version.keys() - keys0} == {new_spec["version"]}  # swapped; tampered never served
     status, health = _get(worker.web_port, "/health")
     assert json.loads(health)["model_version"] == new_spec["version"]
+
+
+def _first_forecasts(settings, n: int, timeout: float) -> int:
+    """Wait for the first ``n`` forecasts, reading one message at a time (so the caller acts right
+    after them, not when the stream pauses); returns how many had arrived."""
+    from pm25.kafka import make_consumer
+
+    consumer = make_consumer(settings, settings.forecasts_topic, group_id=None, consumer_timeout_ms=300)
+    seen = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < n and time.monotonic() < deadline:
+            for _ in consumer:
+                seen += 1
+                if seen >= n:
+                    break
+    finally:
+        consumer.close()
+    return seen
+
+
+def _paced_send(settings, readings, rate: float) -> None:
+    from pm25.kafka import make_producer
+
+    producer = make_producer(settings)
+    started = time.monotonic()
+    for i, r in enumerate(readings):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        producer.send(settings.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))
+    producer.flush()
+    producer.close()
 
 
 def _wait_metric(worker, line, timeout=30.0):

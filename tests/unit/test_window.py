@@ -79,7 +79,7 @@ def test_bytes_round_trip_and_size():
     data = state.to_bytes()
     back = StationWindow.from_bytes(data)
     assert back.to_bytes() == data and back.newest_hour == 129
-    assert len(data) < 30 * (8 * 4 + 1) + 16
+    assert len(data) == 30 * (8 * 4 + 1) + 18
 
 
 def test_big_jump_resets_buffer():

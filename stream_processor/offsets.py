@@ -1,0 +1,91 @@
+"""Input offset continuity: no reading is skipped silently, whatever the consumer library does.
+
+Faust can hand a stream a partition's messages with a hole in them: when recovery completes it
+resumes the input partitions before it seeks them to the committed offsets, and messages already
+fetched when the seek lands are dropped (faust-streaming issues #216 and #596; seen here after a
+kill -9 and restart: offsets 0-152 processed, then 196). The hole is never filled: Faust also stops
+committing at it, so the worker would run on with stations missing hours and forecasts suspended.
+
+:class:`OffsetGuard` watches the offsets of each input partition. When one jumps ahead it asks for a
+seek back to the first missing offset and drops (without acknowledging) the messages that were
+already on their way, until the re-read arrives. A hole that is really in the log (compaction,
+transaction markers, retention) shows up again after every seek, and is accepted with a warning
+after ``MAX_SEEKS`` of them.
+A step backwards (a rebalance replays from the committed offset) is always processed: replays are
+recognised per station by the offset their state has applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = ["MAX_SEEKS", "OffsetGuard", "Verdict"]
+
+log = logging.getLogger(__name__)
+
+#: Seeks back to the same offset before a hole is accepted as being in the log.
+MAX_SEEKS = 4
+
+
+class Verdict(Enum):
+    PROCESS = "process"
+    DROP = "drop"  # on its way before a seek back: it will be read again
+    SEEK = "seek"  # a hole: drop this one and seek the partition back to ``OffsetGuard.seek_to``
+
+
+@dataclass(slots=True)
+class _Partition:
+    expected: int  # the next offset to process
+    seek_to: int | None = None  # a seek back is pending to this offset
+    dropped_max: int = -1  # highest offset dropped since that seek
+    attempts: int = 0  # seeks to seek_to so far
+
+
+class OffsetGuard:
+    def __init__(self) -> None:
+        self._parts: dict[int, _Partition] = {}
+        self.holes_accepted = 0
+
+    def check(self, partition: int, offset: int) -> Verdict:
+        p = self._parts.get(partition)
+        if p is None:  # first message since start or assignment: the consumer's seek decides
+            self._parts[partition] = _Partition(expected=offset + 1)
+            return Verdict.PROCESS
+        if p.seek_to is None:
+            if offset <= p.expected:  # in order, or a replay from an earlier committed offset
+                p.expected = offset + 1
+                return Verdict.PROCESS
+            p.seek_to, p.dropped_max, p.attempts = p.expected, offset, 1
+            return Verdict.SEEK
+        if offset > p.dropped_max:  # still the messages fetched before the seek landed
+            p.dropped_max = offset
+            return Verdict.DROP
+        if offset > p.seek_to and p.attempts < MAX_SEEKS:
+            # The re-read starts past the hole. Faust may have dropped the re-read itself (messages
+            # still being drained when the seek landed move its read position on): seek again.
+            p.dropped_max = offset
+            p.attempts += 1
+            return Verdict.SEEK
+        if offset > p.seek_to:  # still past the hole after MAX_SEEKS seeks: it is in the log itself
+            log.warning(
+                "partition %d: offsets %d-%d are not in the log; continuing at %d",
+                partition,
+                p.seek_to,
+                offset - 1,
+                offset,
+            )
+            self.holes_accepted += 1
+        p.seek_to, p.dropped_max, p.attempts, p.expected = None, -1, 0, offset + 1
+        return Verdict.PROCESS
+
+    def seek_target(self, partition: int) -> int:
+        p = self._parts[partition]
+        assert p.seek_to is not None
+        return p.seek_to
+
+    def forget(self, partitions: set[int]) -> None:
+        """Partitions revoked: their next owner (maybe us again) starts from the committed offset."""
+        for partition in partitions:
+            self._parts.pop(partition, None)

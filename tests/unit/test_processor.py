@@ -1,0 +1,30 @@
+"""The worker's per-message logic without a broker (agent test layer)."""
+
+from pm25.schema import Reading, reading_to_json
+from pm25.settings import Settings
+from stream_processor.backtest import make_engine
+from stream_processor.metrics import WorkerMetrics
+from stream_processor.processor import DeadLetter, Processor
+
+H0 = 378_360
+
+
+def test_replayed_offsets_are_skipped_and_new_ones_applied():
+    proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: H0 + 10_000)
+    state = None
+    for i in range(5):
+        reading = proc.parse(reading_to_json(Reading("s", H0 + i, pm25=10.0 + i)), b"s")
+        state, requests = proc.apply(state, reading, offset=100 + i)
+        assert state is not None and len(requests) == 1
+    replay = proc.parse(reading_to_json(Reading("s", H0 + 2, pm25=12.0)), b"s")
+    assert proc.apply(state, replay, offset=102) == (None, [])  # applied before a restart
+    assert proc.metrics.replayed._value.get() == 1
+    late_new = proc.apply(state, replay, offset=200)  # a genuinely new (duplicate) message
+    assert not isinstance(late_new, DeadLetter) and late_new[0] is not None
+
+
+def test_wrong_key_and_bad_json_are_dead_letters():
+    proc = Processor(make_engine(Settings()), WorkerMetrics())
+    assert proc.parse(b"{", b"s").reason == "bad_json"
+    good = reading_to_json(Reading("s", H0, pm25=1.0))
+    assert proc.parse(good, b"other").reason == "key_mismatch"
