@@ -114,14 +114,12 @@ class FeatureBatch:
 
 
 def _longest_missing_run(missing: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-    """Longest run of True along axis 1 of a [B, W] mask."""
-    b, w = missing.shape
-    run = np.zeros(b, dtype=np.int64)
-    best = np.zeros(b, dtype=np.int64)
-    for t in range(w):
-        run = np.where(missing[:, t], run + 1, 0)
-        np.maximum(best, run, out=best)
-    return best
+    """Longest run of True along axis 1 of a [B, W] mask: at each step, the distance to the last
+    False at or before it (-1 before the start), maximised over the window."""
+    _b, w = missing.shape
+    steps = np.arange(w)
+    last_seen = np.maximum.accumulate(np.where(missing, -1, steps[None, :]), axis=1)
+    return np.asarray((steps[None, :] - last_seen).max(axis=1), dtype=np.int64)
 
 
 def _fill(x: F32) -> F32:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -235,14 +235,25 @@ def forecast_to_json(f: Forecast) -> bytes:
     return orjson.dumps(f)
 
 
+#: A forecast's horizon fields column by column: h, target_time, pm25, pm25_lo, pm25_hi, aqi_us,
+#: aqi_us_category.
+HorizonColumns = tuple[
+    Sequence[int], Sequence[str], Sequence[float], Sequence[float], Sequence[float], Sequence[int], Sequence[str]
+]
+
+
 def encode_forecast(
     station_id: str,
     issued_at: str,
     model_version: str,
-    horizons: list[tuple[int, str, float, float, float, int, str]],
+    columns: tuple[
+        Sequence[int], Sequence[str], Sequence[float], Sequence[float], Sequence[float], Sequence[int], Sequence[str]
+    ],
 ) -> bytes:
     """The forecast message from plain values, without building dataclasses (the worker's hot
-    path). Same bytes as :func:`forecast_to_json` of the equivalent Forecast."""
+    path). ``columns`` are the horizon fields column by column (h, target_time, pm25, pm25_lo,
+    pm25_hi, aqi_us, aqi_us_category). Same bytes as :func:`forecast_to_json` of the equivalent
+    Forecast."""
     return orjson.dumps(
         {
             "station_id": station_id,
@@ -250,7 +261,7 @@ def encode_forecast(
             "model_version": model_version,
             "horizons": [
                 {"h": h, "target_time": t, "pm25": p, "pm25_lo": lo, "pm25_hi": hi, "aqi_us": a, "aqi_us_category": c}
-                for h, t, p, lo, hi, a, c in horizons
+                for h, t, p, lo, hi, a, c in zip(*columns, strict=True)
             ],
         }
     )

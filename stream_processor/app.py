@@ -32,6 +32,7 @@ from stream_processor.inference import OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.offsets import OffsetGuard, Verdict
 from stream_processor.processor import DeadLetter, Processor
+from stream_processor.sending import BatchSender
 
 __all__ = ["BATCH_MAX", "BATCH_WITHIN_S", "Worker", "create_worker"]
 
@@ -109,6 +110,7 @@ class Worker:
             settings.scores_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
         self._changelog_keys: dict[str, bytes] = {}
+        self._partitions: dict[tuple[str, bytes], int] = {}
         self.windows = self.app.Table("station-windows", key_type=str, value_type=bytes, partitions=settings.partitions)
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)
@@ -185,12 +187,13 @@ class Worker:
             delivered.append(await producer.send(topic, key, value, partition, None, None))
         for key, value in proc.drain_scores():
             delivered.append(await producer.send(self.settings.scores_topic, key, value, None, None, None))
-        await asyncio.gather(*delivered)  # 1. acknowledged by the broker ...
+        await asyncio.gather(*delivered)  # 1. acknowledged by the broker ...  # 1. acknowledged by the broker ...
         changelog = self.windows.changelog_topic.get_topic_name()
-        saved = []
+        states = BatchSender(self._aiokafka_producer())
         for sid, state in pending.items():  # 2. ... then the states
             store[sid] = state
-            saved.append(await producer.send(changelog, self._changelog_key(sid), state, partition_of[sid], None, None))
+            states.add(changelog, partition_of[sid], self._changelog_key(sid), state)
+        saved = await states.submit()
         await asyncio.gather(*saved)
         if self.settings.embedded_broker and pending:
             await self._end_changelog_batches({partition_of[sid] for sid in pending})
@@ -210,6 +213,17 @@ class Worker:
         key = self._changelog_key(CHANGELOG_END_KEY)
         producer = self.app.producer
         await asyncio.gather(*[await producer.send(name, key, b"", p, None, None) for p in partitions])
+
+    def _aiokafka_producer(self) -> Any:
+        """The aiokafka producer under Faust's (started with the app): for batch sends."""
+        return cast(Any, self.app.producer)._ensure_producer()
+
+    def _partition(self, topic: str, key: bytes) -> int:
+        """The partition the producer's default partitioner gives ``key`` (cached per key)."""
+        cached = self._partitions.get((topic, key))
+        if cached is None:
+            cached = self._partitions[(topic, key)] = self.app.producer.key_partition(topic, key).partition
+        return cached
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())

@@ -19,6 +19,8 @@ from stream_processor.inference import Forecaster
 
 __all__ = ["EncodedForecast", "Engine", "Request", "run_offline"]
 
+_CATEGORY_NAMES = np.array(CATEGORIES, dtype=object)
+
 
 @dataclass(slots=True)
 class EncodedForecast:
@@ -88,20 +90,21 @@ class Engine:
         point = np.round(pred.point.astype(np.float64), 1)
         aqi, cat = us_aqi_array(point)
         point_l, lo_l = point.tolist(), np.round(pred.lo.astype(np.float64), 1).tolist()
-        hi_l, aqi_l, cat_l = np.round(pred.hi.astype(np.float64), 1).tolist(), aqi.tolist(), cat.tolist()
+        hi_l, aqi_l = np.round(pred.hi.astype(np.float64), 1).tolist(), aqi.tolist()
+        cat_l = _CATEGORY_NAMES[cat].tolist()
         usable = pred.usable.tolist()
-        horizons, version = model.horizons, model.version
+        horizons, version = list(model.horizons), model.version
         out: list[EncodedForecast | None] = []
         for i, req in enumerate(requests):
             if not usable[i]:
                 out.append(None)
                 continue
             end = req.end_hour
-            p, lo, hi, a, c = point_l[i], lo_l[i], hi_l[i], aqi_l[i], cat_l[i]
-            rows = [
-                (h, hour_to_iso(end + h), p[k], lo[k], hi[k], a[k], CATEGORIES[c[k]]) for k, h in enumerate(horizons)
-            ]
-            value = encode_forecast(req.station_id, hour_to_iso(end), version, rows)
+            p = point_l[i]
+            times = [hour_to_iso(end + h) for h in horizons]
+            value = encode_forecast(
+                req.station_id, hour_to_iso(end), version, (horizons, times, p, lo_l[i], hi_l[i], aqi_l[i], cat_l[i])
+            )
             out.append(EncodedForecast(req.station_id, end, value, p))
         return out
 

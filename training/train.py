@@ -80,6 +80,10 @@ class TrainConfig:
     seed: int = 42
     selection_horizons: tuple[int, ...] = REPORT_HORIZONS
     version: str | None = None
+    #: Families that may be served. A GRU is trained and reported for comparison but not selected:
+    #: tf2onnx exports Keras 3 GRUs as ONNX Loop graphs, several times slower in onnxruntime than
+    #: the native LSTM op (docs/benchmarks.md), and the worker's throughput is bound by inference.
+    serving_families: tuple[str, ...] = ("mlp", "conv1d", "lstm")
 
 
 @dataclass(frozen=True)
@@ -267,11 +271,16 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
             flush=True,
         )
     trained.sort(key=lambda t: t[0])
-    score, cfg, model = trained[0]
+    eligible = [t for t in trained if t[1].family in tc.serving_families]
+    if not eligible:
+        raise ValueError(f"no configuration of a servable family {tc.serving_families} in the grid")
+    for r in results:
+        r["servable"] = r["config"].get("family") in tc.serving_families
+    score, cfg, model = eligible[0]
     w = cfg.window_hours
     family, name = cfg.family, cfg.name
     # An average of the best configurations with the same window, kept only if validation says so.
-    members = [t for t in trained if t[1].window_hours == w][: tc.ensemble_size]
+    members = [t for t in eligible if t[1].window_hours == w][: tc.ensemble_size]
     if len(members) > 1:
         ens = _ensemble([t[2] for t in members], w, len(sel))
         ens_score, _ = val_score(ens, w)
@@ -283,6 +292,7 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
                 "val_score": round(ens_score, 4),
                 "val_rmse": {},
                 "seconds": 0.0,
+                "servable": True,
             }
         )
         print(f"ensemble of {names}: validation mean RMSE {ens_score:.2f}", file=sys.stderr, flush=True)
@@ -442,8 +452,19 @@ def _model_card(spec: dict[str, Any], plots: list[str] | None = None) -> str:
             cells = [f"{m[k]['rmse'][h - 1]:.2f} / {m[k]['mae'][h - 1]:.2f} / {m[k]['r2'][h - 1]:.3f}" for k in m]
             lines.append(f"| {h} h | " + " | ".join(cells) + f" | {m['model']['coverage_80'][h - 1]:.1%} |")
         lines.append("")
-    lines += ["## Grid (validation mean RMSE)", "", "| configuration | score | seconds |", "|---|---|---|"]
-    lines += [f"| {r['name']} | {r['val_score']:.2f} | {r['seconds']} |" for r in spec["selection"]["results"]]
+    lines += [
+        "## Grid (validation mean RMSE)",
+        "",
+        "Only servable families are selected (see `TrainConfig.serving_families`); the others are",
+        "trained for comparison.",
+        "",
+        "| configuration | score | seconds | servable |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['name']} | {r['val_score']:.2f} | {r['seconds']} | {'yes' if r.get('servable', True) else 'no'} |"
+        for r in spec["selection"]["results"]
+    ]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     lines += ["", "Package versions: " + json.dumps(spec["packages"]), ""]

@@ -106,7 +106,8 @@ def test_encoded_forecast_equals_dataclass_serialisation():
         ),
     )
     rows = [(h.h, h.target_time, h.pm25, h.pm25_lo, h.pm25_hi, h.aqi_us, h.aqi_us_category) for h in f.horizons]
-    assert encode_forecast(f.station_id, f.issued_at, f.model_version, rows) == forecast_to_json(f)
+    columns = tuple(list(c) for c in zip(*rows, strict=True))
+    assert encode_forecast(f.station_id, f.issued_at, f.model_version, columns) == forecast_to_json(f)
 
 
 def test_forecast_serialisation_is_deterministic_and_round_trips():
