@@ -7,7 +7,8 @@
    last (every expected forecast counted); then readings offered at a fixed rate ->
    reading-to-forecast latency (Kafka timestamps of reading and forecast, same clock).
 3. The same preloaded run through the naive worker (``benchmarks.naive_worker``), same run.
-4. Worker peak RSS (VmHWM) and cold start (process spawn to first forecast).
+4. Scale-out: the preloaded run through two worker processes in one consumer group.
+5. Worker peak RSS (VmHWM) and cold start (process spawn to first forecast).
 
 Latency on the embedded broker is bounded by its fetch behaviour (a waiting fetch is answered when
 Faust's 1.5 s fetch wait expires); it is reported as measured and is not Apache Kafka's latency.
@@ -46,6 +47,7 @@ class BenchConfig:
     latency_rate: float = 500.0
     latency_seconds: float = 20.0
     inference_calls: int = 2000
+    scale_out_workers: int = 2
     keras_calls: int = 60
 
 
@@ -190,6 +192,62 @@ def _consume_until(settings: Settings, topic: str, expected: int, timeout: float
     finally:
         consumer.close()
     return out
+
+
+def _consume_unique(settings: Settings, expected: int, timeout: float) -> dict[tuple[str, str], float]:
+    """First Kafka timestamp (s) of each (station, issued_at) until ``expected`` distinct ones arrived
+    (several workers in one group may republish after a rebalance: duplicates are not counted)."""
+    consumer = make_consumer(
+        settings, settings.forecasts_topic, group_id=None, consumer_timeout_ms=500, max_poll_records=5000
+    )
+    first: dict[tuple[str, str], float] = {}
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    try:
+        while len(first) < expected and time.monotonic() < deadline:
+            for msg in consumer:
+                first.setdefault(_key(msg.value), msg.timestamp / 1000.0)
+                if len(first) >= expected:
+                    break
+            if time.monotonic() - last_report > 5:
+                _say(f"  {len(first)}/{expected} distinct forecasts")
+                last_report = time.monotonic()
+    finally:
+        consumer.close()
+    return first
+
+
+def _scale_out_run(
+    env: dict[str, str],
+    settings: Settings,
+    expected: int,
+    timed_keys: set[tuple[str, str]],
+    timed_readings: int,
+    workdir: Path,
+    workers: int,
+) -> dict[str, Any]:
+    """The throughput run with ``workers`` worker processes in one consumer group (the input topic's
+    partitions are shared between them): how the deployment scales out on this machine."""
+    procs = [
+        WorkerProcess({**env, "PM25_WEB_PORT": str(free_port())}, workdir / f"scale-{i}.log").start()
+        for i in range(workers)
+    ]
+    try:
+        first = _consume_unique(settings, expected, timeout=1200)
+        rss = [_peak_rss_mb(w.proc.pid) for w in procs if w.proc is not None]
+    finally:
+        for w in procs:
+            w.stop()
+    timed = sorted(t for k, t in first.items() if k in timed_keys)
+    span = timed[-1] - timed[0] if len(timed) > 1 else float("nan")
+    return {
+        "workers": workers,
+        "forecasts_expected": expected,
+        "distinct_forecasts_received": len(first),
+        "seconds_first_to_last_timed_forecast": round(span, 2),
+        "readings_per_s": round(timed_readings / span, 1) if span > 0 else None,
+        "peak_rss_mb_per_worker": rss,
+    }
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -372,6 +430,12 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
         _say("naive worker, same readings")
         naive = _throughput_run(env_b, settings_b, expected, timed_keys, timed_n, workdir / "naive.log", naive=True)
         _say(json.dumps(naive))
+        _say(f"scale-out: {cfg.scale_out_workers} worker processes in one group, same readings")
+        env_c = env_for("scale", "readings-preloaded")
+        settings_c = Settings.from_env({**os.environ, **env_c})
+        ensure_topics(settings_c)
+        scale = _scale_out_run(env_c, settings_c, expected, timed_keys, timed_n, workdir, cfg.scale_out_workers)
+        _say(json.dumps(scale))
         _say("restart of the production worker (state recovered from the changelog), one new hour")
         restart = _restart(env_a, settings_a, next_hour, workdir / "restart.log")
         _say(json.dumps(restart))
@@ -391,6 +455,7 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
         else None,
         "production": prod,
         "naive": naive,
+        "scale_out": scale,
         "latency_ms": latency["latency_ms"],
         "latency": latency,
         "broker": "embedded Tansu 0.6 (latency bounded by its fetch wait; not Apache Kafka figures)",
@@ -486,13 +551,14 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax[0].bar(names, vals, color=["tab:blue", "tab:blue", "tab:gray"][: len(vals)])
     ax[0].set_yscale("log")
     ax[0].set(title="Inference rows/s (log scale)")
+    scale = e2e.get("scale_out", {})
     ax[1].bar(
-        ["production", "naive"],
-        [e2e["readings_per_s"] or 0, e2e["readings_per_s_naive"] or 0],
-        color=["tab:green", "tab:gray"],
+        ["production", "naive", f"{scale.get('workers', 2)} workers"],
+        [e2e["readings_per_s"] or 0, e2e["readings_per_s_naive"] or 0, scale.get("readings_per_s") or 0],
+        color=["tab:green", "tab:gray", "tab:olive"],
     )
     ax[1].axhline(3000, color="k", ls="--", lw=0.8, label="target 3000/s")
-    ax[1].set(title="End-to-end readings/s, one worker (embedded broker)")
+    ax[1].set(title="End-to-end readings/s (embedded broker)")
     ax[1].legend()
     lat = e2e["latency_ms"]
     ax[2].bar(["p50", "p95", "p99"], [lat["p50"] or 0, lat["p95"] or 0, lat["p99"] or 0], color="tab:orange")

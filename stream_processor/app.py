@@ -265,23 +265,22 @@ class Worker:
 
     def _dump_state(self) -> None:
         dump_tasks()
-        consumer = cast(Any, self.app.consumer)
-        fields = ("_active_partitions", "_buffered_partitions", "_paused_partitions", "flow_active")
-        state = {f: getattr(consumer, f, "?") for f in fields}
-        state["assignment"] = consumer.assignment()
-        state["in_recovery"] = self.app.in_recovery
-        queue = cast(Any, self.readings).queue
-        state["queue"] = (queue.qsize(), queue.maxsize, len(queue._pending_pressure_drop_callbacks))
+        # Faust and aiokafka internals, for diagnostics only: a failure here must never hurt the worker.
         try:
+            consumer = cast(Any, self.app.consumer)
+            fields = ("_active_partitions", "_buffered_partitions", "_paused_partitions", "flow_active")
+            state: dict[str, Any] = {f: getattr(consumer, f, "?") for f in fields}
+            state["assignment"] = consumer.assignment()
+            state["in_recovery"] = self.app.in_recovery
+            queue = cast(Any, self.readings).queue
+            state["queue"] = (queue.qsize(), queue.maxsize)
             client = consumer._thread._ensure_consumer()
-            assignment = client._subscription.subscription.assignment
             state["positions"] = {
-                str(tp): (st.position, st.paused, st.has_valid_position)
-                for tp, st in assignment._tp_state.items()  # (not public API: diagnostics only)
+                str(tp): (st.position, st.paused)
+                for tp, st in client._subscription.subscription.assignment._tp_state.items()
             }
-            state["fetched"] = {str(tp): type(r).__name__ for tp, r in client._fetcher._records.items()}
-        except Exception as err:  # diagnostics must never take the worker down
-            state["positions"] = f"unavailable: {err!r}"
+        except Exception as err:  # any internal change: report it, never raise
+            state = {"unavailable": repr(err)}
         log.warning("consumer state: %s", state)
 
     # -- model hot swap --------------------------------------------------------------------
