@@ -175,46 +175,33 @@ def bench_inference(cfg: BenchConfig, settings: Settings) -> dict[str, Any]:
     return out
 
 
-def _consume_until(settings: Settings, topic: str, expected: int, timeout: float) -> list[Any]:
+def _consume_until(settings: Settings, topic: str, expected: int, timeout: float, distinct: bool = False) -> list[Any]:
+    """Messages of ``topic`` from the beginning until ``expected`` of them arrived, or ``expected``
+    distinct (station, issued_at) forecasts with ``distinct`` (several workers in one group may
+    republish some after a rebalance)."""
     consumer = make_consumer(settings, topic, group_id=None, consumer_timeout_ms=500, max_poll_records=5000)
     out: list[Any] = []
+    keys: set[tuple[str, str]] = set()
     deadline = time.monotonic() + timeout
     last_report = 0.0
+
+    def count() -> int:
+        return len(keys) if distinct else len(out)
+
     try:
-        while len(out) < expected and time.monotonic() < deadline:
+        while count() < expected and time.monotonic() < deadline:
             for msg in consumer:
                 out.append(msg)
-                if len(out) >= expected:
+                if distinct:
+                    keys.add(_key(msg.value))
+                if count() >= expected:
                     break
             if time.monotonic() - last_report > 5:
-                _say(f"  {len(out)}/{expected} forecasts")
+                _say(f"  {count()}/{expected} {'distinct ' if distinct else ''}forecasts")
                 last_report = time.monotonic()
     finally:
         consumer.close()
     return out
-
-
-def _consume_unique(settings: Settings, expected: int, timeout: float) -> dict[tuple[str, str], float]:
-    """First Kafka timestamp (s) of each (station, issued_at) until ``expected`` distinct ones arrived
-    (several workers in one group may republish after a rebalance: duplicates are not counted)."""
-    consumer = make_consumer(
-        settings, settings.forecasts_topic, group_id=None, consumer_timeout_ms=500, max_poll_records=5000
-    )
-    first: dict[tuple[str, str], float] = {}
-    deadline = time.monotonic() + timeout
-    last_report = 0.0
-    try:
-        while len(first) < expected and time.monotonic() < deadline:
-            for msg in consumer:
-                first.setdefault(_key(msg.value), msg.timestamp / 1000.0)
-                if len(first) >= expected:
-                    break
-            if time.monotonic() - last_report > 5:
-                _say(f"  {len(first)}/{expected} distinct forecasts")
-                last_report = time.monotonic()
-    finally:
-        consumer.close()
-    return first
 
 
 def _scale_out_run(
@@ -233,11 +220,14 @@ def _scale_out_run(
         for i in range(workers)
     ]
     try:
-        first = _consume_unique(settings, expected, timeout=1200)
+        msgs = _consume_until(settings, settings.forecasts_topic, expected, timeout=1200, distinct=True)
         rss = [_peak_rss_mb(w.proc.pid) for w in procs if w.proc is not None]
     finally:
         for w in procs:
             w.stop()
+    first: dict[tuple[str, str], float] = {}
+    for m in msgs:
+        first.setdefault(_key(m.value), m.timestamp / 1000.0)
     timed = sorted(t for k, t in first.items() if k in timed_keys)
     span = timed[-1] - timed[0] if len(timed) > 1 else float("nan")
     return {

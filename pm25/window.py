@@ -1,8 +1,10 @@
 """Per-station state: a bounded event-time buffer of raw hourly rows, as one compact value.
 
-The state is keyed by station in a table. Its bytes are ``newest_hour`` (int64), ``capacity``
-(uint16), ``last_offset`` (int64: the input offset of the newest message applied, -1 if unknown),
-a presence byte per hour, then the float32 rows.
+The state is keyed by station in a table. Its bytes are a format version (uint8, ``FORMAT``),
+``newest_hour`` (int64), ``capacity`` (uint16), ``last_offset`` (int64: the input offset of the
+newest message applied, -1 if unknown), a presence byte per hour, then the float32 rows. A state
+in a format this code does not know raises :class:`StateFormatError` (the version lets a later
+format convert older states instead).
 Row ``capacity - 1`` is ``newest_hour``; row ``i`` is ``newest_hour - (capacity - 1 - i)``.
 
 :func:`apply_reading` is pure: state and reading in, new state and the epoch hours whose
@@ -28,10 +30,15 @@ import numpy.typing as npt
 from pm25.features import RAW_FIELDS, encode_reading
 from pm25.schema import Reading
 
-__all__ = ["StationWindow", "TooLate", "apply_reading"]
+__all__ = ["FORMAT", "StateFormatError", "StationWindow", "TooLate", "apply_reading"]
 
-_HEADER = struct.Struct("<qHq")
+FORMAT = 1
+_HEADER = struct.Struct("<BqHq")
 _N = len(RAW_FIELDS)
+
+
+class StateFormatError(ValueError):
+    """Stored state bytes this code cannot decode."""
 
 
 class TooLate(ValueError):
@@ -58,13 +65,17 @@ class StationWindow:
         )
 
     def to_bytes(self) -> bytes:
-        header = _HEADER.pack(self.newest_hour, self.capacity, self.last_offset)
+        header = _HEADER.pack(FORMAT, self.newest_hour, self.capacity, self.last_offset)
         return header + self.present.tobytes() + self.rows.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StationWindow:
-        newest, cap, last_offset = _HEADER.unpack_from(data)
+        if len(data) < _HEADER.size or data[0] != FORMAT:
+            raise StateFormatError(f"state format {data[:1]!r} of {len(data)} bytes; this code reads format {FORMAT}")
+        _, newest, cap, last_offset = _HEADER.unpack_from(data)
         off = _HEADER.size
+        if len(data) != off + cap + cap * _N * 4:
+            raise StateFormatError(f"state of {len(data)} bytes does not match its capacity {cap}")
         present = np.frombuffer(data, dtype=np.uint8, count=cap, offset=off).copy()
         rows = np.frombuffer(data, dtype=np.float32, count=cap * _N, offset=off + cap)
         return cls(newest_hour=newest, present=present, rows=rows.reshape(cap, _N).copy(), last_offset=last_offset)

@@ -22,6 +22,9 @@ class WorkerMetrics:
         self.replayed = Counter(
             "pm25_readings_replayed", "Messages already applied before a restart (skipped)", registry=r
         )
+        self.states_unreadable = Counter(
+            "pm25_states_unreadable", "Stored station states in an unknown format (station restarted afresh)", registry=r
+        )
         self.input_seeks = Counter(
             "pm25_input_seeks", "Times the consumer skipped input offsets and the worker read them again", registry=r
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pm25.schema import InvalidReading, Reading, hour_to_iso, parse_reading
-from pm25.window import StationWindow, TooLate
+from pm25.window import StateFormatError, StationWindow, TooLate
 from stream_processor.engine import Engine, Request
 from stream_processor.hindcast import HindcastScorer
 from stream_processor.metrics import WorkerMetrics
@@ -64,7 +64,7 @@ class Processor:
         ``offset`` is the message's input offset. A message at or before the offset the state has
         already applied is a replay after a restart (the worker saves a state only after the
         batch's forecasts were delivered), so it changes nothing and needs no forecast."""
-        window = StationWindow.from_bytes(state) if state is not None else None
+        window = self._decode(state, reading.station_id)
         if window is not None and offset is not None and offset <= window.last_offset:
             self.metrics.replayed.inc()
             return None, []
@@ -83,6 +83,16 @@ class Processor:
             window.last_offset = offset
             changed = True
         return (window.to_bytes() if changed else None), requests
+
+    def _decode(self, state: bytes | None, station_id: str) -> StationWindow | None:
+        if state is None:
+            return None
+        try:
+            return StationWindow.from_bytes(state)
+        except StateFormatError as err:  # never crash on stored state: start the station afresh
+            log.error("station %s: stored state unreadable (%s); starting its window afresh", station_id, err)
+            self.metrics.states_unreadable.inc()
+            return None
 
     def forecast(self, requests: list[Request]) -> list[tuple[bytes, bytes]]:
         """(key, value) of every forecast the requests produce; logs suspensions and resumptions.

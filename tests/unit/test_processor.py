@@ -28,3 +28,11 @@ def test_wrong_key_and_bad_json_are_dead_letters():
     assert proc.parse(b"{", b"s").reason == "bad_json"
     good = reading_to_json(Reading("s", H0, pm25=1.0))
     assert proc.parse(good, b"other").reason == "key_mismatch"
+
+
+def test_unreadable_state_restarts_the_station_instead_of_crashing():
+    proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: H0 + 10_000)
+    reading = proc.parse(reading_to_json(Reading("s", H0, pm25=10.0)), b"s")
+    state, _ = proc.apply(b"\x00garbage", reading, offset=7)
+    assert state is not None and proc.metrics.states_unreadable._value.get() == 1
+    assert proc.apply(state, reading, offset=7) == (None, [])  # the fresh state works as usual

@@ -79,10 +79,22 @@ def test_bytes_round_trip_and_size():
     data = state.to_bytes()
     back = StationWindow.from_bytes(data)
     assert back.to_bytes() == data and back.newest_hour == 129
-    assert len(data) == 30 * (8 * 4 + 1) + 18
+    assert len(data) == 30 * (8 * 4 + 1) + 19  # version, newest hour, capacity, last offset
 
 
 def test_big_jump_resets_buffer():
     state, _ = feed([100, 101])
     state, _, issued = apply_reading(state, r(500), **KW)
     assert issued == [500] and int(state.present.sum()) == 1
+
+
+def test_unknown_or_damaged_state_format_is_refused():
+    import pytest
+
+    from pm25.window import StateFormatError
+
+    data = feed(range(100, 110))[0].to_bytes()
+    with pytest.raises(StateFormatError):
+        StationWindow.from_bytes(b"\x09" + data[1:])  # a format this code does not know
+    with pytest.raises(StateFormatError):
+        StationWindow.from_bytes(data[:-4])  # truncated
