@@ -23,7 +23,9 @@ class WorkerMetrics:
             "pm25_readings_replayed", "Messages already applied before a restart (skipped)", registry=r
         )
         self.states_unreadable = Counter(
-            "pm25_states_unreadable", "Stored station states in an unknown format (station restarted afresh)", registry=r
+            "pm25_states_unreadable",
+            "Stored station states in an unknown format (the station restarts afresh)",
+            registry=r,
         )
         self.input_seeks = Counter(
             "pm25_input_seeks", "Times the consumer skipped input offsets and the worker read them again", registry=r
