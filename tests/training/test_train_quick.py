@@ -60,3 +60,11 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
     # --force promotes anyway
     assert main(["train", "--grid", "quick", "--model-store", str(store), "--version", "q3", "--force"]) == 0
     assert json.loads((store / "production.json").read_text())["version"] == "q3"
+
+
+def test_only_servable_families_are_selected(tmp_path):
+    from training.train import TrainConfig, train
+
+    with pytest.raises(ValueError, match="no configuration of a servable family"):
+        train(TrainConfig(grid="quick", serving_families=("lstm",)), tmp_path / "store")
+    assert not (tmp_path / "store" / "production.json").exists()
