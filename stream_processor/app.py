@@ -179,15 +179,19 @@ class Worker:
             if reqs:
                 arrived.append(msg.timestamp)
         delivered: list[Awaitable[Any]] = [await self._dead_letter(event, letter) for event, letter in dead]
-        producer, topic = self.app.producer, self.settings.forecasts_topic
         # inference (onnxruntime releases the GIL) runs off the event loop, one batch at a time
         loop = asyncio.get_running_loop()
-        for key, value in await loop.run_in_executor(self._inference, proc.forecast, requests):
-            partition = partition_of.get(key.decode()) if self.copartitioned else None
-            delivered.append(await producer.send(topic, key, value, partition, None, None))
+        forecasts = await loop.run_in_executor(self._inference, proc.forecast, requests)
+        sender = BatchSender(self._aiokafka_producer())
+        topic = self.settings.forecasts_topic
+        for key, value in forecasts:
+            partition = partition_of[key.decode()] if self.copartitioned else await self._partition(topic, key)
+            sender.add(topic, partition, key, value)
+        scores_topic = self.settings.scores_topic
         for key, value in proc.drain_scores():
-            delivered.append(await producer.send(self.settings.scores_topic, key, value, None, None, None))
-        await asyncio.gather(*delivered)  # 1. acknowledged by the broker ...  # 1. acknowledged by the broker ...
+            sender.add(scores_topic, await self._partition(scores_topic, key), key, value)
+        delivered.extend(await sender.submit())
+        await asyncio.gather(*delivered)  # 1. acknowledged by the broker ...
         changelog = self.windows.changelog_topic.get_topic_name()
         states = BatchSender(self._aiokafka_producer())
         for sid, state in pending.items():  # 2. ... then the states
@@ -218,10 +222,11 @@ class Worker:
         """The aiokafka producer under Faust's (started with the app): for batch sends."""
         return cast(Any, self.app.producer)._ensure_producer()
 
-    def _partition(self, topic: str, key: bytes) -> int:
+    async def _partition(self, topic: str, key: bytes) -> int:
         """The partition the producer's default partitioner gives ``key`` (cached per key)."""
         cached = self._partitions.get((topic, key))
         if cached is None:
+            await self._aiokafka_producer().partitions_for(topic)  # the topic's metadata, once
             cached = self._partitions[(topic, key)] = self.app.producer.key_partition(topic, key).partition
         return cached
 
