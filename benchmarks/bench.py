@@ -226,18 +226,27 @@ def _scale_out_run(
     finally:
         for w in procs:
             w.stop()
+    return {
+        "workers": workers,
+        "forecasts_expected": expected,
+        "distinct_forecasts_received": len({_key(m.value) for m in msgs}),
+        **_timed_rate(msgs, timed_keys, timed_readings),
+        "peak_rss_mb_per_worker": rss,
+    }
+
+
+def _timed_rate(msgs: list[Any], timed_keys: set[tuple[str, str]], timed_readings: int) -> dict[str, Any]:
+    """Readings/s over the timed forecasts: from the first one's Kafka timestamp to the last one's
+    (each forecast counted at its first publication; a replay does not stretch the span)."""
     first: dict[tuple[str, str], float] = {}
     for m in msgs:
         first.setdefault(_key(m.value), m.timestamp / 1000.0)
     timed = sorted(t for k, t in first.items() if k in timed_keys)
     span = timed[-1] - timed[0] if len(timed) > 1 else float("nan")
     return {
-        "workers": workers,
-        "forecasts_expected": expected,
-        "distinct_forecasts_received": len(first),
+        "timed_forecasts": len(timed),
         "seconds_first_to_last_timed_forecast": round(span, 2),
         "readings_per_s": round(timed_readings / span, 1) if span > 0 else None,
-        "peak_rss_mb_per_worker": rss,
     }
 
 
@@ -292,15 +301,11 @@ def _throughput_run(
         rss = _peak_rss_mb(proc.pid)
     finally:
         _stop(proc, handle)
-    timed = sorted(m.timestamp / 1000.0 for m in msgs if _key(m.value) in timed_keys)
-    span = timed[-1] - timed[0] if len(timed) > 1 else float("nan")
     return {
         "timed_readings": timed_readings,
         "forecasts_expected": expected,
         "forecasts_received": len(msgs),
-        "timed_forecasts": len(timed),
-        "seconds_first_to_last_timed_forecast": round(span, 2),
-        "readings_per_s": round(timed_readings / span, 1) if span > 0 else None,
+        **_timed_rate(msgs, timed_keys, timed_readings),
         "peak_rss_mb": rss,
     }
 
