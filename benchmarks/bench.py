@@ -2,12 +2,14 @@
 
 1. Inference: the production bundle in onnxruntime at batch 1 and batched, and the same model in
    Keras ``predict`` (from the bundle's ``model.keras``), in one run.
-2. End to end on the embedded broker, one worker process: readings of many stations preloaded
-   and offered as fast as the worker takes them -> readings/s from the first forecast out to the
-   last (every expected forecast counted; three runs, median and range reported); then readings
-   offered at a fixed rate -> reading-to-forecast latency (Kafka timestamps of reading and forecast, same clock).
-3. The same preloaded run through the naive worker (``benchmarks.naive_worker``), same run.
-4. Scale-out: the preloaded run through two worker processes in one consumer group.
+2. End to end on the embedded broker, one worker process: 45 warm-up hours of many stations
+   preloaded (they fill the windows; not timed); once the worker has forecast them, the timed hours
+   are offered as fast as the producer goes -> readings/s from the first timed reading in to the
+   last timed forecast out (every expected forecast counted; three runs, median and range
+   reported); then readings offered at a fixed rate -> reading-to-forecast latency (Kafka
+   timestamps of reading and forecast, same clock).
+3. The same run through the naive worker (``benchmarks.naive_worker``), same bench.
+4. Scale-out: the same run through two worker processes in one consumer group.
 5. Worker peak RSS (VmHWM) and cold start (process spawn to first forecast).
 
 Latency on the embedded broker is bounded by its fetch behaviour (a waiting fetch is answered when
@@ -205,49 +207,74 @@ def _consume_until(settings: Settings, topic: str, expected: int, timeout: float
     return out
 
 
+@dataclass(frozen=True)
+class Workload:
+    """Warm-up hours (fill every station's window; not timed), then the timed hours."""
+
+    warm: list[Reading]
+    timed: list[Reading]
+    warm_expected: int  # forecasts the warm-up hours give (offline backtest)
+    expected: int  # forecasts of both (offline backtest)
+
+    @property
+    def timed_keys(self) -> set[tuple[str, str]]:
+        return {(r.station_id, r.timestamp) for r in self.timed}
+
+
+def _offer(settings: Settings, readings: list[Reading]) -> float:
+    """Produce ``readings`` as fast as the producer goes; returns the wall time of the first send."""
+    producer = make_producer(settings, linger_ms=20, batch_size=1 << 18)
+    started = time.time()
+    for r in readings:
+        producer.send(settings.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))
+    producer.flush()
+    producer.close()
+    return started
+
+
+def _timed_phase(settings: Settings, load: Workload, distinct: bool) -> dict[str, Any]:
+    """With the worker(s) running: wait until the warm-up backlog is forecast, then offer the timed
+    readings as fast as possible. Readings/s = timed readings / (first timed reading in -> last
+    timed forecast out; each forecast counted at its first publication, Kafka timestamps, one
+    clock). The worker is idle when the timed readings start, so nothing but them is measured."""
+    topic = settings.forecasts_topic
+    _consume_until(settings, topic, load.warm_expected, timeout=600, distinct=distinct)
+    first_in = _offer(settings, load.timed)
+    msgs = _consume_until(settings, topic, load.expected, timeout=1200, distinct=distinct)
+    first_out: dict[tuple[str, str], float] = {}
+    for m in msgs:
+        first_out.setdefault(_key(m.value), m.timestamp / 1000.0)
+    keys = load.timed_keys
+    timed = [t for k, t in first_out.items() if k in keys]
+    span = max(timed) - first_in if timed else float("nan")
+    return {
+        "timed_readings": len(load.timed),
+        "forecasts_expected": load.expected,
+        "distinct_forecasts_received" if distinct else "forecasts_received": len(first_out) if distinct else len(msgs),
+        "timed_forecasts": len(timed),
+        "seconds_first_reading_in_to_last_forecast_out": round(span, 2),
+        "readings_per_s": round(len(load.timed) / span, 1) if span > 0 else None,
+    }
+
+
 def _scale_out_run(
-    env: dict[str, str],
-    settings: Settings,
-    expected: int,
-    timed_keys: set[tuple[str, str]],
-    timed_readings: int,
-    workdir: Path,
-    workers: int,
+    env: dict[str, str], settings: Settings, load: Workload, workdir: Path, workers: int
 ) -> dict[str, Any]:
     """The throughput run with ``workers`` worker processes in one consumer group (the input topic's
-    partitions are shared between them): how the deployment scales out on this machine."""
+    partitions are shared between them): how the deployment scales out on this machine. Several
+    workers may republish some forecasts after a rebalance: distinct forecasts are counted."""
+    _offer(settings, load.warm)
     procs = [
         WorkerProcess({**env, "PM25_WEB_PORT": str(free_port())}, workdir / f"scale-{i}.log").start()
         for i in range(workers)
     ]
     try:
-        msgs = _consume_until(settings, settings.forecasts_topic, expected, timeout=1200, distinct=True)
+        result = _timed_phase(settings, load, distinct=True)
         rss = [_peak_rss_mb(w.proc.pid) for w in procs if w.proc is not None]
     finally:
         for w in procs:
             w.stop()
-    return {
-        "workers": workers,
-        "forecasts_expected": expected,
-        "distinct_forecasts_received": len({_key(m.value) for m in msgs}),
-        **_timed_rate(msgs, timed_keys, timed_readings),
-        "peak_rss_mb_per_worker": rss,
-    }
-
-
-def _timed_rate(msgs: list[Any], timed_keys: set[tuple[str, str]], timed_readings: int) -> dict[str, Any]:
-    """Readings/s over the timed forecasts: from the first one's Kafka timestamp to the last one's
-    (each forecast counted at its first publication; a replay does not stretch the span)."""
-    first: dict[tuple[str, str], float] = {}
-    for m in msgs:
-        first.setdefault(_key(m.value), m.timestamp / 1000.0)
-    timed = sorted(t for k, t in first.items() if k in timed_keys)
-    span = timed[-1] - timed[0] if len(timed) > 1 else float("nan")
-    return {
-        "timed_forecasts": len(timed),
-        "seconds_first_to_last_timed_forecast": round(span, 2),
-        "readings_per_s": round(timed_readings / span, 1) if span > 0 else None,
-    }
+    return {"workers": workers, **result, "peak_rss_mb_per_worker": rss}
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -284,30 +311,17 @@ def _stop(proc: subprocess.Popen[bytes], handle: Any) -> None:
     handle.close()
 
 
-def _throughput_run(
-    env: dict[str, str],
-    settings: Settings,
-    expected: int,
-    timed_keys: set[tuple[str, str]],
-    timed_readings: int,
-    log: Path,
-    naive: bool,
-) -> dict[str, Any]:
-    """The topic holds warm-up hours, then the timed hours. Every timed reading has a full window,
-    so the timed forecasts span exactly the processing of the timed readings."""
+def _throughput_run(env: dict[str, str], settings: Settings, load: Workload, log: Path, naive: bool) -> dict[str, Any]:
+    """One worker process on a fresh readings topic: the warm-up hours preloaded, then the timed
+    hours offered as fast as possible once it has caught up (see :func:`_timed_phase`)."""
+    _offer(settings, load.warm)
     proc, handle = _spawn(env, log, naive)
     try:
-        msgs = _consume_until(settings, settings.forecasts_topic, expected, timeout=1200)
+        result = _timed_phase(settings, load, distinct=False)
         rss = _peak_rss_mb(proc.pid)
     finally:
         _stop(proc, handle)
-    return {
-        "timed_readings": timed_readings,
-        "forecasts_expected": expected,
-        "forecasts_received": len(msgs),
-        **_timed_rate(msgs, timed_keys, timed_readings),
-        "peak_rss_mb": rss,
-    }
+    return {**result, "peak_rss_mb": rss}
 
 
 def _key(value: bytes) -> tuple[str, str]:
@@ -401,32 +415,32 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
         readings = synthetic_readings(cfg.stations, warm_hours + cfg.hours + 1)
         next_hour = readings[-cfg.stations :]
         readings = readings[: -cfg.stations]
-        timed_keys = {(r.station_id, r.timestamp) for r in readings[cfg.stations * warm_hours :]}
-        timed_n = len(readings) - cfg.stations * warm_hours
+        warm, timed = readings[: cfg.stations * warm_hours], readings[cfg.stations * warm_hours :]
         _say(
             f"end to end: {cfg.stations} stations, {warm_hours} warm-up hours then {cfg.hours} timed hours "
-            f"({timed_n} timed readings); offline backtest for the expected count"
+            f"({len(timed)} timed readings); offline backtest for the expected counts"
         )
-        expected = sum(1 for _ in run_offline(make_engine(base), readings, batch_size=512))
-        env_a = env_for("prod", "readings-preloaded")
-        settings_a = Settings.from_env({**os.environ, **env_a})
-        ensure_topics(settings_a)
-        _say("preloading the readings topic")
-        producer = make_producer(settings_a, linger_ms=20, batch_size=1 << 18)
-        for r in readings:
-            producer.send(settings_a.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))
-        producer.flush()
-        producer.close()
+        engine = make_engine(base)
+        load = Workload(
+            warm=warm,
+            timed=timed,
+            warm_expected=sum(1 for _ in run_offline(engine, warm, batch_size=512)),
+            expected=sum(1 for _ in run_offline(make_engine(base), readings, batch_size=512)),
+        )
         prod_runs = []
+        env_a: dict[str, str] = {}
+        settings_a: Settings | None = None
         for i in range(cfg.repeats):
-            # every run a fresh application (state, forecast topic) on the same preloaded readings
-            env_i = env_a if i == 0 else env_for(f"prod{i}", "readings-preloaded")
+            # every run a fresh application and topics: warm-up preloaded, timed hours offered live
+            env_i = env_for(f"prod{i}", f"readings-prod{i}")
             settings_i = Settings.from_env({**os.environ, **env_i})
             ensure_topics(settings_i)
-            _say(f"production worker, run {i + 1} of {cfg.repeats}: readings offered as fast as it takes them")
-            log = workdir / f"prod-{i}.log"
-            prod_runs.append(_throughput_run(env_i, settings_i, expected, timed_keys, timed_n, log, naive=False))
+            if i == 0:
+                env_a, settings_a = env_i, settings_i
+            _say(f"production worker, run {i + 1} of {cfg.repeats}: timed readings offered as fast as possible")
+            prod_runs.append(_throughput_run(env_i, settings_i, load, workdir / f"prod-{i}.log", naive=False))
             _say(json.dumps(prod_runs[-1]))
+        assert settings_a is not None
         rates = [r["readings_per_s"] for r in prod_runs if r["readings_per_s"]]
         prod = {
             "readings_per_s": round(statistics.median(rates), 1) if rates else None,
@@ -435,17 +449,17 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
             "peak_rss_mb": max((r["peak_rss_mb"] for r in prod_runs if r["peak_rss_mb"]), default=None),
             "runs": prod_runs,
         }
-        env_b = env_for("naive", "readings-preloaded")
+        env_b = env_for("naive", "readings-naive")
         settings_b = Settings.from_env({**os.environ, **env_b})
         ensure_topics(settings_b)
         _say("naive worker, same readings")
-        naive = _throughput_run(env_b, settings_b, expected, timed_keys, timed_n, workdir / "naive.log", naive=True)
+        naive = _throughput_run(env_b, settings_b, load, workdir / "naive.log", naive=True)
         _say(json.dumps(naive))
         _say(f"scale-out: {cfg.scale_out_workers} worker processes in one group, same readings")
-        env_c = env_for("scale", "readings-preloaded")
+        env_c = env_for("scale", "readings-scale")
         settings_c = Settings.from_env({**os.environ, **env_c})
         ensure_topics(settings_c)
-        scale = _scale_out_run(env_c, settings_c, expected, timed_keys, timed_n, workdir, cfg.scale_out_workers)
+        scale = _scale_out_run(env_c, settings_c, load, workdir, cfg.scale_out_workers)
         _say(json.dumps(scale))
         _say("restart of the production worker (state recovered from the changelog), one new hour")
         restart = _restart(env_a, settings_a, next_hour, workdir / "restart.log")

@@ -7,15 +7,17 @@ micro-batch of Kafka events; the backtest calls them over a file. Same code, sam
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from pm25.aqi import CATEGORIES, us_aqi_array
 from pm25.schema import Forecast, Reading, encode_forecast, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
-from stream_processor.inference import Forecaster
+from stream_processor.inference import Forecaster, ModelInput
 
 __all__ = ["EncodedForecast", "Engine", "Request", "run_offline"]
 
@@ -75,38 +77,58 @@ class Engine:
         requests = [Request(reading.station_id, h, state.window(h, w).copy()) for h in hours]
         return state, changed, requests
 
-    def forecast(self, requests: list[Request]) -> list[EncodedForecast | None]:
+    def forecast(self, requests: list[Request], model: Forecaster | None = None) -> list[EncodedForecast | None]:
         """One batched inference, aligned with ``requests``; None where the window is not usable
         (a PM2.5 gap longer than the model's ``max_gap_hours``): that forecast is suspended.
-
-        Rounding (0.1 µg/m³) and the AQI are computed on whole arrays; each forecast is then
-        serialised straight from the values (no intermediate objects on the hot path)."""
+        ``model``: the one the requests' windows were cut for, when a hot swap may have happened
+        since (default: the engine's). The worker runs the three steps apart (the graph in a thread).
+        """
         if not requests:
             return []
-        model = self.model
+        model = model or self.model
+        inp = self.prepare(requests, model)
+        return self.encode(requests, model, inp, model.infer(inp))
+
+    @staticmethod
+    def prepare(requests: list[Request], model: Forecaster) -> ModelInput:
         raw = np.stack([r.raw for r in requests])
         ends = np.array([r.end_hour for r in requests], dtype=np.int64)
-        pred = model.predict(raw, ends)
+        return model.prepare(raw, ends)
+
+    @staticmethod
+    def encode(
+        requests: list[Request], model: Forecaster, inp: ModelInput, out: npt.NDArray[np.float32]
+    ) -> list[EncodedForecast | None]:
+        """The forecast messages from the graph's output. Rounding (0.1 µg/m³) and the AQI are
+        computed on whole arrays; each forecast is then serialised straight from the values (no
+        intermediate objects on the hot path)."""
+        pred = model.finish(inp, out)
         point = np.round(pred.point.astype(np.float64), 1)
         aqi, cat = us_aqi_array(point)
         point_l, lo_l = point.tolist(), np.round(pred.lo.astype(np.float64), 1).tolist()
         hi_l, aqi_l = np.round(pred.hi.astype(np.float64), 1).tolist(), aqi.tolist()
         cat_l = _CATEGORY_NAMES[cat].tolist()
         usable = pred.usable.tolist()
-        horizons, version = list(model.horizons), model.version
-        out: list[EncodedForecast | None] = []
+        horizons, version = model.horizons, model.version
+        result: list[EncodedForecast | None] = []
         for i, req in enumerate(requests):
             if not usable[i]:
-                out.append(None)
+                result.append(None)
                 continue
             end = req.end_hour
             p = point_l[i]
-            times = [hour_to_iso(end + h) for h in horizons]
+            times = _target_times(end, horizons)
             value = encode_forecast(
                 req.station_id, hour_to_iso(end), version, (horizons, times, p, lo_l[i], hi_l[i], aqi_l[i], cat_l[i])
             )
-            out.append(EncodedForecast(req.station_id, end, value, p))
-        return out
+            result.append(EncodedForecast(req.station_id, end, value, p))
+        return result
+
+
+@functools.lru_cache(maxsize=1024)
+def _target_times(end_hour: int, horizons: tuple[int, ...]) -> list[str]:
+    """The target times of a forecast issued at ``end_hour`` (shared by every station: cached)."""
+    return [hour_to_iso(end_hour + h) for h in horizons]
 
 
 def run_offline(

@@ -3,6 +3,11 @@
 ``Forecaster.predict(raw_windows, end_hours)`` takes raw windows (the station buffer rows, NaN =
 missing) and returns point forecasts and the 80 % interval in µg/m³. Preprocessing is the shared
 feature code with the bundle's fitted parameters, so training and serving cannot drift.
+
+``predict`` is three steps that a caller may run apart: ``prepare`` (features, in Python and numpy),
+``infer`` (the graph alone: it releases the GIL, so the worker runs it in a thread while its event
+loop goes on) and ``finish`` (the outputs in µg/m³). Only ``infer`` belongs in a thread: numpy
+code in a thread competes for the GIL at every call and runs several times slower than on the loop.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from model_store import Bundle, BundleError
-from pm25.features import FEATURES, RAW_FIELDS, make_features, postprocess, scale
+from pm25.features import FEATURES, RAW_FIELDS, FeatureBatch, make_features, postprocess, scale
 
-__all__ = ["Forecaster", "OnnxForecaster", "Prediction"]
+__all__ = ["Forecaster", "ModelInput", "OnnxForecaster", "Prediction"]
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
+
+#: Rows per graph run: a recurrent graph's working memory grows with the batch (onnxruntime keeps
+#: it in its arena), so a large micro-batch runs in chunks; throughput is flat beyond a few hundred.
+GRAPH_ROWS_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +41,24 @@ class Prediction:
     hi: F32  # [B, H] 90th percentile
 
 
+@dataclass(frozen=True, slots=True)
+class ModelInput:
+    batch: FeatureBatch
+    rows: npt.NDArray[np.intp]  # the usable windows (the others skip the model)
+    x: F32  # [len(rows), W, n_features] scaled graph input
+
+
 class Forecaster(Protocol):
     version: str
     window_hours: int
     max_gap_hours: int
     horizons: tuple[int, ...]
+
+    def prepare(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> ModelInput: ...
+
+    def infer(self, inp: ModelInput) -> F32: ...
+
+    def finish(self, inp: ModelInput, out: F32) -> Prediction: ...
 
     def predict(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> Prediction: ...
 
@@ -95,12 +117,27 @@ class OnnxForecaster:
             )
 
     def predict(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> Prediction:
+        inp = self.prepare(raw, end_hours)
+        return self.finish(inp, self.infer(inp))
+
+    def prepare(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> ModelInput:
         batch = make_features(raw, end_hours, self.max_gap_hours)
-        out = np.zeros((raw.shape[0], len(self.horizons)), dtype=np.float32)
         rows = np.flatnonzero(batch.usable)
-        if len(rows):  # windows that cannot be forecast (long gaps) skip the model
-            x = scale(batch.features[rows], self._selected, self._mean, self._std)
-            out[rows] = np.asarray(self._session.run(None, {self._input: x})[0], dtype=np.float32)
+        return ModelInput(batch, rows, scale(batch.features[rows], self._selected, self._mean, self._std))
+
+    def infer(self, inp: ModelInput) -> F32:
+        """The graph's output for the usable windows (thread-safe: onnxruntime sessions are)."""
+        x = inp.x
+        out = np.empty((x.shape[0], len(self.horizons)), dtype=np.float32)
+        for start in range(0, x.shape[0], GRAPH_ROWS_MAX):
+            chunk = x[start : start + GRAPH_ROWS_MAX]
+            out[start : start + len(chunk)] = self._session.run(None, {self._input: chunk})[0]
+        return out
+
+    def finish(self, inp: ModelInput, out: F32) -> Prediction:
+        batch = inp.batch
+        full = np.zeros((batch.usable.shape[0], len(self.horizons)), dtype=np.float32)
+        full[inp.rows] = out
         last = np.nan_to_num(batch.last_pm25, nan=0.0)
-        point, lo, hi = postprocess(out, last, self._target, self._intervals)
+        point, lo, hi = postprocess(full, last, self._target, self._intervals)
         return Prediction(usable=batch.usable, point=point, lo=lo, hi=hi)

@@ -13,16 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from pm25.schema import InvalidReading, Reading, hour_to_iso, parse_reading
 from pm25.window import StateFormatError, StationWindow, TooLate
 from stream_processor.engine import Engine, Request
 from stream_processor.hindcast import HindcastScorer
+from stream_processor.inference import Forecaster, ModelInput
 from stream_processor.metrics import WorkerMetrics
 
-__all__ = ["DeadLetter", "Processor", "wall_clock_hour"]
+__all__ = ["DeadLetter", "Inference", "Observation", "Processor", "wall_clock_hour"]
 
 log = logging.getLogger(__name__)
+
+
+#: A valid reading applied: (station, epoch hour, PM2.5 or None), scored against earlier forecasts.
+Observation = tuple[str, int, float | None]
 
 
 def wall_clock_hour() -> int:
@@ -35,6 +41,22 @@ class DeadLetter:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Inference:
+    """A batch's forecasts between :meth:`Processor.prepare` and :meth:`Processor.finish`."""
+
+    requests: list[Request]
+    model: Forecaster
+    inp: ModelInput | None  # None: no requests
+    started: float
+
+    def run(self) -> npt.NDArray[np.float32]:
+        """The graph alone (releases the GIL: the worker runs this in a thread)."""
+        if self.inp is None:
+            return np.zeros((0, len(self.model.horizons)), dtype=np.float32)
+        return self.model.infer(self.inp)
+
+
 class Processor:
     def __init__(self, engine: Engine, metrics: WorkerMetrics, now_hour: Callable[[], int] = wall_clock_hour) -> None:
         self.engine = engine
@@ -42,8 +64,7 @@ class Processor:
         self.now_hour = now_hour
         self._suspended: set[str] = set()
         self.scorer = HindcastScorer()
-        self._observed: list[tuple[str, int, float | None]] = []
-        self._scores: list[tuple[bytes, bytes]] = []
+        self._observed: list[Observation] = []
 
     def parse(self, raw: bytes | None, key: bytes | None) -> Reading | DeadLetter:
         self.metrics.readings_in.inc()
@@ -94,37 +115,55 @@ class Processor:
             self.metrics.states_unreadable.inc()
             return None
 
-    def forecast(self, requests: list[Request]) -> list[tuple[bytes, bytes]]:
-        """(key, value) of every forecast the requests produce; logs suspensions and resumptions.
-        Then scores the forecasts whose target hours the batch's readings observed."""
-        out = self._forecast(requests) if requests else []
-        self._score()
-        return out
+    def take_observed(self) -> list[Observation]:
+        """The readings applied since the last call, for :meth:`forecast` to score against."""
+        observed, self._observed = self._observed, []
+        return observed
 
-    def drain_scores(self) -> list[tuple[bytes, bytes]]:
-        """Hindcast score messages produced since the last call, keyed by station."""
-        scores, self._scores = self._scores, []
-        return scores
+    def forecast(
+        self, requests: list[Request], observed: list[Observation], model: Forecaster | None = None
+    ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+        """(key, value) of every forecast the requests produce (logging suspensions and
+        resumptions), then of the hindcast scores of the forecasts whose target hours the
+        ``observed`` readings give. ``model``: the one the requests were cut for (default: the
+        engine's). The worker runs the steps apart: :meth:`prepare`, ``Inference.run`` in a
+        thread, :meth:`finish`."""
+        job = self.prepare(requests, model)
+        return self.finish(job, job.run(), observed)
 
-    def _score(self) -> None:
-        for station, hour, pm25 in self._observed:
+    def prepare(self, requests: list[Request], model: Forecaster | None = None) -> Inference:
+        model = model or self.engine.model
+        started = time.perf_counter()
+        return Inference(requests, model, self.engine.prepare(requests, model) if requests else None, started)
+
+    def finish(
+        self, job: Inference, out: npt.NDArray[np.float32], observed: list[Observation]
+    ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+        forecasts = self._forecast(job, out) if job.inp is not None else []
+        return forecasts, self._score(observed)
+
+    def _score(self, observed: list[Observation]) -> list[tuple[bytes, bytes]]:
+        scores = []
+        for station, hour, pm25 in observed:
             msg = self.scorer.observe(station, hour, pm25)
             if msg is not None:
-                self._scores.append((station.encode(), msg))
-        if self._observed:
+                scores.append((station.encode(), msg))
+        if observed:
             for h, skill in self.scorer.total.items():
                 if skill.n:
                     self.metrics.hindcast_rmse.labels(model="forecast", horizon=str(h)).set(skill.mse**0.5)
                     self.metrics.hindcast_rmse.labels(model="persistence", horizon=str(h)).set(skill.p_mse**0.5)
                     self.metrics.hindcast_pairs.labels(horizon=str(h)).set(skill.n)
-        self._observed = []
+        return scores
 
-    def _forecast(self, requests: list[Request]) -> list[tuple[bytes, bytes]]:
-        started = time.perf_counter()
-        results = self.engine.forecast(requests)
-        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+    def _forecast(self, job: Inference, graph_out: npt.NDArray[np.float32]) -> list[tuple[bytes, bytes]]:
+        requests, model = job.requests, job.model
+        assert job.inp is not None
+        results = self.engine.encode(requests, model, job.inp, graph_out)
+        self.metrics.inference_seconds.observe(time.perf_counter() - job.started)
         out = []
-        for req, f in zip(requests, results, strict=True):
+        last_pm25 = job.inp.batch.last_pm25.tolist()  # persistence: the last observation of each window
+        for req, f, persistence in zip(requests, results, last_pm25, strict=True):
             if f is None:
                 self.metrics.suspended.inc()
                 if req.station_id not in self._suspended:
@@ -133,16 +172,14 @@ class Processor:
                         "station %s: forecasts suspended at %s (PM2.5 gap longer than %d h)",
                         req.station_id,
                         hour_to_iso(req.end_hour),
-                        self.engine.model.max_gap_hours,
+                        model.max_gap_hours,
                     )
                 continue
             if req.station_id in self._suspended:
                 self._suspended.discard(req.station_id)
                 log.info("station %s: forecasts resumed at %s", req.station_id, f.issued_at)
             out.append((f.station_id.encode(), f.value))
-            observed = req.raw[:, 0][~np.isnan(req.raw[:, 0])]
-            persistence = float(observed[-1]) if len(observed) else f.point[0]
-            self.scorer.record(f.station_id, f.end_hour, self.engine.model.horizons, f.point, persistence)
+            self.scorer.record(f.station_id, f.end_hour, model.horizons, f.point, persistence)
         self.metrics.forecasts_out.inc(len(out))
         return out
 
