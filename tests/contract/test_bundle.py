@@ -82,3 +82,18 @@ def test_write_bundle_refuses_overwrite_and_mismatched_graph(tmp_path, productio
     path = write_bundle(tmp_path, bad, production_bundle.onnx_bytes)
     with pytest.raises(BundleError):
         OnnxForecaster(load_bundle(path))
+
+
+def test_graph_in_chunks_equals_one_run(production_bundle, monkeypatch):
+    """A large micro-batch runs through the graph in chunks (bounded memory): same outputs."""
+    import stream_processor.inference as inference
+
+    model = OnnxForecaster(production_bundle)
+    rng = np.random.default_rng(3)
+    raw = rng.uniform(5, 300, size=(23, model.window_hours, 8)).astype(np.float32)
+    ends = np.arange(380_000, 380_023)
+    whole = model.predict(raw, ends)
+    monkeypatch.setattr(inference, "GRAPH_ROWS_MAX", 5)  # 23 rows -> chunks of 5, 5, 5, 5, 3
+    chunked = model.predict(raw, ends)
+    np.testing.assert_allclose(chunked.point, whole.point, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(chunked.hi, whole.hi, rtol=1e-5, atol=1e-4)
