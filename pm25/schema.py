@@ -140,8 +140,10 @@ def hour_to_iso(hour: int) -> str:
     return (_EPOCH + timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=4096)
 def iso_to_hour(text: str) -> int:
-    """ISO 8601 timestamp with an explicit offset, on the hour -> epoch hour (UTC).
+    """ISO 8601 timestamp with an explicit offset, on the hour -> epoch hour (UTC). Cached: a
+    network's stations report the same hours (a bad timestamp raises and is not cached).
 
     >>> iso_to_hour("2013-03-01T08:00:00+08:00") == iso_to_hour("2013-03-01T00:00:00Z")
     True
@@ -161,6 +163,10 @@ def iso_to_hour(text: str) -> int:
 def _number(name: str, value: Any) -> float | None:
     if value is None:
         return None
+    if type(value) is float:  # the common case, checked in one step (NaN and infinities fail the range)
+        lo, hi = RANGES[name]
+        if lo <= value <= hi:
+            return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidReading("bad_type", f"{name} must be a number or null, got {type(value).__name__}")
     x = float(value)

@@ -4,17 +4,18 @@ For each station and each scored horizon the scorer keeps exponentially weighted
 absolute errors of the model and of persistence (the last reading at issue time) on the same
 pairs, so "is the model beating persistence lately?" has a live answer.
 
-The memory is the worker's own (not a table): it holds only the last 24 issue hours per station,
-is rebuilt as forecasts flow, and after a restart the first day is partly unscored. A pair is
-scored once, even if its reading or forecast is replayed.
+The memory is the worker's own (not a table): it holds only the last 48 issue hours per station
+(about 3 KB), is rebuilt as forecasts flow, and after a restart the first day is partly unscored.
+A pair is scored once, even if its reading or forecast is replayed.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import OrderedDict
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
@@ -58,12 +59,31 @@ class Skill:
         }
 
 
-@dataclass(slots=True)
+#: Issue hours (and target hours) remembered per station: a late reading still finds its forecasts.
+_RING = 2 * max(SCORED_HORIZONS)
+_N = len(SCORED_HORIZONS)
+
+
 class _Station:
-    # issue hour -> (persistence value, {h: point forecast})
-    issued: OrderedDict[int, tuple[float, dict[int, float]]] = field(default_factory=OrderedDict)
-    scored: set[tuple[int, int]] = field(default_factory=set)  # (target hour, h)
-    skill: dict[int, Skill] = field(default_factory=lambda: {h: Skill() for h in SCORED_HORIZONS})
+    """One station's recent forecasts and scored pairs in flat arrays (about 3 KB; dicts of floats
+    took about 80 KB per station): slot ``hour % _RING`` holds that issue hour's persistence and
+    point forecasts, and, for target hour ``hour``, a bit per scored horizon already scored."""
+
+    __slots__ = ("issued_hour", "present", "scored", "scored_hour", "skill", "values")
+
+    def __init__(self) -> None:
+        self.issued_hour = array("q", [-1]) * _RING
+        self.values = array("d", [0.0]) * (_RING * (_N + 1))  # persistence, then one per scored horizon
+        self.present = bytearray(_RING)  # bit j: the forecast has SCORED_HORIZONS[j]
+        self.scored_hour = array("q", [-1]) * _RING
+        self.scored = bytearray(_RING)  # bit j: the pair (target hour, SCORED_HORIZONS[j]) is scored
+        self.skill = {h: Skill() for h in SCORED_HORIZONS}
+
+
+@functools.lru_cache(maxsize=8)
+def _scored_positions(horizons: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(j, i): SCORED_HORIZONS[j] is at position i of a model's ``horizons``."""
+    return [(j, horizons.index(h)) for j, h in enumerate(SCORED_HORIZONS) if h in horizons]
 
 
 class HindcastScorer:
@@ -75,30 +95,48 @@ class HindcastScorer:
         self, station_id: str, issued: int, horizons: Sequence[int], point: Sequence[float], persistence: float
     ) -> None:
         """Keep a forecast's point values (issued at epoch hour ``issued``) until its targets arrive."""
-        st = self._stations.setdefault(station_id, _Station())
-        st.issued[issued] = (persistence, {h: p for h, p in zip(horizons, point, strict=True) if h in SCORED_HORIZONS})
-        st.issued.move_to_end(issued)
-        while len(st.issued) > 2 * max(SCORED_HORIZONS):
-            st.issued.popitem(last=False)
+        if len(point) != len(horizons):
+            raise ValueError(f"{len(point)} point values for {len(horizons)} horizons")
+        st = self._stations.get(station_id)
+        if st is None:
+            st = self._stations[station_id] = _Station()
+        slot = issued % _RING
+        if st.issued_hour[slot] > issued:  # a re-issue older than what the slot holds: too old to score
+            return
+        st.issued_hour[slot] = issued
+        base = slot * (_N + 1)
+        st.values[base] = persistence
+        mask = 0
+        for j, i in _scored_positions(tuple(horizons)):
+            st.values[base + 1 + j] = point[i]
+            mask |= 1 << j
+        st.present[slot] = mask
 
     def observe(self, station_id: str, hour: int, pm25: float | None) -> bytes | None:
         """Score the forecasts for ``hour``; returns a score message (JSON) or None."""
         st = self._stations.get(station_id)
         if st is None or pm25 is None:
             return None
+        target = hour % _RING
+        if st.scored_hour[target] != hour:
+            if st.scored_hour[target] > hour:  # older than every target remembered: not scored
+                return None
+            st.scored_hour[target] = hour
+            st.scored[target] = 0
+        done = st.scored[target]
         scored = []
-        for h in SCORED_HORIZONS:
-            rec = st.issued.get(hour - h)
-            if rec is None or (hour, h) in st.scored or h not in rec[1]:
+        for j, h in enumerate(SCORED_HORIZONS):
+            bit = 1 << j
+            slot = (hour - h) % _RING
+            if done & bit or st.issued_hour[slot] != hour - h or not st.present[slot] & bit:
                 continue
-            st.scored.add((hour, h))
-            err, p_err = rec[1][h] - pm25, rec[0] - pm25
+            done |= bit
+            base = slot * (_N + 1)
+            err, p_err = st.values[base + 1 + j] - pm25, st.values[base] - pm25
             st.skill[h].update(err, p_err)
             self.total[h].update(err, p_err)
             scored.append(h)
-        if len(st.scored) > 4 * len(SCORED_HORIZONS) * max(SCORED_HORIZONS):
-            oldest = hour - 2 * max(SCORED_HORIZONS)
-            st.scored = {k for k in st.scored if k[0] >= oldest}
+        st.scored[target] = done
         if not scored or hour % PUBLISH_EVERY_HOURS:
             return None
         return orjson.dumps(

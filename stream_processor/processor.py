@@ -162,7 +162,7 @@ class Processor:
         results = self.engine.encode(requests, model, job.inp, graph_out)
         self.metrics.inference_seconds.observe(time.perf_counter() - job.started)
         out = []
-        last_pm25 = job.inp.batch.last_pm25.tolist()  # persistence: the last observation of each window
+        last_pm25 = job.inp.last_pm25.tolist()  # persistence: the last observation of each window
         for req, f, persistence in zip(requests, results, last_pm25, strict=True):
             if f is None:
                 self.metrics.suspended.inc()

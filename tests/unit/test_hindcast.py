@@ -40,3 +40,17 @@ def test_rolling_rmse_converges():
         s.observe("a", t + 1, 12.0 if t % 2 else 8.0)
     assert math.sqrt(s.total[1].mse) == pytest.approx(2.0)
     assert math.sqrt(s.total[1].p_mse) == pytest.approx(10.0, rel=0.05)
+
+
+def test_a_replayed_forecast_is_not_scored_again_and_old_issues_age_out():
+    s = HindcastScorer()
+    record(s, "a", 101, 50.0, persistence=50.0)
+    assert s.observe("a", 102, 53.0) is not None and s.total[1].n == 1
+    record(s, "a", 101, 50.0, persistence=50.0)  # the same forecast again (a replay)
+    assert s.observe("a", 102, 53.0) is None and s.total[1].n == 1
+    record(s, "a", 101 + 48, 70.0, persistence=70.0)  # 48 h later: the slot of 101 is reused
+    s.observe("a", 101 + 6, 1.0)
+    assert s.total[6].n == 0  # 101's forecast is gone
+    record(s, "a", 101, 50.0, persistence=50.0)  # a re-issue older than the slot's is ignored
+    s.observe("a", 101 + 12, 1.0)
+    assert s.total[12].n == 0
