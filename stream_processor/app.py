@@ -191,15 +191,9 @@ class Worker:
         self._computing = computing
         self._in_flight.append(releasing)
 
-    async def flush(self) -> None:
-        """Wait until every batch taken in is delivered and its messages released; a failed
-        delivery raises here (the agent crashes and nothing of it is committed)."""
-        while self._in_flight:
-            await self._in_flight.popleft()
-
     def _intake(self, events: Sequence[EventT]) -> _Batch:
         """Stage 1, on the event loop: parse and apply every event; the new states go into the
-        table's memory at once (the next batch builds on them) and are saved by :meth:`_deliver`."""
+        table's memory at once (the next batch builds on them) and are saved by :meth:`_release`."""
         proc = self.processor
         store = self.windows.data
         batch = _Batch(model=self.engine.model)
@@ -212,7 +206,7 @@ class Worker:
                 if verdict is Verdict.SEEK:
                     batch.seeks[msg.partition] = self.offsets.seek_target(msg.partition)
                 continue
-            msg.incref()  # released by _deliver once everything this message caused is acknowledged
+            msg.incref()  # released by _release once everything this message caused is acknowledged
             batch.held.append(event)
             parsed = proc.parse(event.value, msg.key)
             if isinstance(parsed, DeadLetter):
@@ -304,10 +298,8 @@ class Worker:
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
-        try:  # what is already taken in is delivered and committed before the partitions go
-            await self.flush()
-        except Exception as err:  # the agent itself reports a failed delivery and crashes
-            log.warning("delivery before rebalance failed: %r", err)
+        if self._in_flight:  # what is already taken in is delivered before the partitions go
+            await asyncio.wait(list(self._in_flight))  # a failure stays in its task: the agent raises it
         self.offsets.forget({tp.partition for tp in revoked if tp.topic == self.settings.readings_topic})
 
     def _changelog_key(self, station_id: str) -> bytes:

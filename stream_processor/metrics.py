@@ -38,7 +38,10 @@ class WorkerMetrics:
             "pm25_dead_letters", "Messages sent to the dead-letter topic", ["reason"], registry=r
         )
         self.inference_seconds = Histogram(
-            "pm25_inference_seconds", "Batched inference time (features + ONNX)", buckets=_LATENCY_BUCKETS, registry=r
+            "pm25_inference_seconds",
+            "Batch inference time: features, graph (in its thread), encoding",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
             "pm25_batch_readings", "Readings per micro-batch", buckets=(1, 4, 16, 64, 256, 1024), registry=r
