@@ -65,9 +65,10 @@ _N = len(SCORED_HORIZONS)
 
 
 class _Station:
-    """One station's recent forecasts and scored pairs in flat arrays (about 3 KB; dicts of floats
-    took about 80 KB per station): slot ``hour % _RING`` holds that issue hour's persistence and
-    point forecasts, and, for target hour ``hour``, a bit per scored horizon already scored."""
+    """One station's recent forecasts and scored pairs in flat arrays (about 3 KB; the dicts of
+    floats used before were estimated at 50-80 KB per station): slot ``hour % _RING`` holds that
+    issue hour's persistence and point forecasts, and, for target hour ``hour``, a bit per scored
+    horizon already scored."""
 
     __slots__ = ("issued_hour", "present", "scored", "scored_hour", "skill", "values")
 
