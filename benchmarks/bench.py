@@ -411,6 +411,13 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
                 "PM25_WEB_PORT": str(free_port()),
             }
 
+        def app_for(tag: str) -> tuple[dict[str, str], Settings]:
+            """A fresh application with its own topics (created), for one throughput run."""
+            env = env_for(tag, f"readings-{tag}")
+            settings = Settings.from_env({**os.environ, **env})
+            ensure_topics(settings)
+            return env, settings
+
         warm_hours = 45  # the production window is 48 h with up to 6 h missing
         readings = synthetic_readings(cfg.stations, warm_hours + cfg.hours + 1)
         next_hour = readings[-cfg.stations :]
@@ -420,27 +427,21 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
             f"end to end: {cfg.stations} stations, {warm_hours} warm-up hours then {cfg.hours} timed hours "
             f"({len(timed)} timed readings); offline backtest for the expected counts"
         )
-        engine = make_engine(base)
+        engine = make_engine(base)  # holds no state: the backtest keeps it in its own dict
         load = Workload(
             warm=warm,
             timed=timed,
             warm_expected=sum(1 for _ in run_offline(engine, warm, batch_size=512)),
-            expected=sum(1 for _ in run_offline(make_engine(base), readings, batch_size=512)),
+            expected=sum(1 for _ in run_offline(engine, readings, batch_size=512)),
         )
+        # every run a fresh application and topics: warm-up preloaded, timed hours offered live
+        prod_apps = [app_for(f"prod{i}") for i in range(cfg.repeats)]
         prod_runs = []
-        env_a: dict[str, str] = {}
-        settings_a: Settings | None = None
-        for i in range(cfg.repeats):
-            # every run a fresh application and topics: warm-up preloaded, timed hours offered live
-            env_i = env_for(f"prod{i}", f"readings-prod{i}")
-            settings_i = Settings.from_env({**os.environ, **env_i})
-            ensure_topics(settings_i)
-            if i == 0:
-                env_a, settings_a = env_i, settings_i
+        for i, (env_i, settings_i) in enumerate(prod_apps):
             _say(f"production worker, run {i + 1} of {cfg.repeats}: timed readings offered as fast as possible")
             prod_runs.append(_throughput_run(env_i, settings_i, load, workdir / f"prod-{i}.log", naive=False))
             _say(json.dumps(prod_runs[-1]))
-        assert settings_a is not None
+        env_a, settings_a = prod_apps[0]
         rates = [r["readings_per_s"] for r in prod_runs if r["readings_per_s"]]
         prod = {
             "readings_per_s": round(statistics.median(rates), 1) if rates else None,
@@ -449,16 +450,12 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
             "peak_rss_mb": max((r["peak_rss_mb"] for r in prod_runs if r["peak_rss_mb"]), default=None),
             "runs": prod_runs,
         }
-        env_b = env_for("naive", "readings-naive")
-        settings_b = Settings.from_env({**os.environ, **env_b})
-        ensure_topics(settings_b)
+        env_b, settings_b = app_for("naive")
         _say("naive worker, same readings")
         naive = _throughput_run(env_b, settings_b, load, workdir / "naive.log", naive=True)
         _say(json.dumps(naive))
         _say(f"scale-out: {cfg.scale_out_workers} worker processes in one group, same readings")
-        env_c = env_for("scale", "readings-scale")
-        settings_c = Settings.from_env({**os.environ, **env_c})
-        ensure_topics(settings_c)
+        env_c, settings_c = app_for("scale")
         scale = _scale_out_run(env_c, settings_c, load, workdir, cfg.scale_out_workers)
         _say(json.dumps(scale))
         _say("restart of the production worker (state recovered from the changelog), one new hour")
