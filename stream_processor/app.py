@@ -29,6 +29,7 @@ from faust.types import TP, EventT, StreamT
 from model_store import BundleError, default_store, load_production, production_version
 from pm25.embedded import CHANGELOG_END_KEY, faust_overrides
 from pm25.settings import Settings
+from stream_processor.consumer import App
 from stream_processor.engine import Engine, Request
 from stream_processor.inference import Forecaster, OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
@@ -123,7 +124,7 @@ class Worker:
         }
         if settings.embedded_broker:
             conf.update(faust_overrides())
-        self.app = faust.App(settings.app_id, **conf)
+        self.app = App(settings.app_id, **conf)  # faust.App with a cheaper fetch loop (see .consumer)
         self.readings = self.app.topic(
             settings.readings_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )

@@ -1,0 +1,107 @@
+"""Faust's consumer without four asyncio tasks per message.
+
+Faust's fetch loop (``Consumer._drain_messages``) hands every message to the conductor through
+``Service.wait_first(deliver(message), suspend_flow.wait())``: four tasks (the delivery, the
+suspend event, the consumer's stopped and crashed events) are created, raced and three of them
+cancelled, for each message. With readings of a few hundred bytes that was about a fifth of the
+worker's event-loop thread, the thread that limits its throughput.
+
+:class:`Consumer` runs the same loop but awaits the delivery directly while the flow is not
+suspended, the common case: the delivery normally completes without suspending (it only decodes
+and queues the message), and when it does wait (the agent's queue is full) the loop has nothing
+else to do. While the flow is suspended (a rebalance) it takes Faust's path, racing the delivery
+against the suspension. A delivery blocked on a full queue when a rebalance starts completes once
+the rebalance clears the queues (synchronously, right after suspending the flow) and the loop then
+takes the suspended path; Faust's own loop leaves that delivery's queue put running too. Stopping
+the fetcher cancels the loop either way. Everything else is kept as in Faust: read offsets, gap
+tracking for acknowledgements, ``broker_commit_every``, yielding every 100 messages, the
+fetching flag and the stop conditions.
+
+Written against faust-streaming 0.15.3 (pinned in pyproject.toml): ``_drain_messages`` is a private
+method, so an upgrade must re-read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar, cast
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, TransportT
+
+__all__ = ["App", "Consumer"]
+
+#: Like Faust's loop: give other tasks a turn after this many messages from one fetch.
+YIELD_EVERY = 100
+
+
+class Consumer(faust_aiokafka.Consumer):
+    async def _drain_messages(self, fetcher: Any) -> None:  # the loop itself runs against a broker
+        callback = self.callback
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        suspended = self.suspend_flow.is_set
+        consumer_stopped = cast(Any, self)._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        since_yield = 0
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records = self.getmany(timeout=1.0)
+                await self.sleep(0)  # getmany can return at once many times in a row
+                if self.should_stop:
+                    continue
+                async for tp, message in records:
+                    since_yield += 1
+                    if since_yield > YIELD_EVERY:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    await self._deliver(tp, message, callback, read_offset, acks_enabled_for, suspended)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _deliver(
+        self, tp: TP, message: Any, callback: Any, read_offset: Any, acks_enabled_for: Any, suspended: Any
+    ) -> None:
+        offset = message.offset
+        last = read_offset[tp]
+        if last is not None and offset < last:
+            return  # read before (a seek back): Faust drops it the same way
+        if last and offset - last > 1 and acks_enabled_for(message.topic):
+            await self._add_gap(tp, last + 1, offset)  # offsets with no message must not block commits
+        commit_every = self._commit_every
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
+        if suspended():
+            await self.wait_first(callback(message), self.suspend_flow.wait())
+        else:
+            await callback(message)
+        read_offset[tp] = offset
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer: ClassVar[Any] = Consumer
+
+
+class App(faust.App):
+    """A Faust app whose consumer is :class:`Consumer`."""
+
+    def _new_transport(self) -> TransportT:
+        return _Transport(self.conf.broker_consumer, self)

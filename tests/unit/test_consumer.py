@@ -1,0 +1,77 @@
+"""The fetch loop's per-message step (stream_processor.consumer) against a stand-in consumer: the
+direct delivery and the suspended path, read offsets, gaps and commits as in Faust's loop."""
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+
+from faust.types import TP
+
+from stream_processor.consumer import Consumer
+
+TP0 = TP("pm25.readings", 0)
+
+
+class StandIn:
+    """What ``Consumer._deliver`` uses of the consumer, recording every call."""
+
+    def __init__(self, *, suspended: bool = False, commit_every: int | None = None, n_acked: int = 0) -> None:
+        self.suspend_flow = asyncio.Event()
+        if suspended:
+            self.suspend_flow.set()
+        self._commit_every = commit_every
+        self._n_acked = n_acked
+        self.calls: list[tuple] = []
+        self.read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+
+    async def _add_gap(self, tp: TP, start: int, stop: int) -> None:
+        self.calls.append(("gap", tp, start, stop))
+
+    async def commit(self) -> None:
+        self.calls.append(("commit",))
+
+    async def wait_first(self, *coros):
+        self.calls.append(("wait_first", len(coros)))
+        done, pending = await asyncio.wait([asyncio.ensure_future(c) for c in coros], timeout=1.0)
+        for fut in pending:
+            fut.cancel()
+
+    async def callback(self, message) -> None:
+        self.calls.append(("deliver", message.offset))
+
+    async def deliver(self, *offsets: int, acks: bool = True) -> None:
+        for offset in offsets:
+            message = SimpleNamespace(offset=offset, topic=TP0.topic)
+            await Consumer._deliver(
+                self, TP0, message, self.callback, self.read_offset, lambda topic: acks, self.suspend_flow.is_set
+            )
+
+
+def test_messages_are_delivered_directly_and_their_offsets_read():
+    c = StandIn()
+    asyncio.run(c.deliver(0, 1, 2))
+    assert c.calls == [("deliver", 0), ("deliver", 1), ("deliver", 2)]
+    assert c.read_offset[TP0] == 2
+
+
+def test_a_suspended_flow_races_the_delivery_against_the_suspension():
+    c = StandIn(suspended=True)
+    asyncio.run(c.deliver(5))
+    assert c.calls == [("wait_first", 2), ("deliver", 5)]
+    assert c.read_offset[TP0] == 5
+
+
+def test_offsets_read_before_are_dropped_and_holes_recorded_as_gaps():
+    c = StandIn()
+    asyncio.run(c.deliver(3, 1, 7))
+    assert c.calls == [("deliver", 3), ("gap", TP0, 4, 7), ("deliver", 7)]
+    c = StandIn()
+    asyncio.run(c.deliver(3, 7, acks=False))  # no acknowledgements on the topic: no gap to fill
+    assert c.calls == [("deliver", 3), ("deliver", 7)]
+
+
+def test_commit_every_commits_before_the_next_delivery():
+    c = StandIn(commit_every=10, n_acked=10)
+    asyncio.run(c.deliver(0))
+    assert c.calls == [("commit",), ("deliver", 0)]
+    assert c._n_acked == 0
