@@ -34,7 +34,7 @@ from stream_processor.engine import Engine, Request
 from stream_processor.inference import Forecaster, OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.offsets import OffsetGuard, Verdict
-from stream_processor.processor import DeadLetter, Observation, Processor
+from stream_processor.processor import DeadLetter, Inference, Observation, Processor
 from stream_processor.sending import BatchSender
 
 __all__ = ["BATCH_MAX", "BATCH_WITHIN_S", "Worker", "create_worker"]
@@ -185,7 +185,12 @@ class Worker:
             await self.app.consumer.seek(TP(self.settings.readings_topic, partition), offset)
         while len(self._in_flight) >= MAX_IN_FLIGHT:  # bounded memory; a failed batch raises here
             await self._in_flight.popleft()
-        computing = asyncio.ensure_future(self._compute(batch, after=self._computing))
+        # features now, and the graph queued at once in the inference thread (graphs run one at a
+        # time, in batch order): a batch's graph overlaps the previous batch's encoding
+        job = self.processor.prepare(batch.requests, batch.model)
+        graph = asyncio.get_running_loop().run_in_executor(self._inference, job.run)
+        batch.requests = []  # the job holds them
+        computing = asyncio.ensure_future(self._compute(batch, job, graph, after=self._computing))
         releasing = asyncio.ensure_future(
             self._release(batch, computing, after=self._in_flight[-1] if self._in_flight else None)
         )
@@ -229,20 +234,22 @@ class Worker:
         self.metrics.batch_size.observe(len(events))
         return batch
 
-    async def _compute(self, batch: _Batch, after: asyncio.Future[Any] | None) -> list[Awaitable[Any]]:
-        """Stage 2, one batch at a time in batch order: the graph runs in a thread (onnxruntime
-        releases the GIL, so it overlaps the next batch's intake); features and encoding stay on the
-        loop (numpy in a thread would fight the loop for the GIL at every call). Sends the batch's
-        dead letters, forecasts and scores; returns their delivery futures."""
+    async def _compute(
+        self, batch: _Batch, job: Inference, graph: asyncio.Future[Any], after: asyncio.Future[Any] | None
+    ) -> list[Awaitable[Any]]:
+        """Stage 2, in batch order: once the batch's graph has run (in a thread: onnxruntime
+        releases the GIL, so it overlaps the loop's work on other batches) and the previous batch is
+        encoded, encode this one on the loop (numpy in a thread would fight the loop for the GIL at
+        every call) and send its dead letters, forecasts and scores; returns their delivery
+        futures."""
+        out = await graph
         if after is not None:
             await after
         proc = self.processor
         delivered = [await self._dead_letter(event, letter) for event, letter in batch.dead]
-        job = proc.prepare(batch.requests, batch.model)
-        out = await asyncio.get_running_loop().run_in_executor(self._inference, job.run)
         forecasts, scores = proc.finish(job, out, batch.observed)
         del job, out
-        batch.requests, batch.observed, batch.dead = [], [], []  # not needed while it waits for acks
+        batch.observed, batch.dead = [], []  # not needed while it waits for acks
         sender = BatchSender(self._aiokafka_producer())
         topic = self.settings.forecasts_topic
         for key, value in forecasts:

@@ -15,7 +15,10 @@ the rebalance clears the queues (synchronously, right after suspending the flow)
 takes the suspended path; Faust's own loop leaves that delivery's queue put running too. Stopping
 the fetcher cancels the loop either way. Everything else is kept as in Faust: read offsets, gap
 tracking for acknowledgements, ``broker_commit_every``, yielding every 100 messages, the
-fetching flag and the stop conditions.
+fetching flag and the stop conditions. One fix: after :meth:`Consumer.seek`, the records of that
+partition still to come from the fetch made before it are dropped (they are not at the new position;
+Faust delivered them, and their read offsets made it drop the re-read: seen as a worker that
+stopped forecasting after re-reading a hole, see stream_processor.offsets).
 
 Written against faust-streaming 0.15.3 (pinned in pyproject.toml): ``_drain_messages`` is a private
 method, so an upgrade must re-read it.
@@ -38,6 +41,21 @@ YIELD_EVERY = 100
 
 
 class Consumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seeks = 0  # seeks so far
+        self._seeked_at: dict[TP, int] = {}  # partition -> the number of its latest seek
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        self._seeks += 1
+        self._seeked_at[partition] = self._seeks
+        await super().seek(partition, offset)
+
+    def _stale(self, tp: TP, fetched_after: int) -> bool:
+        """Whether a record of ``tp`` from a fetch made after ``fetched_after`` seeks was fetched
+        before a later seek of ``tp``: it is not at the partition's new position."""
+        return self._seeked_at.get(tp, 0) > fetched_after
+
     async def _drain_messages(self, fetcher: Any) -> None:  # the loop itself runs against a broker
         callback = self.callback
         read_offset = self._read_offset
@@ -53,7 +71,15 @@ class Consumer(faust_aiokafka.Consumer):
                 await self.sleep(0)  # getmany can return at once many times in a row
                 if self.should_stop:
                     continue
+                fetched_after: int | None = None
                 async for tp, message in records:
+                    # getmany fetches once, before its first record: a partition sought after that
+                    # has the rest of its records in this fetch stale. Faust delivers them, and
+                    # their read offsets then make it drop the re-read from the seek's offset.
+                    if fetched_after is None:
+                        fetched_after = self._seeks
+                    elif self._stale(tp, fetched_after):
+                        continue
                     since_yield += 1
                     if since_yield > YIELD_EVERY:
                         await asyncio.sleep(0)

@@ -75,3 +75,11 @@ def test_commit_every_commits_before_the_next_delivery():
     asyncio.run(c.deliver(0))
     assert c.calls == [("commit",), ("deliver", 0)]
     assert c._n_acked == 0
+
+
+def test_records_fetched_before_a_seek_of_their_partition_are_stale():
+    c = StandIn()
+    c._seeked_at = {TP0: 3}  # the partition's latest seek was the third
+    assert Consumer._stale(c, TP0, fetched_after=2)  # fetched before it: not at the new position
+    assert not Consumer._stale(c, TP0, fetched_after=3)  # fetched after it
+    assert not Consumer._stale(c, TP("pm25.readings", 1), fetched_after=0)  # never sought
