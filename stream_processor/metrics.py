@@ -39,7 +39,7 @@ class WorkerMetrics:
         )
         self.inference_seconds = Histogram(
             "pm25_inference_seconds",
-            "Batch inference time: features, graph (in its thread), encoding",
+            "Batch inference time, features to encoding (includes queueing behind earlier batches)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
