@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "CHANGELOG_END_KEY",
+    "WORKER_FETCH_MAX_WAIT_MS",
     "BrokerError",
     "EmbeddedBroker",
     "aiokafka_consumer_overrides",
@@ -52,6 +53,12 @@ def faust_overrides() -> dict[str, Any]:
         "broker_request_timeout": 30.0,
         "broker_rebalance_timeout": 10.0,
     }
+
+
+#: The Faust worker's fetch wait with Tansu (Faust fixes 1 500 ms). Tansu answers a fetch that has to
+#: wait for data only when the wait expires, so with a backlog drained the worker sat idle for up to
+#: 1.5 s per fetch: measured 2 570-3 470 readings/s with 100 ms against 2 600-2 940 with 1 500 ms.
+WORKER_FETCH_MAX_WAIT_MS = 100
 
 
 def kafka_consumer_overrides() -> dict[str, Any]:

@@ -24,16 +24,17 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP, EventT, StreamT
 
 from model_store import BundleError, default_store, load_production, production_version
-from pm25.embedded import CHANGELOG_END_KEY, faust_overrides
+from pm25.embedded import CHANGELOG_END_KEY, WORKER_FETCH_MAX_WAIT_MS, faust_overrides
 from pm25.settings import Settings
-from stream_processor.consumer import App
+from stream_processor.consumer import App, Consumer
 from stream_processor.engine import Engine, Request
 from stream_processor.inference import Forecaster, OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
-from stream_processor.offsets import OffsetGuard, Verdict
+from stream_processor.offsets import OffsetGuard, TailWatch, Verdict
 from stream_processor.processor import DeadLetter, Inference, Observation, Processor
 from stream_processor.sending import BatchSender
 
@@ -54,6 +55,8 @@ MAX_IN_FLIGHT = 2
 #: bound on what a backlog holds in memory before the worker takes it.
 FETCH_BYTES_PER_PARTITION = 256 * 1024
 MODEL_POLL_S = 2.0
+#: How often the input partitions are checked for a hole at their end (see TailWatch).
+TAIL_CHECK_S = 1.0
 
 
 def _faust_credentials(settings: Settings) -> dict[str, Any]:
@@ -108,6 +111,10 @@ class Worker:
         self.metrics.set_model(bundle.version)
         self.processor = Processor(self.engine, self.metrics)
         self.offsets = OffsetGuard()
+        self._tails = TailWatch()
+        self._stream: faust.Stream | None = None
+        self._waiting = True  # the agent is waiting for its next micro-batch
+        self._taken = 0  # input messages taken in so far
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pm25-inference")
         conf: dict[str, Any] = {
             "broker": f"kafka://{settings.bootstrap_servers}",
@@ -124,6 +131,7 @@ class Worker:
         }
         if settings.embedded_broker:
             conf.update(faust_overrides())
+            conf["fetch_max_wait_ms"] = WORKER_FETCH_MAX_WAIT_MS
         self.app = App(settings.app_id, **conf)  # faust.App with a cheaper fetch loop (see .consumer)
         self.readings = self.app.topic(
             settings.readings_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -144,6 +152,7 @@ class Worker:
         self.windows = self.app.Table("station-windows", key_type=str, value_type=bytes, partitions=settings.partitions)
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)
+        self.app.timer(TAIL_CHECK_S)(self._watch_tails)
         self.app.task(self._install_task_dump)
         self.app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
         self._pages()
@@ -151,9 +160,11 @@ class Worker:
     # -- the agent -------------------------------------------------------------------------
     async def _agent(self, stream: StreamT) -> None:
         # take_events lives on the concrete Stream, not on StreamT
-        concrete = cast(faust.Stream, stream)
+        concrete = self._stream = cast(faust.Stream, stream)
         async for events in concrete.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            self._waiting = False
             await self.handle_batch(events)
+            self._waiting = True
 
     async def handle_batch(self, events: Sequence[EventT]) -> None:
         """One micro-batch, pipelined: its intake (parse, apply, new states) runs on the event loop
@@ -231,6 +242,7 @@ class Worker:
                 batch.requests.extend(reqs)
                 batch.arrived.append(msg.timestamp)
         batch.observed = proc.take_observed()
+        self._taken += len(events)
         self.metrics.batch_size.observe(len(events))
         return batch
 
@@ -308,7 +320,48 @@ class Worker:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
         if self._in_flight:  # what is already taken in is delivered before the partitions go
             await asyncio.wait(list(self._in_flight))  # a failure stays in its task: the agent raises it
-        self.offsets.forget({tp.partition for tp in revoked if tp.topic == self.settings.readings_topic})
+        partitions = {tp.partition for tp in revoked if tp.topic == self.settings.readings_topic}
+        self.offsets.forget(partitions)
+        self._tails.forget(partitions)
+
+    async def _watch_tails(self) -> None:
+        """Seek back an input partition whose last messages the consumer read but never delivered
+        (a hole at its end: nothing arrives after it for the offset guard to notice, see
+        stream_processor.offsets.TailWatch)."""
+        consumer = cast(Consumer, self.app.consumer)
+        stream = self._stream
+        if stream is None or not self.ready() or not consumer.flow_active:
+            return
+        idle = self._waiting and cast(faust.Channel, stream.channel).empty()
+        now = time.monotonic()
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.readings_topic:
+                continue
+            expected = self.offsets.expected(tp.partition)
+            try:
+                if expected is None:  # nothing delivered since the assignment: from where it started
+                    expected = await self._start_offset(tp)
+                position = await consumer.position(tp)
+            except KafkaError as err:  # e.g. revoked meanwhile: the next check sees the new assignment
+                log.info("partition %d: not checked for a hole (%r)", tp.partition, err)
+                continue
+            if self._tails.lost(tp.partition, expected, position, taken=self._taken, idle=idle, now=now):
+                log.warning(
+                    "partition %d: the consumer read up to offset %s but delivered nothing from %d; reading them again",
+                    tp.partition,
+                    position,
+                    expected,
+                )
+                self.metrics.input_seeks.inc()
+                await consumer.seek(tp, expected)
+
+    async def _start_offset(self, tp: TP) -> int:
+        """Where the consumer started ``tp`` at its assignment: the committed offset (Faust keeps
+        it, with 0 as None), or the earliest offset when nothing was committed."""
+        committed = cast(Any, self.app.consumer)._committed_offset.get(tp)
+        if committed is not None:
+            return int(committed)
+        return int((await self.app.consumer.earliest_offsets(tp))[tp])
 
     def _changelog_key(self, station_id: str) -> bytes:
         """The changelog key exactly as Faust's own table writes serialise it (recovery reads it)."""

@@ -20,6 +20,10 @@ partition still to come from the fetch made before it are dropped (they are not 
 Faust delivered them, and their read offsets made it drop the re-read: seen as a worker that
 stopped forecasting after re-reading a hole, see stream_processor.offsets).
 
+The app can also set the consumer's fetch wait (``App(fetch_max_wait_ms=...)``): Faust fixes it at
+1.5 s, which is how long a broker may hold a fetch open while waiting for data. Apache Kafka answers
+as soon as data arrives, so only the embedded broker's layer sets it (see pm25.embedded).
+
 Written against faust-streaming 0.15.3 (pinned in pyproject.toml): ``_drain_messages`` is a private
 method, so an upgrade must re-read it.
 """
@@ -40,11 +44,23 @@ __all__ = ["App", "Consumer"]
 YIELD_EVERY = 100
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:  # read by aiokafka when the consumer starts
+            consumer._fetch_max_wait_ms = wait_ms
+        return consumer
+
+
 class Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._seeks = 0  # seeks so far
         self._seeked_at: dict[TP, int] = {}  # partition -> the number of its latest seek
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def seek(self, partition: TP, offset: int) -> None:
         self._seeks += 1
@@ -127,7 +143,12 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class App(faust.App):
-    """A Faust app whose consumer is :class:`Consumer`."""
+    """A Faust app whose consumer is :class:`Consumer`; ``fetch_max_wait_ms`` replaces Faust's
+    fixed fetch wait for the worker's consumer (None keeps it)."""
+
+    def __init__(self, id: str, *, fetch_max_wait_ms: int | None = None, **options: Any) -> None:
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(id, **options)
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)

@@ -13,6 +13,13 @@ transaction markers, retention) shows up again after every seek, and is accepted
 after ``MAX_SEEKS`` of them.
 A step backwards (a rebalance replays from the committed offset) is always processed: replays are
 recognised per station by the offset their state has applied.
+
+A hole at the end of a partition (nothing after it arrives, so the guard never sees a jump) is found
+by :class:`TailWatch`: the worker compares, every second, how far the consumer has read each
+partition with the next offset the guard expects. Read past, with nothing of that partition taken in
+for ``TAIL_STALL_S`` while the rest of the stream moves, means the messages in between were dropped
+on their way: the partition is sought back. A false alarm only replays messages, which are
+recognised per station like any replay.
 """
 
 from __future__ import annotations
@@ -21,12 +28,16 @@ import logging
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["MAX_SEEKS", "OffsetGuard", "Verdict"]
+__all__ = ["MAX_SEEKS", "TAIL_STALL_S", "OffsetGuard", "TailWatch", "Verdict"]
 
 log = logging.getLogger(__name__)
 
 #: Seeks back to the same offset before a hole is accepted as being in the log.
 MAX_SEEKS = 4
+#: Seconds a partition's messages may stay read but not taken in before they count as lost. Messages
+#: on their way wait behind at most the stream's buffer (4096) and one micro-batch: well under a
+#: second at the worker's rate.
+TAIL_STALL_S = 3.0
 
 
 class Verdict(Enum):
@@ -80,6 +91,14 @@ class OffsetGuard:
         p.seek_to, p.dropped_max, p.attempts, p.expected = None, -1, 0, offset + 1
         return Verdict.PROCESS
 
+    def expected(self, partition: int) -> int | None:
+        """The next offset the partition must deliver: the one after the last processed, or the
+        target of a pending seek back; None before the partition's first message."""
+        p = self._parts.get(partition)
+        if p is None:
+            return None
+        return p.expected if p.seek_to is None else p.seek_to
+
     def seek_target(self, partition: int) -> int:
         p = self._parts[partition]
         assert p.seek_to is not None
@@ -89,3 +108,43 @@ class OffsetGuard:
         """Partitions revoked: their next owner (maybe us again) starts from the committed offset."""
         for partition in partitions:
             self._parts.pop(partition, None)
+
+
+@dataclass(slots=True)
+class _Suspect:
+    expected: int  # the guard's expected offset when the partition was first seen read past it
+    since: float  # when
+    taken: int  # messages taken in by then
+
+
+class TailWatch:
+    """Decides when a partition read past the guard's expected offset has lost those messages."""
+
+    def __init__(self, stall_s: float = TAIL_STALL_S) -> None:
+        self.stall_s = stall_s
+        self._suspects: dict[int, _Suspect] = {}
+
+    def lost(self, partition: int, expected: int, position: int | None, *, taken: int, idle: bool, now: float) -> bool:
+        """Whether to seek ``partition`` back to ``expected``.
+
+        ``position``: the next offset the consumer will fetch; ``taken``: messages the worker has
+        taken in so far (all partitions); ``idle``: the worker is waiting for messages with none
+        queued. Lost means: read past ``expected`` for ``stall_s`` with no message of the partition
+        taken in meanwhile, while the stream moved (others were taken in, or nothing is left to
+        take). A stream that does not move is stuck, not lossy: nothing is decided then.
+        """
+        if position is None or position <= expected:
+            self._suspects.pop(partition, None)
+            return False
+        suspect = self._suspects.get(partition)
+        if suspect is None or suspect.expected != expected:  # new, or the partition moved on since
+            self._suspects[partition] = _Suspect(expected, now, taken)
+            return False
+        if now - suspect.since < self.stall_s or (taken == suspect.taken and not idle):
+            return False
+        del self._suspects[partition]
+        return True
+
+    def forget(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._suspects.pop(partition, None)

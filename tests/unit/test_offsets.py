@@ -1,4 +1,4 @@
-from stream_processor.offsets import MAX_SEEKS, OffsetGuard, Verdict
+from stream_processor.offsets import MAX_SEEKS, OffsetGuard, TailWatch, Verdict
 
 P, D, S = Verdict.PROCESS, Verdict.DROP, Verdict.SEEK
 
@@ -43,3 +43,61 @@ def test_partitions_are_independent_and_forgotten_on_revocation():
     assert g.check(0, 1) is P
     g.forget({1})
     assert g.check(1, 500) is P  # new owner: starts wherever the consumer's seek put it
+
+
+def test_expected_is_the_next_offset_or_the_pending_seek_target():
+    g = OffsetGuard()
+    assert g.expected(0) is None  # nothing seen since the assignment
+    run(g, [0, 1, 2])
+    assert g.expected(0) == 3
+    assert g.check(0, 7) is S
+    assert g.expected(0) == 3  # the re-read must start there
+    run(g, [3])
+    assert g.expected(0) == 4
+
+
+def watch_run(watch: TailWatch, steps: list[tuple[float, int, int | None, int, bool]]) -> list[bool]:
+    """Each step: (now, expected, position, taken, idle) for partition 0."""
+    return [watch.lost(0, e, pos, taken=t, idle=i, now=now) for now, e, pos, t, i in steps]
+
+
+def test_a_partition_read_past_and_silent_while_the_stream_moves_is_lost():
+    w = TailWatch(stall_s=3.0)
+    # the consumer read up to 350, the guard expects 348; others keep being taken in
+    steps = [(0.0, 348, 350, 1000, False), (1.0, 348, 350, 2000, False), (2.0, 348, 350, 3000, False)]
+    assert watch_run(w, steps) == [False, False, False]
+    assert w.lost(0, 348, 350, taken=4000, idle=False, now=3.0) is True
+    # decided once: the next check starts a new suspicion
+    assert w.lost(0, 348, 350, taken=5000, idle=False, now=4.0) is False
+
+
+def test_an_idle_worker_also_counts_as_a_moving_stream():
+    w = TailWatch(stall_s=3.0)
+    assert watch_run(w, [(0.0, 10, 20, 500, True), (3.5, 10, 20, 500, True)]) == [False, True]
+
+
+def test_a_stuck_stream_is_not_a_hole():
+    # nothing taken in and messages still queued: they are on their way, not lost
+    w = TailWatch(stall_s=3.0)
+    assert watch_run(w, [(0.0, 10, 20, 500, False), (10.0, 10, 20, 500, False)]) == [False, False]
+
+
+def test_a_partition_that_moves_or_catches_up_is_not_lost():
+    w = TailWatch(stall_s=3.0)
+    # its messages keep arriving: the expected offset moves, each time a new suspicion
+    steps = [(0.0, 10, 20, 0, False), (2.0, 15, 25, 100, False), (4.0, 22, 30, 200, False), (6.0, 29, 30, 300, False)]
+    assert watch_run(w, steps) == [False] * 4
+    # caught up (or the consumer has no position yet): forgotten
+    assert (
+        watch_run(w, [(7.0, 30, 30, 400, False), (11.0, 30, 31, 500, False), (12.0, 30, None, 600, False)])
+        == [False] * 3
+    )
+    assert w.lost(0, 30, 31, taken=700, idle=False, now=16.0) is False  # a new suspicion after None
+
+
+def test_revoked_partitions_are_forgotten():
+    w = TailWatch(stall_s=3.0)
+    assert w.lost(1, 5, 9, taken=0, idle=True, now=0.0) is False
+    w.forget({1})
+    assert w.lost(1, 5, 9, taken=0, idle=True, now=5.0) is False  # starts over
+    assert w.lost(1, 5, 9, taken=0, idle=True, now=8.0) is True
