@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy.typing as npt
 import orjson
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "HorizonForecast",
     "InvalidReading",
     "Reading",
-    "encode_forecast",
+    "encode_forecasts",
     "forecast_from_json",
     "forecast_to_json",
     "hour_to_iso",
@@ -241,33 +242,66 @@ def forecast_to_json(f: Forecast) -> bytes:
     return orjson.dumps(f)
 
 
-#: A forecast's horizon fields column by column: h, target_time, pm25, pm25_lo, pm25_hi, aqi_us,
-#: aqi_us_category.
-HorizonColumns = tuple[
-    Sequence[int], Sequence[str], Sequence[float], Sequence[float], Sequence[float], Sequence[int], Sequence[str]
-]
-
-
-def encode_forecast(
-    station_id: str,
-    issued_at: str,
+def encode_forecasts(
+    station_ids: Sequence[str],
+    issued_hours: Sequence[int],
     model_version: str,
-    columns: tuple[
-        Sequence[int], Sequence[str], Sequence[float], Sequence[float], Sequence[float], Sequence[int], Sequence[str]
-    ],
+    horizons: tuple[int, ...],
+    values: npt.NDArray[Any],
+) -> list[bytes]:
+    """Forecast messages for many stations at once, without building dataclasses or dicts (the
+    worker's hot path): each is byte-identical to :func:`forecast_to_json` of the equivalent
+    Forecast. ``values``: an object array [N, len(horizons), 5] of Python numbers and strings, per
+    horizon pm25, pm25_lo, pm25_hi, aqi_us (int) and aqi_us_category.
+
+    All numbers are formatted by one ``orjson.dumps`` of the batch (so exactly as orjson formats
+    them in a message), then cut into each message's fixed frame for its issue hour and model.
+    """
+    n = len(station_ids)
+    if n == 0:
+        return []
+    strings = {v for v in values[:, :, 4].ravel().tolist()}
+    if any(not isinstance(c, str) or _UNSPLITTABLE.search(c) for c in strings):  # cannot cut the batch apart
+        return [_encode_one(station_ids[i], issued_hours[i], model_version, horizons, values[i]) for i in range(n)]
+    blob = orjson.dumps(values.reshape(n, -1).tolist())
+    rows = blob[2:-2].split(b"],[")
+    return [
+        _frame(hour, model_version, horizons) % (orjson.dumps(sid), *row.split(b","))
+        for sid, hour, row in zip(station_ids, issued_hours, rows, strict=True)
+    ]
+
+
+#: What a category name may not contain for the batch to be cut at commas and brackets.
+_UNSPLITTABLE = re.compile(r'[,\[\]"\\]|[^ -~]')
+_HORIZON_FIELDS = ("pm25", "pm25_lo", "pm25_hi", "aqi_us", "aqi_us_category")
+
+
+@functools.lru_cache(maxsize=1024)
+def _frame(issued_hour: int, model_version: str, horizons: tuple[int, ...]) -> bytes:
+    """A forecast message with ``%b`` where the station id and the horizon values go."""
+
+    def lit(value: object) -> bytes:  # a JSON literal, safe inside a %-template
+        return orjson.dumps(value).replace(b"%", b"%%")
+
+    slots = b"".join(b',"%b":%%b' % f.encode() for f in _HORIZON_FIELDS)
+    parts = [
+        b'{"h":' + lit(h) + b',"target_time":' + lit(hour_to_iso(issued_hour + h)) + slots + b"}" for h in horizons
+    ]
+    head = b'{"station_id":%b,"issued_at":' + lit(hour_to_iso(issued_hour)) + b',"model_version":' + lit(model_version)
+    return head + b',"horizons":[' + b",".join(parts) + b"]}"
+
+
+def _encode_one(
+    station_id: str, issued_hour: int, model_version: str, horizons: tuple[int, ...], values: npt.NDArray[Any]
 ) -> bytes:
-    """The forecast message from plain values, without building dataclasses (the worker's hot
-    path). ``columns`` are the horizon fields column by column (h, target_time, pm25, pm25_lo,
-    pm25_hi, aqi_us, aqi_us_category). Same bytes as :func:`forecast_to_json` of the equivalent
-    Forecast."""
     return orjson.dumps(
         {
             "station_id": station_id,
-            "issued_at": issued_at,
+            "issued_at": hour_to_iso(issued_hour),
             "model_version": model_version,
             "horizons": [
-                {"h": h, "target_time": t, "pm25": p, "pm25_lo": lo, "pm25_hi": hi, "aqi_us": a, "aqi_us_category": c}
-                for h, t, p, lo, hi, a, c in zip(*columns, strict=True)
+                {"h": h, "target_time": hour_to_iso(issued_hour + h), **dict(zip(_HORIZON_FIELDS, row, strict=True))}
+                for h, row in zip(horizons, values.tolist(), strict=True)
             ],
         }
     )

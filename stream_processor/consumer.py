@@ -20,6 +20,9 @@ partition still to come from the fetch made before it are dropped (they are not 
 Faust delivered them, and their read offsets made it drop the re-read: seen as a worker that
 stopped forecasting after re-reading a hole, see stream_processor.offsets).
 
+The app's monitor (:class:`QuietMonitor`) skips Faust's statistics per message and per stream event
+(only Faust's own ``/stats`` pages read them; the worker's metrics are its Prometheus ones).
+
 The app can also set the consumer's fetch wait (``App(fetch_max_wait_ms=...)``): Faust fixes it at
 1.5 s, which is how long a broker may hold a fetch open while waiting for data. Apache Kafka answers
 as soon as data arrives, so only the embedded broker's layer sets it (see pm25.embedded).
@@ -34,11 +37,12 @@ import asyncio
 from typing import Any, ClassVar, cast
 
 import faust
+from faust.sensors import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 
-__all__ = ["App", "Consumer"]
+__all__ = ["App", "Consumer", "QuietMonitor"]
 
 #: Like Faust's loop: give other tasks a turn after this many messages from one fetch.
 YIELD_EVERY = 100
@@ -142,13 +146,31 @@ class _Transport(faust_aiokafka.Transport):
     Consumer: ClassVar[Any] = Consumer
 
 
+class QuietMonitor(Monitor):
+    """Faust's monitor without the bookkeeping it does for every message and stream event (counters,
+    timestamps and a dict per event: a few microseconds each, on the thread that limits the
+    worker). Commits, sends, rebalances and table statistics are kept."""
+
+    def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
+        pass
+
+    def on_stream_event_in(self, tp: TP, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(self, tp: TP, offset: int, stream: Any, event: Any, state: Any = None) -> None:
+        pass
+
+    def on_message_out(self, tp: TP, offset: int, message: Any) -> None:
+        pass
+
+
 class App(faust.App):
     """A Faust app whose consumer is :class:`Consumer`; ``fetch_max_wait_ms`` replaces Faust's
     fixed fetch wait for the worker's consumer (None keeps it)."""
 
     def __init__(self, id: str, *, fetch_max_wait_ms: int | None = None, **options: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        super().__init__(id, **options)
+        super().__init__(id, **{"Monitor": QuietMonitor, **options})
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)

@@ -7,7 +7,6 @@ micro-batch of Kafka events; the backtest calls them over a file. Same code, sam
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -15,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pm25.aqi import CATEGORIES, us_aqi_array
-from pm25.schema import Forecast, Reading, encode_forecast, forecast_from_json, hour_to_iso
+from pm25.schema import Forecast, Reading, encode_forecasts, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
 from stream_processor.inference import Forecaster, ModelInput
 
@@ -100,35 +99,26 @@ class Engine:
         requests: list[Request], model: Forecaster, inp: ModelInput, out: npt.NDArray[np.float32]
     ) -> list[EncodedForecast | None]:
         """The forecast messages from the graph's output. Rounding (0.1 µg/m³) and the AQI are
-        computed on whole arrays; each forecast is then serialised straight from the values (no
-        intermediate objects on the hot path)."""
+        computed on whole arrays, and the messages serialised for the whole batch at once
+        (pm25.schema.encode_forecasts: no per-forecast objects on the hot path)."""
         pred = model.finish(inp, out)
-        point = np.round(pred.point.astype(np.float64), 1)
+        usable = np.flatnonzero(pred.usable)
+        point = np.round(pred.point[usable].astype(np.float64), 1)
         aqi, cat = us_aqi_array(point)
-        point_l, lo_l = point.tolist(), np.round(pred.lo.astype(np.float64), 1).tolist()
-        hi_l, aqi_l = np.round(pred.hi.astype(np.float64), 1).tolist(), aqi.tolist()
-        cat_l = _CATEGORY_NAMES[cat].tolist()
-        usable = pred.usable.tolist()
-        horizons, version = model.horizons, model.version
-        result: list[EncodedForecast | None] = []
-        for i, req in enumerate(requests):
-            if not usable[i]:
-                result.append(None)
-                continue
-            end = req.end_hour
-            p = point_l[i]
-            times = _target_times(end, horizons)
-            value = encode_forecast(
-                req.station_id, hour_to_iso(end), version, (horizons, times, p, lo_l[i], hi_l[i], aqi_l[i], cat_l[i])
-            )
-            result.append(EncodedForecast(req.station_id, end, value, p))
+        values = np.empty((*point.shape, 5), dtype=object)
+        values[:, :, 0] = point
+        values[:, :, 1] = np.round(pred.lo[usable].astype(np.float64), 1)
+        values[:, :, 2] = np.round(pred.hi[usable].astype(np.float64), 1)
+        values[:, :, 3] = aqi
+        values[:, :, 4] = _CATEGORY_NAMES[cat]
+        kept = [requests[i] for i in usable.tolist()]
+        messages = encode_forecasts(
+            [r.station_id for r in kept], [r.end_hour for r in kept], model.version, model.horizons, values
+        )
+        result: list[EncodedForecast | None] = [None] * len(requests)
+        for i, req, value, p in zip(usable.tolist(), kept, messages, point.tolist(), strict=True):
+            result[i] = EncodedForecast(req.station_id, req.end_hour, value, p)
         return result
-
-
-@functools.lru_cache(maxsize=1024)
-def _target_times(end_hour: int, horizons: tuple[int, ...]) -> list[str]:
-    """The target times of a forecast issued at ``end_hour`` (shared by every station: cached)."""
-    return [hour_to_iso(end_hour + h) for h in horizons]
 
 
 def run_offline(

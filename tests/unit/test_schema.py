@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import orjson
 import pytest
 
@@ -8,8 +9,10 @@ from pm25.schema import (
     Forecast,
     HorizonForecast,
     InvalidReading,
+    encode_forecasts,
     forecast_from_json,
     forecast_to_json,
+    hour_to_iso,
     iso_to_hour,
     parse_reading,
     reading_to_json,
@@ -93,21 +96,52 @@ def test_infinite_value_rejected():
     assert exc.value.reason == "not_finite"
 
 
-def test_encoded_forecast_equals_dataclass_serialisation():
-    from pm25.schema import encode_forecast
+def _batch_of(forecasts: list[Forecast]) -> tuple[list[str], list[int], np.ndarray]:
+    values = np.empty((len(forecasts), len(forecasts[0].horizons), 5), dtype=object)
+    for i, f in enumerate(forecasts):
+        for j, h in enumerate(f.horizons):
+            values[i, j] = (h.pm25, h.pm25_lo, h.pm25_hi, h.aqi_us, h.aqi_us_category)
+    return [f.station_id for f in forecasts], [iso_to_hour(f.issued_at) for f in forecasts], values
 
-    f = Forecast(
-        "s",
-        "2013-03-01T00:00:00Z",
-        "v1",
-        (
-            HorizonForecast(1, "2013-03-01T01:00:00Z", 10.1, 8.0, 12.5, 42, "Good"),
-            HorizonForecast(2, "2013-03-01T02:00:00Z", 0.0, 0.0, 0.3, 0, "Good"),
-        ),
+
+def _forecast(sid: str, issued: int, version: str, horizons: tuple[int, ...], rows: list[tuple]) -> Forecast:
+    return Forecast(
+        sid,
+        hour_to_iso(issued),
+        version,
+        tuple(HorizonForecast(h, hour_to_iso(issued + h), *row) for h, row in zip(horizons, rows, strict=True)),
     )
-    rows = [(h.h, h.target_time, h.pm25, h.pm25_lo, h.pm25_hi, h.aqi_us, h.aqi_us_category) for h in f.horizons]
-    columns = tuple(list(c) for c in zip(*rows, strict=True))
-    assert encode_forecast(f.station_id, f.issued_at, f.model_version, columns) == forecast_to_json(f)
+
+
+@pytest.mark.parametrize("version", ["v1", "ensemble-20261126T192412Z", 'odd "%b %s %%" \\ version'])
+def test_batch_encoding_equals_dataclass_serialisation(version):
+    from pm25.aqi import CATEGORIES
+
+    rng = np.random.default_rng(7)
+    horizons = (1, 3, 6, 12, 24)
+    sids = ["Dongsi", "Aotizhongxin", 'a,b "quoted" \\ %s', "Wanshouxigong-é", "[x],[y]", "s" * 64]
+    forecasts = []
+    for n in range(60):
+        pm = np.round(rng.uniform(0, 1000, len(horizons)) * rng.choice([0, 1e-3, 1, 1e3]), 1).tolist()
+        rows = [
+            (p, round(p * 0.6, 1), round(p * 1.4 + 0.05, 1), int(rng.integers(0, 501)), CATEGORIES[n % 6]) for p in pm
+        ]
+        forecasts.append(_forecast(sids[n % len(sids)], 378360 + int(rng.integers(0, 9000)), version, horizons, rows))
+    forecasts.append(_forecast("zeros", 0, version, horizons, [(0.0, -0.0, 0.1, 0, "Good")] * len(horizons)))
+    sids_, hours, values = _batch_of(forecasts)
+    assert encode_forecasts(sids_, hours, version, horizons, values) == [forecast_to_json(f) for f in forecasts]
+
+
+def test_batch_encoding_with_a_category_that_cannot_be_cut_apart_still_equals_the_serialisation():
+    rows = [(10.1, 8.0, 12.5, 42, 'Good, "really" [sic]'), (0.0, 0.0, 0.3, 0, "Bad")]
+    forecasts = [_forecast("s", 378360, "v1", (1, 2), rows), _forecast("t", 378361, "v1", (1, 2), rows[::-1])]
+    assert encode_forecasts(*_batch_of(forecasts)[:2], "v1", (1, 2), _batch_of(forecasts)[2]) == [
+        forecast_to_json(f) for f in forecasts
+    ]
+
+
+def test_batch_encoding_of_nothing_is_empty():
+    assert encode_forecasts([], [], "v1", (1,), np.empty((0, 1, 5), dtype=object)) == []
 
 
 def test_forecast_serialisation_is_deterministic_and_round_trips():
