@@ -215,9 +215,11 @@ class Worker:
         store = self.windows.data
         batch = _Batch(model=self.engine.model)
         pending = batch.states
+        # where each partition was sought to at its assignment (Faust keeps 0 as None: unknown)
+        committed = cast(Any, self.app.consumer)._committed_offset
         for event in events:
             msg = event.message
-            verdict = self.offsets.check(msg.partition, msg.offset)
+            verdict = self.offsets.check(msg.partition, msg.offset, committed.get(msg.tp))
             if verdict is not Verdict.PROCESS:
                 _withhold_ack(self.app.consumer, event)  # it will be read again
                 if verdict is Verdict.SEEK:

@@ -34,6 +34,7 @@ method, so an upgrade must re-read it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any, ClassVar, cast
 
 import faust
@@ -70,6 +71,16 @@ class Consumer(faust_aiokafka.Consumer):
         self._seeks += 1
         self._seeked_at[partition] = self._seeks
         await super().seek(partition, offset)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Every assigned partition back to its committed offset (Faust's recovery does this when a
+        worker starts or partitions are assigned): what is still to come of the current fetch is
+        stale, as after :meth:`seek`. Delivered, it moved the read offsets on, and the re-read
+        from the committed offsets was then dropped."""
+        self._seeks += 1
+        for tp in self.assignment():
+            self._seeked_at[tp] = self._seeks
+        return await super().seek_to_committed()
 
     def _stale(self, tp: TP, fetched_after: int) -> bool:
         """Whether a record of ``tp`` from a fetch made after ``fetched_after`` seeks was fetched

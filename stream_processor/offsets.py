@@ -14,6 +14,10 @@ after ``MAX_SEEKS`` of them.
 A step backwards (a rebalance replays from the committed offset) is always processed: replays are
 recognised per station by the offset their state has applied.
 
+A hole before a partition's first message after an assignment is seen when the worker passes the
+offset the partition was sought to (its committed offset): Faust's recovery can deliver records of a
+fetch made before its seek to the committed offsets, and then drop the re-read.
+
 A hole at the end of a partition (nothing after it arrives, so the guard never sees a jump) is found
 by :class:`TailWatch`: the worker compares, every second, how far the consumer has read each
 partition with the next offset the guard expects. Read past, with nothing of that partition taken in
@@ -59,11 +63,17 @@ class OffsetGuard:
         self._parts: dict[int, _Partition] = {}
         self.holes_accepted = 0
 
-    def check(self, partition: int, offset: int) -> Verdict:
+    def check(self, partition: int, offset: int, start: int | None = None) -> Verdict:
+        """``start``: where the partition was sought to at its assignment (its committed offset),
+        if known; checked against the partition's first message."""
         p = self._parts.get(partition)
-        if p is None:  # first message since start or assignment: the consumer's seek decides
-            self._parts[partition] = _Partition(expected=offset + 1)
-            return Verdict.PROCESS
+        if p is None:  # first message since start or assignment
+            if start is None or offset <= start:  # the consumer's seek decides
+                self._parts[partition] = _Partition(expected=offset + 1)
+                return Verdict.PROCESS
+            # a hole before the first message: what came from the start offset was lost
+            self._parts[partition] = _Partition(expected=start, seek_to=start, dropped_max=offset, attempts=1)
+            return Verdict.SEEK
         if p.seek_to is None:
             if offset <= p.expected:  # in order, or a replay from an earlier committed offset
                 p.expected = offset + 1

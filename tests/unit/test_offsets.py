@@ -101,3 +101,16 @@ def test_revoked_partitions_are_forgotten():
     w.forget({1})
     assert w.lost(1, 5, 9, taken=0, idle=True, now=5.0) is False  # starts over
     assert w.lost(1, 5, 9, taken=0, idle=True, now=8.0) is True
+
+
+def test_a_hole_before_the_first_message_is_seen_against_the_start_offset():
+    g = OffsetGuard()
+    # sought to the committed offset 100 at assignment, but the first message is 130
+    assert g.check(0, 130, start=100) is S
+    assert g.seek_target(0) == 100 and g.expected(0) == 100
+    assert run(g, [131, 132]) == [D, D]  # still the messages fetched before the seek landed
+    assert run(g, [100, 101]) == [P, P]
+    # at or before the start offset (a replay from further back) is processed as it comes
+    h = OffsetGuard()
+    assert h.check(0, 100, start=100) is P and h.check(1, 90, start=100) is P
+    assert h.check(2, 500, start=None) is P  # start unknown: the consumer's seek decides
