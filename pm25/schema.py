@@ -18,13 +18,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 import orjson
-
-from pm25.aqi import CATEGORIES, us_aqi_array
 
 __all__ = [
     "CSV_HEADER",
@@ -250,110 +247,61 @@ def encode_forecasts(
     issued_hours: Sequence[int],
     model_version: str,
     horizons: tuple[int, ...],
-    point: npt.NDArray[np.floating[Any]],
-    lo: npt.NDArray[np.floating[Any]],
-    hi: npt.NDArray[np.floating[Any]],
+    values: npt.NDArray[Any],
 ) -> list[bytes]:
-    """Forecast messages for many stations at once (the worker's hot path), each byte-identical to
-    :func:`forecast_to_json` of the equivalent Forecast. ``point``, ``lo``, ``hi``: µg/m³ rounded
-    to 0.1, [N, len(horizons)]; the AQI and its category are those of the point value.
+    """Forecast messages for many stations at once, without building dataclasses or dicts (the
+    worker's hot path): each is byte-identical to :func:`forecast_to_json` of the equivalent
+    Forecast. ``values``: an object array [N, len(horizons), 5] of Python numbers and strings, per
+    horizon pm25, pm25_lo, pm25_hi, aqi_us (int) and aqi_us_category.
 
-    No per-value objects are made: a value from 0.0 to 999.9 is an index into tables of its JSON
-    text (made once, by orjson) and of its AQI text, and each message is one join of those pieces
-    and its issue hour's fixed text. A forecast with any other value (none so far) takes the
-    plain path, orjson on a dict.
+    All numbers are formatted by one ``orjson.dumps`` of the batch (so exactly as orjson formats
+    them in a message), then cut into each message's fixed frame for its issue hour and model.
     """
     n = len(station_ids)
     if n == 0:
         return []
-    numbers, aqi_texts = _value_tables()
-    k_point, k_lo, k_hi = (np.rint(v * 10.0) for v in (point, lo, hi))
-    fast = np.ones(n, dtype=bool)
-    for k, v in ((k_point, point), (k_lo, lo), (k_hi, hi)):  # in the tables, and not -0.0 ("-0.0" in JSON)
-        fast &= ((k >= 0) & (k < _TABLE_SIZE) & ~np.signbit(v)).all(axis=1)
-    messages: list[bytes | None] = [None] * n
-    rows = np.flatnonzero(fast)
-    if len(rows):
-        hours_at = np.asarray(issued_hours, dtype=np.int64)[rows]
-        distinct, which = np.unique(hours_at, return_inverse=True)
-        frames = np.array([_frame(int(h), model_version, horizons) for h in distinct.tolist()], dtype=object)
-        h = len(horizons)
-        parts = np.empty((len(rows), 2 + 8 * h), dtype=object)
-        parts[:, 0] = [b'{"station_id":' + orjson.dumps(station_ids[i]) for i in rows.tolist()]
-        parts[:, 1 : 1 + 8 * h : 8] = frames[which, :h]  # before each horizon's pm25
-        parts[:, 2::8] = numbers[k_point[rows].astype(np.intp)]
-        parts[:, 3::8] = _LO
-        parts[:, 4::8] = numbers[k_lo[rows].astype(np.intp)]
-        parts[:, 5::8] = _HI
-        parts[:, 6::8] = numbers[k_hi[rows].astype(np.intp)]
-        parts[:, 7::8] = _AQI
-        parts[:, 8::8] = aqi_texts[k_point[rows].astype(np.intp)]
-        parts[:, -1] = frames[which, h]  # the end
-        join = b"".join
-        for i, row in zip(rows.tolist(), parts.tolist(), strict=True):
-            messages[i] = join(row)
-    for i in np.flatnonzero(~fast).tolist():
-        messages[i] = _encode_one(station_ids[i], issued_hours[i], model_version, horizons, point[i], lo[i], hi[i])
-    return cast(list[bytes], messages)
+    strings = {v for v in values[:, :, 4].ravel().tolist()}
+    if any(not isinstance(c, str) or _UNSPLITTABLE.search(c) for c in strings):  # cannot cut the batch apart
+        return [_encode_one(station_ids[i], issued_hours[i], model_version, horizons, values[i]) for i in range(n)]
+    blob = orjson.dumps(values.reshape(n, -1).tolist())
+    rows = blob[2:-2].split(b"],[")
+    return [
+        _frame(hour, model_version, horizons) % (orjson.dumps(sid), *row.split(b","))
+        for sid, hour, row in zip(station_ids, issued_hours, rows, strict=True)
+    ]
 
 
-#: Values 0.0 to 999.9 µg/m³ (in tenths) have their JSON text in a table.
-_TABLE_SIZE = 10_000
-_LO, _HI, _AQI = b',"pm25_lo":', b',"pm25_hi":', b',"aqi_us":'
-
-
-@functools.cache
-def _value_tables() -> tuple[npt.NDArray[np.object_], npt.NDArray[np.object_]]:
-    """For k in 0..9999: the JSON text of the value k/10 (exactly what rounding to 0.1 gives), and
-    the text from the AQI of that point value to its category."""
-    values = np.arange(_TABLE_SIZE) / 10.0
-    aqi, category = us_aqi_array(values)
-    numbers = np.array([orjson.dumps(v) for v in values.tolist()], dtype=object)
-    names = [orjson.dumps(c) for c in CATEGORIES]
-    aqi_texts = np.array(
-        [b'%d,"aqi_us_category":%b}' % (a, names[c]) for a, c in zip(aqi.tolist(), category.tolist(), strict=True)],
-        dtype=object,
-    )
-    return numbers, aqi_texts
+#: What a category name may not contain for the batch to be cut at commas and brackets.
+_UNSPLITTABLE = re.compile(r'[,\[\]"\\]|[^ -~]')
+_HORIZON_FIELDS = ("pm25", "pm25_lo", "pm25_hi", "aqi_us", "aqi_us_category")
 
 
 @functools.lru_cache(maxsize=1024)
-def _frame(issued_hour: int, model_version: str, horizons: tuple[int, ...]) -> list[bytes]:
-    """The fixed text of a forecast issued at ``issued_hour``: what comes before each horizon's
-    pm25 value (for the first one, everything after the station id), then the end."""
-    dumps = orjson.dumps
-    starts = [b'{"h":%b,"target_time":%b,"pm25":' % (dumps(h), dumps(hour_to_iso(issued_hour + h))) for h in horizons]
-    head = b',"issued_at":%b,"model_version":%b,"horizons":[' % (dumps(hour_to_iso(issued_hour)), dumps(model_version))
-    return [head + starts[0], *(b"," + start for start in starts[1:]), b"]}"]
+def _frame(issued_hour: int, model_version: str, horizons: tuple[int, ...]) -> bytes:
+    """A forecast message with ``%b`` where the station id and the horizon values go."""
+
+    def lit(value: object) -> bytes:  # a JSON literal, safe inside a %-template
+        return orjson.dumps(value).replace(b"%", b"%%")
+
+    slots = b"".join(b',"%b":%%b' % f.encode() for f in _HORIZON_FIELDS)
+    parts = [
+        b'{"h":' + lit(h) + b',"target_time":' + lit(hour_to_iso(issued_hour + h)) + slots + b"}" for h in horizons
+    ]
+    head = b'{"station_id":%b,"issued_at":' + lit(hour_to_iso(issued_hour)) + b',"model_version":' + lit(model_version)
+    return head + b',"horizons":[' + b",".join(parts) + b"]}"
 
 
 def _encode_one(
-    station_id: str,
-    issued_hour: int,
-    model_version: str,
-    horizons: tuple[int, ...],
-    point: npt.NDArray[np.floating[Any]],
-    lo: npt.NDArray[np.floating[Any]],
-    hi: npt.NDArray[np.floating[Any]],
+    station_id: str, issued_hour: int, model_version: str, horizons: tuple[int, ...], values: npt.NDArray[Any]
 ) -> bytes:
-    aqi, category = us_aqi_array(point)
-    columns = (point.tolist(), lo.tolist(), hi.tolist(), aqi.tolist(), category.tolist())
     return orjson.dumps(
         {
             "station_id": station_id,
             "issued_at": hour_to_iso(issued_hour),
             "model_version": model_version,
             "horizons": [
-                {
-                    "h": h,
-                    "target_time": hour_to_iso(issued_hour + h),
-                    "pm25": p,
-                    "pm25_lo": low,
-                    "pm25_hi": high,
-                    "aqi_us": a,
-                    "aqi_us_category": CATEGORIES[c],
-                }
-                for h, p, low, high, a, c in zip(horizons, *columns, strict=True)
+                {"h": h, "target_time": hour_to_iso(issued_hour + h), **dict(zip(_HORIZON_FIELDS, row, strict=True))}
+                for h, row in zip(horizons, values.tolist(), strict=True)
             ],
         }
     )

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from pm25.aqi import CATEGORIES, us_aqi_array
 from pm25.schema import Forecast, Reading, encode_forecasts, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
 from stream_processor.inference import Forecaster, ModelInput
 
 __all__ = ["EncodedForecast", "Engine", "Request", "run_offline"]
+
+_CATEGORY_NAMES = np.array(CATEGORIES, dtype=object)
 
 
 @dataclass(slots=True)
@@ -97,15 +100,20 @@ class Engine:
     ) -> list[EncodedForecast | None]:
         """The forecast messages from the graph's output. Rounding (0.1 µg/m³) and the AQI are
         computed on whole arrays, and the messages serialised for the whole batch at once
-        (pm25.schema.encode_forecasts: no per-value objects on the hot path)."""
+        (pm25.schema.encode_forecasts: no per-forecast objects on the hot path)."""
         pred = model.finish(inp, out)
         usable = np.flatnonzero(pred.usable)
         point = np.round(pred.point[usable].astype(np.float64), 1)
-        lo = np.round(pred.lo[usable].astype(np.float64), 1)
-        hi = np.round(pred.hi[usable].astype(np.float64), 1)
+        aqi, cat = us_aqi_array(point)
+        values = np.empty((*point.shape, 5), dtype=object)
+        values[:, :, 0] = point
+        values[:, :, 1] = np.round(pred.lo[usable].astype(np.float64), 1)
+        values[:, :, 2] = np.round(pred.hi[usable].astype(np.float64), 1)
+        values[:, :, 3] = aqi
+        values[:, :, 4] = _CATEGORY_NAMES[cat]
         kept = [requests[i] for i in usable.tolist()]
         messages = encode_forecasts(
-            [r.station_id for r in kept], [r.end_hour for r in kept], model.version, model.horizons, point, lo, hi
+            [r.station_id for r in kept], [r.end_hour for r in kept], model.version, model.horizons, values
         )
         result: list[EncodedForecast | None] = [None] * len(requests)
         for i, req, value, p in zip(usable.tolist(), kept, messages, point.tolist(), strict=True):
