@@ -15,10 +15,11 @@ the rebalance clears the queues (synchronously, right after suspending the flow)
 takes the suspended path; Faust's own loop leaves that delivery's queue put running too. Stopping
 the fetcher cancels the loop either way. Everything else is kept as in Faust: read offsets, gap
 tracking for acknowledgements, ``broker_commit_every``, yielding every 100 messages, the
-fetching flag and the stop conditions. One fix: after :meth:`Consumer.seek`, the records of that
-partition still to come from the fetch made before it are dropped (they are not at the new position;
-Faust delivered them, and their read offsets made it drop the re-read: seen as a worker that
-stopped forecasting after re-reading a hole, see stream_processor.offsets).
+fetching flag and the stop conditions. One fix: after :meth:`Consumer.seek` (and after Faust's seek
+of every partition to its committed offset), the records of that partition still to come from the
+fetch made before it are dropped (they are not at the new position; Faust delivered them, and
+their read offsets made it drop the re-read: seen as a worker that stopped forecasting after
+re-reading a hole, see stream_processor.offsets).
 
 The app's monitor (:class:`QuietMonitor`) skips Faust's statistics per message and per stream event
 (only Faust's own ``/stats`` pages read them; the worker's metrics are its Prometheus ones).
