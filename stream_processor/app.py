@@ -215,8 +215,7 @@ class Worker:
         store = self.windows.data
         batch = _Batch(model=self.engine.model)
         pending = batch.states
-        # where each partition was sought to at its assignment (Faust keeps 0 as None: unknown)
-        committed = cast(Any, self.app.consumer)._committed_offset
+        committed = self._committed_offsets()
         for event in events:
             msg = event.message
             verdict = self.offsets.check(msg.partition, msg.offset, committed.get(msg.tp))
@@ -357,10 +356,15 @@ class Worker:
                 self.metrics.input_seeks.inc()
                 await consumer.seek(tp, expected)
 
+    def _committed_offsets(self) -> Mapping[TP, int | None]:
+        """Each partition's committed offset as the consumer knows it: where it was sought to at its
+        assignment until the worker's first commit of it. Faust keeps 0 (and none yet) as None."""
+        return cast(Any, self.app.consumer)._committed_offset  # Faust internals
+
     async def _start_offset(self, tp: TP) -> int:
-        """Where the consumer started ``tp`` at its assignment: the committed offset (Faust keeps
-        it, with 0 as None), or the earliest offset when nothing was committed."""
-        committed = cast(Any, self.app.consumer)._committed_offset.get(tp)
+        """Where the consumer started ``tp`` at its assignment: the committed offset, or the
+        earliest offset when it is not known."""
+        committed = self._committed_offsets().get(tp)
         if committed is not None:
             return int(committed)
         return int((await self.app.consumer.earliest_offsets(tp))[tp])

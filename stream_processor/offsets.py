@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 #: Seeks back to the same offset before a hole is accepted as being in the log.
 MAX_SEEKS = 4
 #: Seconds a partition's messages may stay read but not taken in before they count as lost. Messages
-#: on their way wait behind at most the stream's buffer (4096) and one micro-batch: well under a
-#: second at the worker's rate.
+#: on their way wait behind at most the stream's buffer (4096) and one micro-batch: under two seconds
+#: at the worker's rate (a false alarm only replays messages).
 TAIL_STALL_S = 3.0
 
 
