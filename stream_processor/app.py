@@ -57,6 +57,13 @@ FETCH_BYTES_PER_PARTITION = 256 * 1024
 MODEL_POLL_S = 2.0
 #: How often the input partitions are checked for a hole at their end (see TailWatch).
 TAIL_CHECK_S = 1.0
+#: The cyclic garbage collector's young-generation threshold while the agent runs (Python's default
+#: is 700 allocations). The worker allocates many short-lived containers per reading, nearly all
+#: freed by reference counting; measured over a full-load run (about 20 s of processing), the
+#: collections took 0.82 s of the event loop with the defaults (a full one about 90 ms: it scans
+#: every object of Faust, aiokafka and numpy), 0.35 s with the start-up objects frozen out of the
+#: scans, and 0.085 s with this threshold as well.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def _faust_credentials(settings: Settings) -> dict[str, Any]:
@@ -161,6 +168,7 @@ class Worker:
     async def _agent(self, stream: StreamT) -> None:
         # take_events lives on the concrete Stream, not on StreamT
         concrete = self._stream = cast(faust.Stream, stream)
+        _tune_gc()
         async for events in concrete.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             self._waiting = False
             await self.handle_batch(events)
@@ -470,6 +478,14 @@ class Worker:
         @self.app.page("/metrics")
         async def metrics(view: Any, request: Any) -> Any:
             return view.text(worker.metrics.render().decode(), content_type="text/plain; version=0.0.4")
+
+
+def _tune_gc() -> None:
+    """Objects that exist when the agent starts (modules, the app, the model) live as long as the
+    process: they are left out of every collection; young collections happen less often."""
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _withhold_ack(consumer: Any, event: EventT) -> None:

@@ -20,8 +20,6 @@ from stream_processor.inference import Forecaster, ModelInput
 
 __all__ = ["EncodedForecast", "Engine", "Request", "run_offline"]
 
-_CATEGORY_NAMES = np.array(CATEGORIES, dtype=object)
-
 
 @dataclass(slots=True)
 class EncodedForecast:
@@ -103,17 +101,21 @@ class Engine:
         (pm25.schema.encode_forecasts: no per-forecast objects on the hot path)."""
         pred = model.finish(inp, out)
         usable = np.flatnonzero(pred.usable)
-        point = np.round(pred.point[usable].astype(np.float64), 1)
+        amounts = np.round(
+            np.stack([pred.point[usable], pred.lo[usable], pred.hi[usable]], axis=-1).astype(np.float64), 1
+        )
+        point = amounts[:, :, 0]
         aqi, cat = us_aqi_array(point)
-        values = np.empty((*point.shape, 5), dtype=object)
-        values[:, :, 0] = point
-        values[:, :, 1] = np.round(pred.lo[usable].astype(np.float64), 1)
-        values[:, :, 2] = np.round(pred.hi[usable].astype(np.float64), 1)
-        values[:, :, 3] = aqi
-        values[:, :, 4] = _CATEGORY_NAMES[cat]
         kept = [requests[i] for i in usable.tolist()]
         messages = encode_forecasts(
-            [r.station_id for r in kept], [r.end_hour for r in kept], model.version, model.horizons, values
+            [r.station_id for r in kept],
+            [r.end_hour for r in kept],
+            model.version,
+            model.horizons,
+            amounts,
+            aqi,
+            cat,
+            CATEGORIES,
         )
         result: list[EncodedForecast | None] = [None] * len(requests)
         for i, req, value, p in zip(usable.tolist(), kept, messages, point.tolist(), strict=True):

@@ -96,12 +96,31 @@ def test_infinite_value_rejected():
     assert exc.value.reason == "not_finite"
 
 
-def _batch_of(forecasts: list[Forecast]) -> tuple[list[str], list[int], np.ndarray]:
-    values = np.empty((len(forecasts), len(forecasts[0].horizons), 5), dtype=object)
+def _batch_of(forecasts: list[Forecast]) -> tuple[list[str], list[int], np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """encode_forecasts' arguments after the model version and horizons, from Forecasts."""
+    shape = (len(forecasts), len(forecasts[0].horizons))
+    amounts, aqi, category = np.zeros((*shape, 3)), np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.intp)
+    names: list[str] = []
     for i, f in enumerate(forecasts):
         for j, h in enumerate(f.horizons):
-            values[i, j] = (h.pm25, h.pm25_lo, h.pm25_hi, h.aqi_us, h.aqi_us_category)
-    return [f.station_id for f in forecasts], [iso_to_hour(f.issued_at) for f in forecasts], values
+            amounts[i, j] = (h.pm25, h.pm25_lo, h.pm25_hi)
+            aqi[i, j] = h.aqi_us
+            if h.aqi_us_category not in names:
+                names.append(h.aqi_us_category)
+            category[i, j] = names.index(h.aqi_us_category)
+    return (
+        [f.station_id for f in forecasts],
+        [iso_to_hour(f.issued_at) for f in forecasts],
+        amounts,
+        aqi,
+        category,
+        names,
+    )
+
+
+def _encoded(version: str, horizons: tuple[int, ...], forecasts: list[Forecast]) -> list[bytes]:
+    sids, hours, amounts, aqi, category, names = _batch_of(forecasts)
+    return encode_forecasts(sids, hours, version, horizons, amounts, aqi, category, names)
 
 
 def _forecast(sid: str, issued: int, version: str, horizons: tuple[int, ...], rows: list[tuple]) -> Forecast:
@@ -128,20 +147,24 @@ def test_batch_encoding_equals_dataclass_serialisation(version):
         ]
         forecasts.append(_forecast(sids[n % len(sids)], 378360 + int(rng.integers(0, 9000)), version, horizons, rows))
     forecasts.append(_forecast("zeros", 0, version, horizons, [(0.0, -0.0, 0.1, 0, "Good")] * len(horizons)))
-    sids_, hours, values = _batch_of(forecasts)
-    assert encode_forecasts(sids_, hours, version, horizons, values) == [forecast_to_json(f) for f in forecasts]
+    # values outside the text tables: not whole tenths, beyond 1999.9, negative, huge AQI, NaN
+    odd = [(0.1 + 0.2, 2000.0, 1999.9, 1000, "Good"), (-1.5, 1e17, 123456.7, -3, "Hazardous")]
+    odd += [(math.nan, 5e-324, 0.05, 999, "Good"), (1999.9, 0.0, 12.0, 2**40, "Good"), (7.0, 7.1, 7.2, 1, "Good")]
+    forecasts.append(_forecast("odd", 378400, version, horizons, odd))
+    assert _encoded(version, horizons, forecasts) == [forecast_to_json(f) for f in forecasts]
 
 
-def test_batch_encoding_with_a_category_that_cannot_be_cut_apart_still_equals_the_serialisation():
-    rows = [(10.1, 8.0, 12.5, 42, 'Good, "really" [sic]'), (0.0, 0.0, 0.3, 0, "Bad")]
+def test_batch_encoding_escapes_category_names():
+    rows = [(10.1, 8.0, 12.5, 42, 'Good, "really" [sic] %s \\ é'), (0.0, 0.0, 0.3, 0, "Bad")]
     forecasts = [_forecast("s", 378360, "v1", (1, 2), rows), _forecast("t", 378361, "v1", (1, 2), rows[::-1])]
-    assert encode_forecasts(*_batch_of(forecasts)[:2], "v1", (1, 2), _batch_of(forecasts)[2]) == [
-        forecast_to_json(f) for f in forecasts
-    ]
+    assert _encoded("v1", (1, 2), forecasts) == [forecast_to_json(f) for f in forecasts]
 
 
 def test_batch_encoding_of_nothing_is_empty():
-    assert encode_forecasts([], [], "v1", (1,), np.empty((0, 1, 5), dtype=object)) == []
+    empty = np.empty((0, 1, 3))
+    assert (
+        encode_forecasts([], [], "v1", (1,), empty, np.empty((0, 1), dtype=int), np.empty((0, 1), dtype=int), []) == []
+    )
 
 
 def test_forecast_serialisation_is_deterministic_and_round_trips():
