@@ -51,7 +51,7 @@ class BenchConfig:
     latency_seconds: float = 20.0
     inference_calls: int = 2000
     scale_out_workers: int = 2
-    repeats: int = 3  # production throughput runs; the median is reported (the machine is noisy)
+    repeats: int = 5  # production throughput runs; the median is reported (the machine is noisy)
     keras_calls: int = 60
 
 

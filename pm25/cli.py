@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hours", type=_positive_int, default=20, help="timed hours per station (after 45 warm-up hours)")
     s.add_argument("--latency-rate", type=_positive_float, default=500.0, help="offered readings/s for latency")
     s.add_argument("--latency-seconds", type=_positive_float, default=20.0, help="duration of the latency run")
-    s.add_argument("--repeats", type=_positive_int, default=3, help="production throughput runs (median reported)")
+    s.add_argument("--repeats", type=_positive_int, default=5, help="production throughput runs (median reported)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("dashboard", help="live web dashboard of readings, forecasts and skill")
