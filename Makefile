@@ -55,7 +55,7 @@ train: $(VENV)/.all
 	$(BIN)/pm25 train --grid default
 
 evaluate: $(VENV)/.all
-	$(BIN)/pm25 evaluate --year 2014
+	$(BIN)/pm25 evaluate
 
 eda: $(VENV)/.all
 	$(BIN)/pm25 eda

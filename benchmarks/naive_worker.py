@@ -56,6 +56,7 @@ def build(settings: Settings) -> faust.App:
     readings = app.topic(settings.readings_topic, value_type=ReadingRecord, key_type=str)
     forecasts = app.topic(settings.forecasts_topic, key_type=str, value_serializer="raw")
     windows = app.Table("naive-windows", default=None, partitions=settings.partitions)
+    adaptations: dict = {}  # the naive worker keeps the online adaptation in memory only
 
     @app.agent(readings)
     async def process(stream):  # type: ignore[no-untyped-def]
@@ -82,7 +83,7 @@ def build(settings: Settings) -> faust.App:
                 "rows": json.loads(json.dumps(state.rows.tolist())),
             }
             for request in requests:
-                (forecast,) = engine.forecast([request])
+                (forecast,) = engine.forecast([request], adaptations)
                 if forecast is not None:
                     await forecasts.send(key=forecast.station_id, value=forecast.value)
 

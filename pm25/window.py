@@ -70,15 +70,26 @@ class StationWindow:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StationWindow:
+        window, rest = cls.split(data)
+        if rest:
+            raise StateFormatError(f"state of {len(data)} bytes does not match its capacity {window.capacity}")
+        return window
+
+    @classmethod
+    def split(cls, data: bytes) -> tuple[StationWindow, bytes]:
+        """A stored station state: the window, and the bytes after it (the station's adaptation,
+        pm25.adapt, which the worker appends; empty when there is none)."""
         if len(data) < _HEADER.size or data[0] != FORMAT:
             raise StateFormatError(f"state format {data[:1]!r} of {len(data)} bytes; this code reads format {FORMAT}")
         _, newest, cap, last_offset = _HEADER.unpack_from(data)
         off = _HEADER.size
-        if len(data) != off + cap + cap * _N * 4:
+        end = off + cap + cap * _N * 4
+        if len(data) < end:
             raise StateFormatError(f"state of {len(data)} bytes does not match its capacity {cap}")
         present = np.frombuffer(data, dtype=np.uint8, count=cap, offset=off).copy()
         rows = np.frombuffer(data, dtype=np.float32, count=cap * _N, offset=off + cap)
-        return cls(newest_hour=newest, present=present, rows=rows.reshape(cap, _N).copy(), last_offset=last_offset)
+        window = cls(newest_hour=newest, present=present, rows=rows.reshape(cap, _N).copy(), last_offset=last_offset)
+        return window, data[end:]
 
     def index_of(self, hour: int) -> int:
         return self.capacity - 1 - (self.newest_hour - hour)

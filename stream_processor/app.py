@@ -30,6 +30,7 @@ from faust.types import TP, EventT, StreamT
 from model_store import BundleError, default_store, load_production, production_version
 from pm25.embedded import CHANGELOG_END_KEY, WORKER_FETCH_MAX_WAIT_MS, faust_overrides
 from pm25.settings import Settings
+from pm25.window import StationWindow
 from stream_processor.consumer import App, Consumer
 from stream_processor.engine import Engine, Request
 from stream_processor.inference import Forecaster, OnnxForecaster
@@ -269,6 +270,8 @@ class Worker:
         proc = self.processor
         delivered = [await self._dead_letter(event, letter) for event, letter in batch.dead]
         forecasts, scores = proc.finish(job, out, batch.observed)
+        for sid, window in batch.states.items():  # saved with the adaptation this batch left
+            batch.states[sid] = proc.state_value(sid, window)
         del job, out
         batch.observed, batch.dead = [], []  # not needed while it waits for acks
         sender = BatchSender(self._aiokafka_producer())
@@ -330,6 +333,13 @@ class Worker:
         if self._in_flight:  # what is already taken in is delivered before the partitions go
             await asyncio.wait(list(self._in_flight))  # a failure stays in its task: the agent raises it
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.readings_topic}
+        # the adaptations go back into the table beside their windows: the table is what a
+        # station's next owner (this worker again, or another after the changelog) starts from
+        store = self.windows.data
+        for sid, adaptation in self.processor.forget().items():
+            window = store.get(sid)
+            if window is not None:
+                store[sid] = StationWindow.split(window)[0].to_bytes() + adaptation
         self.offsets.forget(partitions)
         self._tails.forget(partitions)
 

@@ -7,12 +7,14 @@ micro-batch of Kafka events; the backtest calls them over a file. Same code, sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from pm25.adapt import Adapter, StationAdaptation
 from pm25.aqi import CATEGORIES, us_aqi_array
 from pm25.schema import Forecast, Reading, encode_forecasts, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
@@ -45,6 +47,10 @@ class Request:
     raw: np.ndarray  # [W, n_raw] copy of the buffer rows
 
 
+#: Each station's adaptation state (pm25.adapt), kept by the caller beside its window.
+Adaptations = MutableMapping[str, StationAdaptation]
+
+
 class Engine:
     """Holds the model and the window parameters; the state itself lives with the caller."""
 
@@ -52,7 +58,16 @@ class Engine:
         self.model = model
         self.lateness_hours = lateness_hours
         self.buffer_hours = buffer_hours
+        self._adapters: dict[str, Adapter] = {}
         self.check_model(model)
+
+    def adapter(self, model: Forecaster) -> Adapter:
+        """The adaptation rules for ``model`` (its horizons and calibrated starting intervals)."""
+        adapter = self._adapters.get(model.version)
+        if adapter is None:
+            adapter = Adapter.for_spec(model.intervals, model.horizons, self.lateness_hours)
+            self._adapters = {model.version: adapter}  # one model at a time (a swap replaces it)
+        return adapter
 
     def check_model(self, model: Forecaster) -> None:
         if model.window_hours + self.lateness_hours > self.buffer_hours:
@@ -74,7 +89,9 @@ class Engine:
         requests = [Request(reading.station_id, h, state.window(h, w).copy()) for h in hours]
         return state, changed, requests
 
-    def forecast(self, requests: list[Request], model: Forecaster | None = None) -> list[EncodedForecast | None]:
+    def forecast(
+        self, requests: list[Request], adaptations: Adaptations, model: Forecaster | None = None
+    ) -> list[EncodedForecast | None]:
         """One batched inference, aligned with ``requests``; None where the window is not usable
         (a PM2.5 gap longer than the model's ``max_gap_hours``): that forecast is suspended.
         ``model``: the one the requests' windows were cut for, when a hot swap may have happened
@@ -84,7 +101,7 @@ class Engine:
             return []
         model = model or self.model
         inp = self.prepare(requests, model)
-        return self.encode(requests, model, inp, model.infer(inp))
+        return self.encode(requests, model, inp, model.infer(inp), adaptations)
 
     @staticmethod
     def prepare(requests: list[Request], model: Forecaster) -> ModelInput:
@@ -92,18 +109,44 @@ class Engine:
         ends = np.array([r.end_hour for r in requests], dtype=np.int64)
         return model.prepare(raw, ends)
 
-    @staticmethod
     def encode(
-        requests: list[Request], model: Forecaster, inp: ModelInput, out: npt.NDArray[np.float32]
+        self,
+        requests: list[Request],
+        model: Forecaster,
+        inp: ModelInput,
+        out: npt.NDArray[np.float32],
+        adaptations: Adaptations,
     ) -> list[EncodedForecast | None]:
-        """The forecast messages from the graph's output. Rounding (0.1 µg/m³) and the AQI are
-        computed on whole arrays, and the messages serialised for the whole batch at once
-        (pm25.schema.encode_forecasts: no per-forecast objects on the hot path)."""
+        """The forecast messages from the graph's output, through each station's online adaptation
+        (pm25.adapt: the requests are recorded one by one, in order; the combination is computed on
+        whole arrays). Rounding (0.1 µg/m³) and the AQI are computed on whole arrays, and the messages
+        serialised for the whole batch at once (pm25.schema.encode_forecasts: no per-forecast
+        objects on the hot path)."""
         pred = model.finish(inp, out)
         usable = np.flatnonzero(pred.usable)
-        amounts = np.round(
-            np.stack([pred.point[usable], pred.lo[usable], pred.hi[usable]], axis=-1).astype(np.float64), 1
-        )
+        adapter = self.adapter(model)
+        rows = []
+        ok = pred.usable.tolist()
+        persistence = pred.last_pm25.tolist()
+        gaps = pred.gap_hours.tolist()
+        mean48 = pred.mean_pm25.tolist()
+        for i, req in enumerate(requests):
+            st = adaptations.get(req.station_id)
+            if st is None:
+                st = adaptations[req.station_id] = adapter.new_state()
+            row = adapter.record(
+                st,
+                req.end_hour,
+                observed=float(req.raw[-1, 0]),
+                persistence=persistence[i] if ok[i] else math.nan,
+                model=pred.point[i] if ok[i] else None,
+                mean=mean48[i],
+                gap_hours=gaps[i],
+            )
+            if ok[i]:
+                rows.append(row)
+        comb = adapter.combine(rows, pred.point[usable])
+        amounts = np.round(np.stack([comb.point, comb.lo, comb.hi], axis=-1).astype(np.float64), 1)
         point = amounts[:, :, 0]
         aqi, cat = us_aqi_array(point)
         kept = [requests[i] for i in usable.tolist()]
@@ -128,10 +171,14 @@ def run_offline(
     readings: Iterable[Reading],
     batch_size: int = 256,
     on_reject: Callable[[Reading, TooLate], None] | None = None,
+    adaptations: Adaptations | None = None,
 ) -> Iterator[EncodedForecast]:
     """The backtest: readings in the given order, state in a dict, one inference per
-    ``batch_size`` readings, the forecasts exactly as the worker publishes them."""
+    ``batch_size`` readings, the forecasts exactly as the worker publishes them. ``adaptations``:
+    where the stations' adaptation states are kept (a fresh dict by default)."""
     states: dict[str, StationWindow] = {}
+    if adaptations is None:
+        adaptations = {}
     pending: list[Request] = []
     for n, reading in enumerate(readings, start=1):
         try:
@@ -143,6 +190,6 @@ def run_offline(
         states[reading.station_id] = state
         pending.extend(requests)
         if n % batch_size == 0:
-            yield from (f for f in engine.forecast(pending) if f is not None)
+            yield from (f for f in engine.forecast(pending, adaptations) if f is not None)
             pending = []
-    yield from (f for f in engine.forecast(pending) if f is not None)
+    yield from (f for f in engine.forecast(pending, adaptations) if f is not None)

@@ -40,12 +40,18 @@ class Prediction:
     point: F32  # [B, H] µg/m³
     lo: F32  # [B, H] 10th percentile
     hi: F32  # [B, H] 90th percentile
+    last_pm25: F32  # [B] last observed PM2.5 (persistence)
+    gap_hours: npt.NDArray[np.int64]  # [B] hours since the last PM2.5 observation
+    mean_pm25: F32  # [B] the window's mean observed PM2.5
 
 
 @dataclass(frozen=True, slots=True)
 class ModelInput:
     usable: npt.NDArray[np.bool_]  # [B] windows that can be forecast (the others skip the graph)
     last_pm25: F32  # [B] last PM2.5 of each window after imputation (NaN where not usable)
+    gap_hours: npt.NDArray[np.int64]  # [B] hours since the last PM2.5 observation
+    level: F32  # [B] the window's PM2.5 level (the unit of a level_delta target)
+    mean_pm25: F32  # [B] the window's mean observed PM2.5
     x: list[F32]  # scaled graph input of the usable windows, in chunks of <= GRAPH_ROWS_MAX rows
 
 
@@ -54,6 +60,7 @@ class Forecaster(Protocol):
     window_hours: int
     max_gap_hours: int
     horizons: tuple[int, ...]
+    intervals: dict[str, list[float]]  # the bundle's calibrated log1p residual quantiles
 
     def prepare(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> ModelInput: ...
 
@@ -78,13 +85,15 @@ class OnnxForecaster:
         unknown = [n for n in names if n not in FEATURES]
         if unknown or spec.get("raw_fields", list(RAW_FIELDS)) != list(RAW_FIELDS):
             raise BundleError(f"bundle {self.version}: features not supported by this code: {unknown}")
-        self._selected = [FEATURES.index(n) for n in names]
+        self._names = names
+        self._selected = list(range(len(names)))
         self._mean = np.asarray(spec["scaler"]["mean"], dtype=np.float32)
         self._std = np.asarray(spec["scaler"]["std"], dtype=np.float32)
         if self._mean.shape != (len(names),) or self._std.shape != (len(names),):
             raise BundleError(f"bundle {self.version}: scaler does not match the feature list")
         self._target = dict(spec["target"])
         self._intervals = dict(spec["intervals"])
+        self.intervals = {k: list(spec["intervals"][k]) for k in ("log_residual_lo", "log_residual_hi")}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
@@ -124,18 +133,29 @@ class OnnxForecaster:
     def prepare(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> ModelInput:
         """Features and scaling in chunks of GRAPH_ROWS_MAX windows: a micro-batch of thousands
         would otherwise hold tens of MB of numpy temporaries at once."""
-        usable, last, xs = [], [], []
+        usable, last, gaps, levels, means, xs = [], [], [], [], [], []
         for start in range(0, raw.shape[0], GRAPH_ROWS_MAX):
             stop = start + GRAPH_ROWS_MAX
-            batch = make_features(raw[start:stop], end_hours[start:stop], self.max_gap_hours)
+            batch = make_features(raw[start:stop], end_hours[start:stop], self.max_gap_hours, self._names)
             usable.append(batch.usable)
             last.append(batch.last_pm25)
+            gaps.append(batch.gap_hours)
+            levels.append(batch.level)
+            means.append(batch.mean_pm25)
             rows = np.flatnonzero(batch.usable)
             if len(rows):
                 xs.append(scale(batch.features[rows], self._selected, self._mean, self._std))
         if not usable:
-            return ModelInput(np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float32), [])
-        return ModelInput(np.concatenate(usable), np.concatenate(last), xs)
+            empty = np.zeros(0, dtype=np.float32)
+            return ModelInput(np.zeros(0, dtype=bool), empty, np.zeros(0, dtype=np.int64), empty, empty, [])
+        return ModelInput(
+            np.concatenate(usable),
+            np.concatenate(last),
+            np.concatenate(gaps),
+            np.concatenate(levels),
+            np.concatenate(means),
+            xs,
+        )
 
     def infer(self, inp: ModelInput) -> F32:
         """The graph's output for the usable windows (thread-safe: onnxruntime sessions are)."""
@@ -146,5 +166,13 @@ class OnnxForecaster:
         full = np.zeros((inp.usable.shape[0], len(self.horizons)), dtype=np.float32)
         full[inp.usable] = out
         last = np.nan_to_num(inp.last_pm25, nan=0.0)
-        point, lo, hi = postprocess(full, last, self._target, self._intervals)
-        return Prediction(usable=inp.usable, point=point, lo=lo, hi=hi)
+        point, lo, hi = postprocess(full, last, self._target, self._intervals, inp.level)
+        return Prediction(
+            usable=inp.usable,
+            point=point,
+            lo=lo,
+            hi=hi,
+            last_pm25=inp.last_pm25,
+            gap_hours=inp.gap_hours,
+            mean_pm25=inp.mean_pm25,
+        )

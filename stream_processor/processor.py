@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from pm25.adapt import AdaptFormatError, StationAdaptation
 from pm25.schema import InvalidReading, Reading, hour_to_iso, parse_reading
 from pm25.window import StateFormatError, StationWindow, TooLate
 from stream_processor.engine import Engine, Request
@@ -65,6 +66,9 @@ class Processor:
         self._suspended: set[str] = set()
         self.scorer = HindcastScorer()
         self._observed: list[Observation] = []
+        #: each station's online adaptation (pm25.adapt), authoritative while the worker owns the
+        #: station; saved after the window in the station's state value
+        self.adaptations: dict[str, StationAdaptation] = {}
 
     def parse(self, raw: bytes | None, key: bytes | None) -> Reading | DeadLetter:
         self.metrics.readings_in.inc()
@@ -109,11 +113,29 @@ class Processor:
         if state is None:
             return None
         try:
-            return StationWindow.from_bytes(state)
+            window, tail = StationWindow.split(state)
         except StateFormatError as err:  # never crash on stored state: start the station afresh
             log.error("station %s: stored state unreadable (%s); starting its window afresh", station_id, err)
             self.metrics.states_unreadable.inc()
             return None
+        if tail and station_id not in self.adaptations:
+            try:
+                self.adaptations[station_id] = StationAdaptation.from_bytes(tail)
+            except AdaptFormatError as err:
+                log.error("station %s: stored adaptation unreadable (%s); it starts afresh", station_id, err)
+                self.metrics.states_unreadable.inc()
+        return window
+
+    def state_value(self, station_id: str, window: bytes) -> bytes:
+        """The value saved for a station: its window bytes, then its adaptation's."""
+        adaptation = self.adaptations.get(station_id)
+        return window if adaptation is None else window + adaptation.to_bytes()
+
+    def forget(self, station_ids: set[str] | None = None) -> dict[str, bytes]:
+        """Stop holding these stations' adaptations (all when None: partitions were revoked);
+        returns each one's bytes so the caller can keep them with the station's window."""
+        ids = set(self.adaptations) if station_ids is None else station_ids & set(self.adaptations)
+        return {sid: self.adaptations.pop(sid).to_bytes() for sid in ids}
 
     def take_observed(self) -> list[Observation]:
         """The readings applied since the last call, for :meth:`forecast` to score against."""
@@ -159,7 +181,7 @@ class Processor:
     def _forecast(self, job: Inference, graph_out: npt.NDArray[np.float32]) -> list[tuple[bytes, bytes]]:
         requests, model = job.requests, job.model
         assert job.inp is not None
-        results = self.engine.encode(requests, model, job.inp, graph_out)
+        results = self.engine.encode(requests, model, job.inp, graph_out, self.adaptations)
         self.metrics.inference_seconds.observe(time.perf_counter() - job.started)
         out = []
         last_pm25 = job.inp.last_pm25.tolist()  # persistence: the last observation of each window

@@ -3,19 +3,32 @@
 Every sample is a raw window exactly as the stream processor's station buffer holds it (via
 ``pm25.features.encode_reading``), turned into features by ``pm25.features.make_features``: the
 training input is the serving input by construction.
+
+The data are every station the repository ships: the single-site file (US Embassy, 2010-2014) and
+the 12 multi-site stations (2013-03 to 2017-02). The split is by local (China Standard Time) date
+and by station:
+
+* train: every hour before 2015-03-01, except the stations kept out as *new stations*;
+* validation (selection, calibration, every tuning): 2015-03-01 to 2016-02-29, multi-site, without
+  the new stations;
+* test: 2016-03-01 to 2017-02-28, all 12 multi-site stations, scored once for the report.
+
+A sample belongs to a split when its issue hour and all its target hours are inside it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from pm25.adapters import RowError, read_single_site, single_site_file
+from pm25.adapters import CST, RowError, multisite_files, read_multisite, read_single_site, single_site_file
 from pm25.features import RAW_FIELDS, encode_reading, make_features
 from pm25.schema import Reading
 
@@ -25,26 +38,53 @@ __all__ = [
     "DataValidationError",
     "Samples",
     "Series",
+    "concat_samples",
+    "load_all",
     "load_series",
+    "local_hour",
     "make_samples",
-    "split_indices",
+    "split_samples",
 ]
 
 log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
 
 
 class DataValidationError(ValueError):
     """The dataset violates the expectations in DataConfig; the message is the report."""
 
 
+def local_hour(day: date) -> int:
+    """Epoch hour (UTC) of local midnight (China Standard Time) of ``day``."""
+    return int(datetime(day.year, day.month, day.day, tzinfo=CST).timestamp()) // 3600
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    path: Path = field(default_factory=single_site_file)
-    train_years: tuple[int, int] = (2010, 2012)
-    val_year: int = 2013
-    test_year: int = 2014
+    single_site: Path | None = field(default_factory=single_site_file)
+    multisite: tuple[Path, ...] = field(default_factory=lambda: tuple(multisite_files()))
+    #: local dates: validation starts, test starts, test ends (exclusive)
+    val_start: date = date(2015, 3, 1)
+    test_start: date = date(2016, 3, 1)
+    test_end: date = date(2017, 3, 1)
+    #: kept out of training and selection altogether; scored in the test year only
+    new_stations: tuple[str, ...] = ("Dingling", "Huairou", "Gucheng")
     max_missing_pm25_rate: float = 0.10
     max_bad_rows: int = 0
+    #: every n-th issue hour of the training split becomes a sample (neighbouring windows are
+    #: nearly identical; this bounds training time on 2 cores)
+    train_stride: int = 2
+    #: share of training windows whose newest PM2.5 hours are hidden (a synthetic trailing gap of
+    #: 1..max_gap_hours), so the model learns to forecast through gaps as the stream must
+    gap_augment: float = 0.15
+
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        """Epoch-hour [start, end) of each split's issue and target hours."""
+        return {
+            "train": (-(2**40), local_hour(self.val_start)),
+            "val": (local_hour(self.val_start), local_hour(self.test_start)),
+            "test": (local_hour(self.test_start), local_hour(self.test_end)),
+        }
 
 
 @dataclass(frozen=True)
@@ -74,24 +114,21 @@ class Series:
     hours: npt.NDArray[np.int64]  # [T] consecutive epoch hours
     raw: npt.NDArray[np.float32]  # [T, len(RAW_FIELDS)]
     report: DataReport
+    file: str = ""
 
     @property
     def pm25(self) -> npt.NDArray[np.float32]:
         return self.raw[:, 0]
 
-    def local_years(self) -> npt.NDArray[np.int64]:
-        """China Standard Time calendar year of each hour (the dataset's own years)."""
-        return ((self.hours + 8) // 24).astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
 
-
-def load_series(cfg: DataConfig) -> Series:
-    """Read, validate and grid the single-site dataset; raise DataValidationError with a report."""
+def load_series(path: Path, items: Iterable[Reading | RowError], cfg: DataConfig) -> Series:
+    """Validate and grid one station's readings; raise DataValidationError with a report."""
     readings: list[Reading] = []
     errors: list[RowError] = []
-    for item in read_single_site(cfg.path):
+    for item in items:
         (errors if isinstance(item, RowError) else readings).append(item)  # type: ignore[arg-type]
     if not readings:
-        raise DataValidationError(f"{cfg.path}: no readings")
+        raise DataValidationError(f"{path}: no readings")
     hours_seen = np.array([r.hour for r in readings], dtype=np.int64)
     first, last = int(hours_seen.min()), int(hours_seen.max())
     hours = np.arange(first, last + 1, dtype=np.int64)
@@ -106,7 +143,7 @@ def load_series(cfg: DataConfig) -> Series:
         missing_rate=missing,
         duplicate_hours=duplicates,
         gap_hours=len(hours) - len(np.unique(hours_seen)),
-        sha256=hashlib.sha256(Path(cfg.path).read_bytes()).hexdigest(),
+        sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest(),
     )
     problems = []
     if len(errors) > cfg.max_bad_rows:
@@ -116,10 +153,18 @@ def load_series(cfg: DataConfig) -> Series:
     if missing["pm25"] > cfg.max_missing_pm25_rate:
         problems.append(f"PM2.5 missing rate {missing['pm25']:.1%} > {cfg.max_missing_pm25_rate:.0%}")
     if problems:
-        raise DataValidationError("data validation failed:\n  " + "\n  ".join(problems + report.lines()))
-    for line in report.lines():
-        log.info("data: %s", line)
-    return Series(readings[0].station_id, hours, raw, report)
+        raise DataValidationError(f"{path}: data validation failed:\n  " + "\n  ".join(problems + report.lines()))
+    log.info("data %s (%s): %s", Path(path).name, readings[0].station_id, "; ".join(report.lines()))
+    return Series(readings[0].station_id, hours, raw, report, Path(path).name)
+
+
+def load_all(cfg: DataConfig) -> list[Series]:
+    """Every station of the configuration: the single-site file first, then the multi-site files."""
+    out = []
+    if cfg.single_site is not None:
+        out.append(load_series(cfg.single_site, read_single_site(cfg.single_site), cfg))
+    out += [load_series(p, read_multisite(p), cfg) for p in cfg.multisite]
+    return out
 
 
 @dataclass(frozen=True)
@@ -129,40 +174,91 @@ class Samples:
     x: npt.NDArray[np.float32]
     y: npt.NDArray[np.float32]
     last_pm25: npt.NDArray[np.float32]
-    end_index: npt.NDArray[np.int64]  # index into the series of each sample's last hour
+    end_hour: npt.NDArray[np.int64]  # epoch hour of each sample's issue time
+    station: npt.NDArray[np.int64]  # index into the station list of each sample
+    seasonal: npt.NDArray[np.float32]  # [N, H] PM2.5 24 h before each target (carried forward)
+
+
+def _carried(pm: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    idx = np.where(~np.isnan(pm), np.arange(len(pm)), 0)
+    np.maximum.accumulate(idx, out=idx)
+    return pm[idx]
 
 
 def make_samples(
-    series: Series, index: npt.NDArray[np.int64], window_hours: int, horizons: int, max_gap_hours: int
+    series: Series,
+    index: npt.NDArray[np.int64],
+    window_hours: int,
+    horizons: int,
+    max_gap_hours: int,
+    names: Sequence[str],
+    station: int = 0,
+    gap_augment: float = 0.0,
+    seed: int = 0,
 ) -> Samples:
-    """Samples issued at the given series indices (usable windows only, the stream's rule)."""
+    """Samples issued at the given series indices (usable windows only, the stream's rule).
+
+    ``gap_augment``: that share of windows gets its newest 1..max_gap_hours PM2.5 hours hidden."""
     index = index[(index >= window_hours - 1) & (index + horizons < len(series.hours))]
     view = np.lib.stride_tricks.sliding_window_view(series.raw, window_hours, axis=0)  # [T-W+1, C, W]
     raw = np.ascontiguousarray(view[index - window_hours + 1].transpose(0, 2, 1))
-    batch = make_features(raw, series.hours[index], max_gap_hours)
+    if gap_augment > 0 and len(index):
+        rng = np.random.default_rng(seed)
+        hide = np.flatnonzero(rng.random(len(index)) < gap_augment)
+        k = rng.integers(1, max_gap_hours + 1, size=len(hide))
+        for i, n in zip(hide.tolist(), k.tolist(), strict=True):
+            raw[i, window_hours - n :, 0] = np.nan
+    batch = make_features(raw, series.hours[index], max_gap_hours, names)
     keep = batch.usable
     future = np.lib.stride_tricks.sliding_window_view(series.pm25, horizons)  # [T-H+1, H]
     y = future[index[keep] + 1]
+    seasonal = np.lib.stride_tricks.sliding_window_view(_carried(series.pm25), horizons)[index[keep] + 1 - 24]
     return Samples(
         x=batch.features[keep],
         y=np.ascontiguousarray(y, dtype=np.float32),
         last_pm25=batch.last_pm25[keep],
-        end_index=index[keep],
+        end_hour=series.hours[index[keep]],
+        station=np.full(int(keep.sum()), station, dtype=np.int64),
+        seasonal=np.ascontiguousarray(seasonal, dtype=np.float32),
     )
 
 
-def split_indices(series: Series, cfg: DataConfig, horizons: int) -> dict[str, npt.NDArray[np.int64]]:
-    """Issue-time indices per split, by CST year; a sample whose targets cross into the next
-    split is dropped, so no target of one split is seen by another."""
-    years = series.local_years()
-    idx = np.arange(len(years), dtype=np.int64)
+def concat_samples(parts: Sequence[Samples]) -> Samples:
+    return Samples(
+        x=np.concatenate([p.x for p in parts]),
+        y=np.concatenate([p.y for p in parts]),
+        last_pm25=np.concatenate([p.last_pm25 for p in parts]),
+        end_hour=np.concatenate([p.end_hour for p in parts]),
+        station=np.concatenate([p.station for p in parts]),
+        seasonal=np.concatenate([p.seasonal for p in parts]),
+    )
+
+
+def split_samples(
+    stations: Sequence[Series],
+    cfg: DataConfig,
+    window_hours: int,
+    horizons: int,
+    max_gap_hours: int,
+    names: Sequence[str],
+    splits: Sequence[str] = SPLITS,
+    seed: int = 0,
+) -> dict[str, Samples]:
+    """Samples per split over all stations (see the module docstring for the rules)."""
+    bounds = cfg.bounds()
     out = {}
-    for name, (y0, y1) in {
-        "train": cfg.train_years,
-        "val": (cfg.val_year, cfg.val_year),
-        "test": (cfg.test_year, cfg.test_year),
-    }.items():
-        inside = (years >= y0) & (years <= y1)
-        last_inside = idx[inside].max()
-        out[name] = idx[inside & (idx + horizons <= last_inside)]
+    for split in splits:
+        lo, hi = bounds[split]
+        parts = []
+        for k, s in enumerate(stations):
+            if split != "test" and s.station_id in cfg.new_stations:
+                continue
+            if split != "train" and s.file == (cfg.single_site.name if cfg.single_site else None):
+                continue
+            idx = np.flatnonzero((s.hours >= lo) & (s.hours + horizons < hi)).astype(np.int64)
+            if split == "train":
+                idx = idx[:: cfg.train_stride]
+            augment = cfg.gap_augment if split == "train" else 0.0
+            parts.append(make_samples(s, idx, window_hours, horizons, max_gap_hours, names, k, augment, seed + k))
+        out[split] = concat_samples(parts)
     return out

@@ -1,8 +1,18 @@
 """`pm25 train`: grid search on the validation year, export to ONNX, write a bundle, gate promotion.
 
-Split by time (CST years): train 2010-2012, validation 2013, test 2014. Every choice (early
-stopping, configuration, interval calibration) uses validation only; the test year is scored
-once, at the end, for the report.
+Trained on every station the repository ships, split by time and station (training.dataset):
+train before 2015-03-01 (without the three stations kept out as new stations), validation
+2015-03-01 to 2016-02-29, test 2016-03-01 to 2017-02-28 (all 12 multi-site stations). Every
+choice (early stopping, configuration, ensemble, interval calibration) uses validation only; the
+test year is scored once, at the end, for the report.
+
+The inputs and the target carry over between stations: PM2.5 relative to the station's own recent
+level in log space, weather as changes and anomalies, no clock (pm25.features); the target is the
+change from the last observation in units of the window's level (``level_delta``). The stream then
+adapts each station's forecasts online (pm25.adapt).
+
+``train`` runs stages, each a function: data, preprocessing, search, ensemble, calibration,
+evaluation, packaging, promotion.
 """
 
 from __future__ import annotations
@@ -11,7 +21,6 @@ import hashlib
 import json
 import logging
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -24,19 +33,34 @@ import numpy as np
 import numpy.typing as npt
 
 from model_store import BundleError, load_production, promote, write_bundle
-from pm25.features import FEATURES, RAW_FIELDS, postprocess, scale
-from training.dataset import DataConfig, Samples, Series, load_series, make_samples, split_indices
+from pm25.features import RAW_FIELDS, postprocess, scale, target_scale
+from training.dataset import DataConfig, Samples, Series, load_all, split_samples
 from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics
 from training.models import ModelConfig
 
-__all__ = ["GRIDS", "TrainConfig", "TrainResult", "train"]
+__all__ = ["GRIDS", "MODEL_FEATURES", "TrainConfig", "TrainResult", "train"]
 
 log = logging.getLogger(__name__)
 HORIZONS = 24
 #: A new bundle must beat production's validation score by more than this (µg/m³) to be promoted.
 MIN_IMPROVEMENT = 0.05
-#: Features the model reads (precipitation is not in the single-site data, so it is left out).
-MODEL_FEATURES = tuple(f for f in FEATURES if f != "log_precipitation")
+#: The split this code trains on; a production bundle trained on another split is not comparable.
+SPLIT_ID = "multisite-v1: train < 2015-03-01 (without new stations), val 2015-03-01..2016-02-29, test 2016-03..2017-02"
+#: Scale-free features the model reads (see pm25.features).
+MODEL_FEATURES: tuple[str, ...] = (
+    "log_pm25_rel_last",
+    "log_pm25_rel_mean",
+    "log_pm25_change_1h",
+    "pm25_imputed",
+    "hours_since_pm25",
+    "dew_point_depression",
+    "temperature_anomaly",
+    "pressure_change_3h",
+    "log_wind_speed",
+    "wind_east",
+    "wind_north",
+    "log_precipitation",
+)
 
 
 def _grid(
@@ -46,9 +70,13 @@ def _grid(
     lrs: tuple[float, ...],
     dropouts: tuple[float, ...],
     epochs: int,
+    patience: int = 2,
 ) -> list[ModelConfig]:
     return [
-        ModelConfig(family=f, window_hours=w, units=u, learning_rate=lr, dropout=d, epochs=epochs)
+        ModelConfig(
+            family=f, window_hours=w, units=u, learning_rate=lr, dropout=d, epochs=epochs, patience=patience,
+            batch_size=512,
+        )
         for f in families
         for w in windows
         for u in units
@@ -58,14 +86,13 @@ def _grid(
 
 
 GRIDS: dict[str, Callable[[], list[ModelConfig]]] = {
-    # CI: one small model, a few epochs (< 2 minutes with export).
-    "quick": lambda: [ModelConfig(family="mlp", window_hours=24, units=32, epochs=4, patience=2)],
-    # The default grid: 4 families x 2 windows x 2 widths (dropout, learning rate per family).
+    # CI: one small model, a few epochs (< 2 minutes with data loading and export).
+    "quick": lambda: [ModelConfig(family="mlp", window_hours=48, units=32, epochs=2, patience=1, batch_size=512)],
+    # The default grid (< 20 minutes on 2 cores): 3 servable families x 2 widths, window 48 h.
     "default": lambda: (
-        _grid(("mlp",), (24, 48), (64, 128), (1e-3,), (0.1,), 40)
-        + _grid(("conv1d",), (24, 48), (32, 64), (1e-3,), (0.1,), 30)
-        + _grid(("gru",), (24, 48), (32, 64), (2e-3,), (0.0,), 20)
-        + _grid(("lstm",), (24, 48), (32, 64), (2e-3,), (0.0,), 20)
+        _grid(("mlp",), (48,), (32, 64), (1e-3,), (0.2,), 12)
+        + _grid(("conv1d",), (48,), (32, 64), (1e-3,), (0.2,), 10)
+        + _grid(("lstm",), (48,), (32, 64), (2e-3,), (0.0,), 8)
     ),
 }
 
@@ -74,9 +101,12 @@ GRIDS: dict[str, Callable[[], list[ModelConfig]]] = {
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     grid: str = "default"
-    target_kind: str = "delta"  # "delta" (change in µg/m³, scaled per horizon) or "log_delta"
+    target_kind: str = "level_delta"
+    #: the unit of the target: the window's level plus this (µg/m³); keeps clean air from dividing by ~0
+    level_offset: float = 10.0
     ensemble_size: int = 3
-    max_gap_hours: int = 6
+    #: the longest trailing PM2.5 gap that still gets a forecast (hours)
+    max_gap_hours: int = 36
     seed: int = 42
     selection_horizons: tuple[int, ...] = REPORT_HORIZONS
     version: str | None = None
@@ -95,11 +125,30 @@ class TrainResult:
     reason: str
 
 
-def _targets(s: Samples, target: dict[str, Any]) -> npt.NDArray[np.float32]:
-    last = s.last_pm25[:, None]
-    if target["kind"] == "delta":
-        return ((s.y - last) / np.asarray(target["scale"], dtype=np.float32)).astype(np.float32)
-    return (np.log1p(s.y) - np.log1p(last)).astype(np.float32)
+@dataclass
+class _Prep:
+    """The fitted preprocessing: feature scaler and target transform (training split only)."""
+
+    mean: npt.NDArray[np.float32]
+    std: npt.NDArray[np.float32]
+    target: dict[str, Any]
+
+    def x(self, s: Samples) -> npt.NDArray[np.float32]:
+        return scale(s.x, range(len(MODEL_FEATURES)), self.mean, self.std)
+
+    def y(self, s: Samples) -> npt.NDArray[np.float32]:
+        unit = target_scale(_level(s), self.target)
+        return ((s.y - s.last_pm25[:, None]) / unit).astype(np.float32)
+
+    def point(self, out: npt.NDArray[np.float32], s: Samples, intervals: dict[str, Any] | None = None) -> Any:
+        return postprocess(out, s.last_pm25, self.target, intervals or _zero_intervals(), _level(s))
+
+
+def _level(s: Samples) -> npt.NDArray[np.float32]:
+    """The window level of each sample, from its features (log1p of the last PM2.5 minus the last
+    hour's offset from the window's mean log): the same number the stream computes."""
+    rel_mean = s.x[:, -1, MODEL_FEATURES.index("log_pm25_rel_mean")].astype(np.float64)
+    return np.expm1(np.log1p(s.last_pm25.astype(np.float64)) - rel_mean).astype(np.float32)
 
 
 def _selection_score(metrics: dict[str, list[float]], horizons: tuple[int, ...]) -> float:
@@ -127,73 +176,23 @@ def _code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-class _Progress:
-    """One line per epoch: configuration k of n, epoch, validation loss."""
-
-    def __init__(self, k: int, n: int, name: str) -> None:
-        import keras
-
-        class CB(keras.callbacks.Callback):
-            def on_epoch_end(cb_self, epoch: int, logs: dict[str, float] | None = None) -> None:  # noqa: N805
-                logs = logs or {}
-                print(
-                    f"  [{k}/{n}] {name} epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
-                    f"val_loss {logs.get('val_loss', float('nan')):.4f}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-        self.callback = CB()
-
-
-def _fit_one(
-    cfg: ModelConfig,
-    data: dict[str, Samples],
-    sel: list[int],
-    mean: npt.NDArray[np.float32],
-    std: npt.NDArray[np.float32],
-    tc: TrainConfig,
-    target: dict[str, Any],
-    k: int,
-    n: int,
-) -> Any:
+def _progress_callback(k: int, n: int, name: str) -> Any:
+    """One log line per epoch: configuration k of n, epoch, validation loss."""
     import keras
 
-    from training.models import build_model
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = logs or {}
+            log.info(
+                "  [%d/%d] %s epoch %d: loss %.4f val_loss %.4f",
+                k, n, name, epoch + 1, logs.get("loss", float("nan")), logs.get("val_loss", float("nan")),
+            )
 
-    keras.utils.set_random_seed(tc.seed)
-    xs = {name: scale(s.x, sel, mean, std) for name, s in data.items() if name != "test"}
-    ys = {name: _targets(data[name], target) for name in xs}
-    model = build_model(cfg, len(sel), HORIZONS)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
-    model.fit(
-        xs["train"],
-        ys["train"],
-        validation_data=(xs["val"], ys["val"]),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=[stop, _Progress(k, n, cfg.name).callback],
-    )
-    return model
+    return Progress()
 
 
 def _predict(model: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.asarray(model.predict(x, batch_size=4096, verbose=0), dtype=np.float32)
-
-
-def _common(samples: dict[int, dict[str, Samples]]) -> dict[int, dict[str, Samples]]:
-    """Keep, for every window length, only the issue times usable under all of them, so every
-    configuration is scored on exactly the same pairs."""
-    out: dict[int, dict[str, Samples]] = {w: {} for w in samples}
-    for split in next(iter(samples.values())):
-        common = set.intersection(*(set(s[split].end_index.tolist()) for s in samples.values()))
-        for w, s in samples.items():
-            keep = np.isin(s[split].end_index, sorted(common))
-            x = s[split]
-            out[w][split] = Samples(x=x.x[keep], y=x.y[keep], last_pm25=x.last_pm25[keep], end_index=x.end_index[keep])
-    return out
 
 
 def _ensemble(models: list[Any], window_hours: int, n_features: int) -> Any:
@@ -204,57 +203,64 @@ def _ensemble(models: list[Any], window_hours: int, n_features: int) -> Any:
     return keras.Model(inp, out, name="ensemble")
 
 
-def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_better: bool = True) -> TrainResult:
-    import tensorflow as tf
-    from sklearn.preprocessing import StandardScaler
-
-    from training.baselines import GradientBoostingBaseline, baseline_predictions
-    from training.card import card_plots
-    from training.export import export_onnx
-
-    tf.config.experimental.enable_op_determinism()
-    started = time.perf_counter()
-    series: Series = load_series(tc.data)
-    splits = split_indices(series, tc.data, HORIZONS)
-    configs = GRIDS[tc.grid]()
-    sel = [FEATURES.index(f) for f in MODEL_FEATURES]
-    windows = sorted({c.window_hours for c in configs})
-    samples = _common(
-        {
-            w: {name: make_samples(series, idx, w, HORIZONS, tc.max_gap_hours) for name, idx in splits.items()}
-            for w in windows
-        }
+# -- stages ------------------------------------------------------------------------------------
+def stage_data(tc: TrainConfig, windows: list[int]) -> tuple[list[Series], dict[int, dict[str, Samples]]]:
+    """Read and validate every station; samples per window length and split."""
+    stations = load_all(tc.data)
+    samples = {
+        w: split_samples(stations, tc.data, w, HORIZONS, tc.max_gap_hours, MODEL_FEATURES, seed=tc.seed)
+        for w in windows
+    }
+    longest = samples[windows[-1]]
+    log.info(
+        "data: %d stations; %s samples",
+        len(stations),
+        ", ".join(f"{k} {len(v.y)}" for k, v in longest.items()),
     )
-    # Preprocessing fitted on the training split only: feature scaler (shared by all windows,
-    # fitted on the longest) and the per-horizon target scale.
-    train_longest = samples[windows[-1]]["train"]
-    sc = StandardScaler().fit(train_longest.x[:, :, sel].reshape(-1, len(sel)))
-    mean, std = sc.mean_.astype(np.float32), np.maximum(sc.scale_, 1e-6).astype(np.float32)
-    delta = train_longest.y - train_longest.last_pm25[:, None]
-    target: dict[str, Any] = {"kind": tc.target_kind, "scale": 1.0}
-    if tc.target_kind == "delta":
-        target["scale"] = [round(float(v), 4) for v in np.nanstd(delta, axis=0)]
-    print(
-        f"grid '{tc.grid}': {len(configs)} configurations; {len(train_longest.y)} training, "
-        f"{len(samples[windows[-1]]['val'].y)} validation samples",
-        file=sys.stderr,
-        flush=True,
-    )
+    return stations, samples
 
-    def val_score(model: Any, w: int) -> tuple[float, dict[str, list[float]]]:
-        val = samples[w]["val"]
-        point, _, _ = postprocess(
-            _predict(model, scale(val.x, sel, mean, std)), val.last_pm25, target, _zero_intervals()
-        )
-        m = horizon_metrics(val.y, point)
-        return _selection_score(m, tc.selection_horizons), m
 
-    results: list[dict[str, Any]] = []
-    trained: list[tuple[float, ModelConfig, Any]] = []
+def stage_preprocessing(tc: TrainConfig, train: Samples) -> _Prep:
+    """Feature scaler fitted on the training split only (missing values ignored)."""
+    flat = train.x.reshape(-1, train.x.shape[2]).astype(np.float64)
+    mean = np.nan_to_num(np.nanmean(flat, axis=0))
+    std = np.nan_to_num(np.nanstd(flat, axis=0), nan=1.0)
+    target = {"kind": tc.target_kind, "offset": tc.level_offset}
+    return _Prep(mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32), target)
+
+
+def _val_score(tc: TrainConfig, prep: _Prep, model: Any, val: Samples) -> tuple[float, dict[str, list[float]]]:
+    point, _, _ = prep.point(_predict(model, prep.x(val)), val)
+    m = horizon_metrics(val.y, point)
+    return _selection_score(m, tc.selection_horizons), m
+
+
+def stage_search(
+    tc: TrainConfig, configs: list[ModelConfig], samples: dict[int, dict[str, Samples]], prep: _Prep
+) -> tuple[list[tuple[float, ModelConfig, Any]], list[dict[str, Any]]]:
+    """Fit every configuration (early stopping on validation); score each on validation."""
+    import keras
+
+    from training.models import build_model
+
+    trained, results = [], []
     for k, cfg in enumerate(configs, start=1):
         t0 = time.perf_counter()
-        model = _fit_one(cfg, samples[cfg.window_hours], sel, mean, std, tc, target, k, len(configs))
-        score, m = val_score(model, cfg.window_hours)
+        data = samples[cfg.window_hours]
+        keras.utils.set_random_seed(tc.seed)
+        model = build_model(cfg, len(MODEL_FEATURES), HORIZONS)
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
+        model.fit(
+            prep.x(data["train"]),
+            prep.y(data["train"]),
+            validation_data=(prep.x(data["val"]), prep.y(data["val"])),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=[stop, _progress_callback(k, len(configs), cfg.name)],
+        )
+        score, m = _val_score(tc, prep, model, data["val"])
         trained.append((score, cfg, model))
         results.append(
             {
@@ -263,86 +269,134 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
                 "val_score": round(score, 4),
                 "val_rmse": {h: m["rmse"][h - 1] for h in REPORT_HORIZONS},
                 "seconds": round(time.perf_counter() - t0, 1),
+                "servable": cfg.family in tc.serving_families,
             }
         )
-        print(
-            f"[{k}/{len(configs)}] {cfg.name}: validation mean RMSE {score:.2f} ({time.perf_counter() - t0:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.info("[%d/%d] %s: validation mean RMSE %.2f (%.0f s)", k, len(configs), cfg.name, score, time.perf_counter() - t0)
     trained.sort(key=lambda t: t[0])
+    return trained, results
+
+
+def stage_ensemble(
+    tc: TrainConfig, trained: list[tuple[float, ModelConfig, Any]], results: list[dict[str, Any]], val: dict[int, Samples], prep: _Prep
+) -> tuple[float, ModelConfig, Any, str, str]:
+    """The best servable configuration, or the average of the best ones with its window when
+    validation prefers it. Returns score, config, model, family, name."""
     eligible = [t for t in trained if t[1].family in tc.serving_families]
     if not eligible:
         raise ValueError(f"no configuration of a servable family {tc.serving_families} in the grid")
-    for r in results:
-        r["servable"] = r["config"].get("family") in tc.serving_families
     score, cfg, model = eligible[0]
-    w = cfg.window_hours
     family, name = cfg.family, cfg.name
-    # An average of the best configurations with the same window, kept only if validation says so.
-    members = [t for t in eligible if t[1].window_hours == w][: tc.ensemble_size]
+    members = [t for t in eligible if t[1].window_hours == cfg.window_hours][: tc.ensemble_size]
     if len(members) > 1:
-        ens = _ensemble([t[2] for t in members], w, len(sel))
-        ens_score, _ = val_score(ens, w)
+        ens = _ensemble([t[2] for t in members], cfg.window_hours, len(MODEL_FEATURES))
+        ens_score, _ = _val_score(tc, prep, ens, val[cfg.window_hours])
         names = [t[1].name for t in members]
+        ens_name = "ensemble(" + ", ".join(names) + ")"
         results.append(
-            {
-                "config": {"ensemble": names},
-                "name": "ensemble(" + ", ".join(names) + ")",
-                "val_score": round(ens_score, 4),
-                "val_rmse": {},
-                "seconds": 0.0,
-                "servable": True,
-            }
+            {"config": {"ensemble": names}, "name": ens_name, "val_score": round(ens_score, 4), "val_rmse": {},
+             "seconds": 0.0, "servable": True}
         )
-        print(f"ensemble of {names}: validation mean RMSE {ens_score:.2f}", file=sys.stderr, flush=True)
+        log.info("ensemble of %s: validation mean RMSE %.2f", names, ens_score)
         if ens_score < score:
-            score, model, family = ens_score, ens, "ensemble"
-            name = "ensemble(" + ", ".join(names) + ")"
-    data = samples[w]
-    print(f"selected {name} (validation mean RMSE {score:.2f})", file=sys.stderr, flush=True)
+            score, model, family, name = ens_score, ens, "ensemble", ens_name
+    log.info("selected %s (validation mean RMSE %.2f)", name, score)
+    return score, cfg, model, family, name
 
-    # Interval calibration on validation residuals (log1p space), then test scored once.
-    val_out = _predict(model, scale(data["val"].x, sel, mean, std))
-    val_point, _, _ = postprocess(val_out, data["val"].last_pm25, target, _zero_intervals())
-    resid = np.log1p(data["val"].y) - np.log1p(val_point)
-    intervals = {
-        "method": "split conformal on validation log1p residuals",
+
+def stage_calibration(prep: _Prep, model: Any, val: Samples) -> dict[str, Any]:
+    """Split-conformal 10 % / 90 % quantiles of the validation log1p residuals per horizon: the
+    starting intervals, which each station then adapts online (pm25.adapt)."""
+    point, _, _ = prep.point(_predict(model, prep.x(val)), val)
+    resid = np.log1p(val.y) - np.log1p(point)
+    return {
+        "method": "split conformal on validation log1p residuals; adapted per station online (quantile tracking)",
         "quantiles": [0.1, 0.9],
         "log_residual_lo": [round(float(np.nanquantile(resid[:, h], 0.1)), 5) for h in range(HORIZONS)],
         "log_residual_hi": [round(float(np.nanquantile(resid[:, h], 0.9)), 5) for h in range(HORIZONS)],
     }
-    print("fitting the gradient-boosting baseline", file=sys.stderr, flush=True)
-    gb = GradientBoostingBaseline(tc.seed).fit(data["train"])
+
+
+def stage_evaluation(
+    tc: TrainConfig, prep: _Prep, model: Any, data: dict[str, Samples], intervals: dict[str, Any], names: list[str]
+) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """Model, persistence, seasonal naive and the gradient-boosting yardstick on the same pairs,
+    validation and test, over all stations and per station (the model alone, before the stream's
+    online adaptation: `pm25 evaluate` scores what the stream publishes)."""
+    from training.baselines import GradientBoostingBaseline, baseline_predictions
+
+    log.info("fitting the gradient-boosting yardstick")
+    gb = GradientBoostingBaseline(tc.seed).fit(data["train"], prep.y(data["train"]), prep.target, _level)
     metrics: dict[str, Any] = {}
+    test_pred: tuple[Any, ...] = ()
     for split in ("val", "test"):
         s = data[split]
-        point, lo, hi = postprocess(_predict(model, scale(s.x, sel, mean, std)), s.last_pm25, target, intervals)
+        point, lo, hi = prep.point(_predict(model, prep.x(s)), s, intervals)
         if split == "test":
             test_pred = (point, lo, hi)
-        metrics[split] = {"model": horizon_metrics(s.y, point) | {"coverage_80": coverage(s.y, lo, hi)}}
-        for base_name, pred in baseline_predictions(series, s, gb).items():
-            metrics[split][base_name] = horizon_metrics(s.y, pred)
+        preds = {"model": point, **baseline_predictions(s, gb)}
+        metrics[split] = {k: horizon_metrics(s.y, p) for k, p in preds.items()}
+        metrics[split]["model"]["coverage_80"] = coverage(s.y, lo, hi)
+        per_station = {}
+        for k in sorted(set(s.station.tolist())):
+            sel = s.station == k
+            per_station[names[k]] = {p: horizon_metrics(s.y[sel], v[sel])["rmse"] for p, v in preds.items()}
+        metrics[split]["per_station_rmse"] = per_station
+    return metrics, test_pred
 
+
+def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_better: bool = True) -> TrainResult:
+    import tensorflow as tf
+
+    from training.card import card_plots
+    from training.export import export_onnx
+
+    tf.config.experimental.enable_op_determinism()
+    started = time.perf_counter()
+    configs = GRIDS[tc.grid]()
+    if not any(c.family in tc.serving_families for c in configs):
+        raise ValueError(f"no configuration of a servable family {tc.serving_families} in the grid")
+    windows = sorted({c.window_hours for c in configs})
+    stations, samples = stage_data(tc, windows)
+    prep = stage_preprocessing(tc, samples[windows[-1]]["train"])
+    log.info("grid '%s': %d configurations", tc.grid, len(configs))
+    trained, results = stage_search(tc, configs, samples, prep)
+    score, cfg, model, family, name = stage_ensemble(tc, trained, results, {w: s["val"] for w, s in samples.items()}, prep)
+    data = samples[cfg.window_hours]
+    intervals = stage_calibration(prep, model, data["val"])
+    names = [s.station_id for s in stations]
+    metrics, test_pred = stage_evaluation(tc, prep, model, data, intervals, names)
     version = tc.version or f"{family}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
-    onnx_bytes = export_onnx(model, w, len(sel), check_x=scale(data["val"].x[:256], sel, mean, std))
+    onnx_bytes = export_onnx(model, cfg.window_hours, len(MODEL_FEATURES), check_x=prep.x(data["val"])[:256])
+    spec = _spec(tc, version, family, name, cfg, prep, intervals, score, results, metrics, stations, started)
+    path = stage_packaging(store, spec, onnx_bytes, model, data["test"], test_pred, names)
+    promoted, reason = stage_promotion(store, version, score, force, promote_if_better)
+    log.info("%s", reason)
+    return TrainResult(path, version, score, promoted, reason)
+
+
+def _spec(
+    tc: TrainConfig, version: str, family: str, name: str, cfg: ModelConfig, prep: _Prep, intervals: dict[str, Any],
+    score: float, results: list[dict[str, Any]], metrics: dict[str, Any], stations: list[Series], started: float,
+) -> dict[str, Any]:
+    d = tc.data
     spec = {
         "version": version,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "family": family,
         "model_name": name,
         "config": cfg.to_dict(),
-        "window_hours": w,
+        "window_hours": cfg.window_hours,
         "horizons": list(range(1, HORIZONS + 1)),
         "raw_fields": list(RAW_FIELDS),
         "features": list(MODEL_FEATURES),
         "max_gap_hours": tc.max_gap_hours,
         "scaler": {
-            "kind": "sklearn.preprocessing.StandardScaler (fitted on the training split)",
-            "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std],
+            "kind": "standardisation (mean, std) fitted on the training split, missing values ignored",
+            "mean": [float(v) for v in prep.mean],
+            "std": [float(v) for v in prep.std],
         },
-        "target": target,
+        "target": prep.target,
         "intervals": intervals,
         "selection": {
             "score": "mean validation RMSE over horizons " + ",".join(map(str, tc.selection_horizons)),
@@ -352,10 +406,15 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
         },
         "metrics": metrics,
         "data": {
-            "file": Path(tc.data.path).name,
-            "sha256": series.report.sha256,
-            "rows": series.report.rows,
-            "splits": {"train": list(tc.data.train_years), "val": tc.data.val_year, "test": tc.data.test_year},
+            "files": {s.file: s.report.sha256 for s in stations},
+            "stations": [s.station_id for s in stations],
+            "split_id": SPLIT_ID,
+            "splits": {
+                "train": f"before {d.val_start}",
+                "val": f"{d.val_start} to {d.test_start} (exclusive)",
+                "test": f"{d.test_start} to {d.test_end} (exclusive)",
+            },
+            "new_stations": list(d.new_stations),
         },
         "train_config": {k: v for k, v in asdict(replace(tc, data=DataConfig())).items() if k != "data"},
         "seed": tc.seed,
@@ -363,13 +422,20 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
         "packages": _package_versions(),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-    spec = _json_safe(spec)
-    plots = card_plots(metrics, series.hours[data["test"].end_index], data["test"].y, *test_pred)
+    return _json_safe(spec)
+
+
+def stage_packaging(
+    store: Path, spec: dict[str, Any], onnx_bytes: bytes, model: Any, test: Samples, test_pred: tuple[Any, ...],
+    names: list[str],
+) -> Path:
+    """The bundle: graph, spec, model card with plots, the Keras model (provenance)."""
+    from training.card import card_plots
+
+    one = test.station == names.index("Dongsi") if "Dongsi" in names else np.ones(len(test.y), dtype=bool)
+    plots = card_plots(spec["metrics"], test.end_hour[one], test.y[one], *(p[one] for p in test_pred))
     extra = {"MODEL_CARD.md": _model_card(spec, list(plots)).encode(), "model.keras": _keras_bytes(model), **plots}
-    path = write_bundle(store, spec, onnx_bytes, extra)
-    promoted, reason = _gate(store, version, score, force, promote_if_better)
-    print(reason, file=sys.stderr, flush=True)
-    return TrainResult(path, version, score, promoted, reason)
+    return write_bundle(store, spec, onnx_bytes, extra)
 
 
 def _keras_bytes(model: Any) -> bytes:
@@ -398,8 +464,9 @@ def _zero_intervals() -> dict[str, list[float]]:
     return {"log_residual_lo": [0.0] * HORIZONS, "log_residual_hi": [0.0] * HORIZONS}
 
 
-def _gate(store: Path, version: str, score: float, force: bool, enabled: bool) -> tuple[bool, str]:
-    """Promote only if the new validation score beats production's (or --force)."""
+def stage_promotion(store: Path, version: str, score: float, force: bool, enabled: bool) -> tuple[bool, str]:
+    """Promote only if the new validation score beats production's (or --force); a production
+    bundle scored on another split cannot be compared, so the new one replaces it."""
     if not enabled:
         return False, f"bundle {version} written; not promoted (--no-promote)"
     try:
@@ -409,6 +476,9 @@ def _gate(store: Path, version: str, score: float, force: bool, enabled: bool) -
     except (BundleError, KeyError) as err:
         promote(store, version)
         return True, f"promoted {version}: no usable production bundle ({err})"
+    if current.spec.get("data", {}).get("split_id") != SPLIT_ID:
+        promote(store, version)
+        return True, f"promoted {version}: {current_version} was selected on another split (not comparable)"
     if force:
         promote(store, version)
         return (
@@ -433,14 +503,17 @@ def _model_card(spec: dict[str, Any], plots: list[str] | None = None) -> str:
         "",
         f"- model: {spec['model_name']}, window {spec['window_hours']} h, horizons 1-24 h",
         f"- target: {spec['target']['kind']}; intervals: {spec['intervals']['method']}",
-        f"- data: {spec['data']['file']} (sha256 {spec['data']['sha256'][:12]}...), "
+        f"- data: {len(spec['data']['files'])} files, stations {', '.join(spec['data']['stations'])}; "
         f"train {spec['data']['splits']['train']}, validation {spec['data']['splits']['val']}, "
-        f"test {spec['data']['splits']['test']}",
+        f"test {spec['data']['splits']['test']}; new stations (never trained on or selected with): "
+        f"{', '.join(spec['data']['new_stations'])}",
+        "- scores below are the model alone; the stream adapts it per station online "
+        "(`pm25 evaluate` scores what it publishes)",
         f"- selected on validation only: {spec['selection']['score']} = {spec['selection']['val_score']}",
         "",
     ]
     for split in ("val", "test"):
-        m = spec["metrics"][split]
+        m = {k: v for k, v in spec["metrics"][split].items() if k != "per_station_rmse"}
         lines += [
             f"## {'Validation' if split == 'val' else 'Test'} ({spec['data']['splits'][split]}), "
             "RMSE / MAE / R² (µg/m³)",
@@ -452,7 +525,22 @@ def _model_card(spec: dict[str, Any], plots: list[str] | None = None) -> str:
             cells = [f"{m[k]['rmse'][h - 1]:.2f} / {m[k]['mae'][h - 1]:.2f} / {m[k]['r2'][h - 1]:.3f}" for k in m]
             lines.append(f"| {h} h | " + " | ".join(cells) + f" | {m['model']['coverage_80'][h - 1]:.1%} |")
         lines.append("")
+    per = spec["metrics"]["test"]["per_station_rmse"]
     lines += [
+        "## Test year per station: skill against persistence (model alone), 1 / 6 / 12 / 24 h",
+        "",
+        "| station | model | gradient boosting |",
+        "|---|---|---|",
+    ]
+    for name, rm in per.items():
+        mark = " (new station)" if name in spec["data"]["new_stations"] else ""
+        cells = [
+            " / ".join(f"{100 * (1 - rm[k][h - 1] / rm['persistence'][h - 1]):.1f} %" for h in (1, 6, 12, 24))
+            for k in ("model", "gradient_boosting")
+        ]
+        lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         "## Grid (validation mean RMSE)",
         "",
         "Only servable families are selected (see `TrainConfig.serving_families`); the others are",

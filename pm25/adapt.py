@@ -1,0 +1,386 @@
+"""Online adaptation per station: forecasts that learn from each station's own realised errors.
+
+The model is trained on Beijing. A station elsewhere (other levels, other climate, other sensors)
+corrects it from its own data as readings arrive. For each station and horizon the published
+forecast combines three *experts*:
+
+* ``model``: the ONNX model's forecast;
+* ``persistence``: the last observed PM2.5;
+* ``seasonal_24h``: the PM2.5 observed 24 hours before the target hour (the station's own daily
+  cycle; persistence where that hour is missing);
+* ``mean_48h``: the mean PM2.5 observed over the last 48 hours (where long horizons revert to).
+
+Their weights are the minimum-mean-squared-error combination (Bates and Granger) from the
+exponentially weighted second moments of the experts' errors (about the last week of pairs, shrunk
+towards the diagonal, weights clipped at zero and summing to one), blended in from "the model
+alone" over the first pairs of a new station; an exponentially weighted bias of the published
+combination is added. Correlated experts (the model and persistence at one hour) are weighed as
+such, which inverse-MSE weights cannot do. The 80 % interval is the combination moved by two
+quantile trackers in log1p space (online quantile tracking, the step rule of adaptive conformal
+inference, Gibbs and Candes 2021; Angelopoulos et al. 2023): each miss of a published 90 % bound
+raises it, each hit lowers it by a ninth as much, so each station's long-run coverage of what it
+published converges to 80 % whatever its level. Bounds widen with the hours since the last PM2.5
+observation.
+
+Order independence. Readings may arrive out of order within the lateness bound ``L``, and the final
+forecast for every hour must equal the one the clean sequence gives. So the statistics learn only
+from *sealed* hours (older than ``newest - L``, which no reading can change any more) and a forecast
+issued at hour ``t`` uses the statistics as they were sealed through the last 6-hour boundary at or
+before ``t - L - 1``: a pure function of the data up to ``t``. The station keeps those snapshots and a
+ring of what it needs to score sealed targets (the observation, persistence and the model's forecast
+at the learned horizons, per hour). The cost is a learning delay of ``L + 1`` to ``L + 6`` hours.
+
+Statistics are learned at the horizons :data:`ANCHORS` and interpolated in between. Every number is
+float32 after each step, so the serialised state equals the state in memory: a worker restarted from
+its saved state continues exactly as if it had never stopped, and the backtest runs this same code.
+
+>>> a = Adapter(lateness_hours=2, horizons=tuple(range(1, 25)), q_lo=[-0.3] * 5, q_hi=[0.3] * 5)
+>>> st = a.new_state()
+>>> row = a.record(st, 100, observed=50.0, persistence=50.0, model=np.full(24, 60.0, np.float32))
+>>> p = a.combine([row], np.full((1, 24), 60.0, np.float32))
+>>> round(float(p.point[0, 0]), 3)  # a new station: the model alone
+60.0
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["ANCHORS", "EXPERTS", "Adapter", "AdaptFormatError", "Combined", "Row", "StationAdaptation"]
+
+F32 = npt.NDArray[np.float32]
+
+#: Horizons (hours) at which each station's statistics are learned; the others are interpolated.
+ANCHORS: tuple[int, ...] = (1, 3, 6, 12, 24)
+EXPERTS: tuple[str, ...] = ("model", "persistence", "seasonal_24h", "mean_48h")
+#: Snapshots of the statistics are taken at every 6th sealed hour.
+SNAPSHOT_EVERY = 12
+_K = len(EXPERTS)
+_A = len(ANCHORS)
+# statistics columns: the upper triangle of the experts' error second-moment matrix, then pairs,
+# bias, lower and upper offset
+_TRI = [(j, k) for j in range(_K) for k in range(j, _K)]
+_N_TRI = len(_TRI)
+_N, _BIAS, _QLO, _QHI = _N_TRI, _N_TRI + 1, _N_TRI + 2, _N_TRI + 3
+_STAT_COLS = _N_TRI + 4
+#: shrinkage of the error covariance towards its diagonal (stabilises the combination weights)
+_SHRINK = 0.15
+# ring columns: observation, persistence and 48-hour mean at issue, the interval widening of the
+# forecast issued then, the model's forecast per anchor (µg/m³)
+_Y, _PERS, _MEAN, _WIDEN, _MODEL = 0, 1, 2, 3, 4
+_RING_COLS = 4 + _A
+#: exponential weights: about the last week of pairs, a plain mean before that
+_MSE_ALPHA_MIN = 1.0 / 168
+#: the bias is shrunk towards 0 over the first pairs (a noisy early mean would hurt)
+_BIAS_PRIOR_PAIRS = 24.0
+#: pairs over which the weights move from "model alone" to the inverse-MSE weights
+_WARMUP_PAIRS = 48.0
+#: quantile tracker step, as a share of the bundle's calibrated interval width at that horizon
+_Q_STEP = 0.04
+_Q_MISS = 0.1  # each bound is a 10 % / 90 % quantile
+#: interval widening per hour since the last PM2.5 observation: sqrt(1 + gap / _GAP_WIDEN_HOURS)
+_GAP_WIDEN_HOURS = 6.0
+_FORMAT = 1
+_HEADER = struct.Struct("<BqqHBBB")  # format, newest, sealed, ring rows, anchors, experts, snapshots
+_SNAP_HEADER = struct.Struct("<q")
+
+
+class AdaptFormatError(ValueError):
+    """Stored adaptation bytes this code cannot decode."""
+
+
+@dataclass(slots=True)
+class StationAdaptation:
+    """One station's adaptation state (see the module docstring)."""
+
+    newest: int  # newest issue hour recorded (-1: none yet)
+    sealed: int  # targets up to this hour have been learned from
+    ring: F32  # [rows, _RING_COLS]; row rows-1 is ``newest``
+    stats: F32  # [_A, _STAT_COLS] working statistics, sealed through ``sealed``
+    snapshots: list[tuple[int, F32]] = field(default_factory=list)  # (boundary hour, stats), ascending
+    #: the interpolated parameters of each snapshot, by boundary hour (derived, never serialised)
+    params: dict[int, F32] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_bytes(self) -> bytes:
+        parts = [
+            _HEADER.pack(
+                _FORMAT, self.newest, self.sealed, self.ring.shape[0], _A, _K, len(self.snapshots)
+            ),
+            self.ring.tobytes(),
+            self.stats.tobytes(),
+        ]
+        for hour, stats in self.snapshots:
+            parts += [_SNAP_HEADER.pack(hour), stats.tobytes()]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> StationAdaptation:
+        data = memoryview(data)
+        if len(data) < _HEADER.size or data[0] != _FORMAT:
+            raise AdaptFormatError(f"adaptation format {bytes(data[:1])!r}; this code reads format {_FORMAT}")
+        _, newest, sealed, rows, anchors, experts, n_snap = _HEADER.unpack_from(data)
+        if (anchors, experts) != (_A, _K):
+            raise AdaptFormatError(f"adaptation for {anchors} anchors x {experts} experts; this code has {_A} x {_K}")
+        stat_bytes = _A * _STAT_COLS * 4
+        expected = _HEADER.size + rows * _RING_COLS * 4 + stat_bytes + n_snap * (_SNAP_HEADER.size + stat_bytes)
+        if len(data) != expected:
+            raise AdaptFormatError(f"adaptation of {len(data)} bytes, expected {expected}")
+        off = _HEADER.size
+        ring = np.frombuffer(data, np.float32, rows * _RING_COLS, off).reshape(rows, _RING_COLS).copy()
+        off += ring.nbytes
+        stats = np.frombuffer(data, np.float32, _A * _STAT_COLS, off).reshape(_A, _STAT_COLS).copy()
+        off += stat_bytes
+        snaps = []
+        for _ in range(n_snap):
+            (hour,) = _SNAP_HEADER.unpack_from(data, off)
+            off += _SNAP_HEADER.size
+            snaps.append((hour, np.frombuffer(data, np.float32, _A * _STAT_COLS, off).reshape(_A, _STAT_COLS).copy()))
+            off += stat_bytes
+        return cls(newest, sealed, ring, stats, snaps)
+
+    def row(self, hour: int) -> int:
+        return self.ring.shape[0] - 1 - (self.newest - hour)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """What :meth:`Adapter.record` hands to :meth:`Adapter.combine` for one forecast."""
+
+    params: F32  # [H, _K + 3]: weights per expert, bias, lower and upper offset (log1p)
+    seasonal: F32  # [H] the seasonal expert (µg/m³), persistence where missing
+    persistence: float
+    mean: float  # the 48-hour mean (µg/m³)
+    widen: float  # interval widening for the hours since the last observation
+
+
+@dataclass(frozen=True, slots=True)
+class Combined:
+    point: F32  # [B, H] µg/m³
+    lo: F32
+    hi: F32
+
+
+class Adapter:
+    """The adaptation rules for one model (horizons, calibrated starting intervals) and lateness."""
+
+    def __init__(
+        self, *, lateness_hours: int, horizons: tuple[int, ...], q_lo: Sequence[float], q_hi: Sequence[float]
+    ) -> None:
+        missing = [h for h in ANCHORS if h not in horizons]
+        if missing or list(horizons) != list(range(1, len(horizons) + 1)):
+            raise ValueError(f"adaptation needs horizons 1..n including {ANCHORS}, got {horizons}")
+        self.lateness = lateness_hours
+        self.horizons = horizons
+        self._anchor_pos = np.array([h - 1 for h in ANCHORS])
+        # ring: from the oldest sealed target's 24-hour-earlier issue hour to the newest hour
+        self.ring_rows = lateness_hours + max(ANCHORS) + 2
+        self.prior = np.zeros((_A, _STAT_COLS), dtype=np.float32)
+        self.prior[:, _QLO] = np.asarray(q_lo, dtype=np.float32)
+        self.prior[:, _QHI] = np.asarray(q_hi, dtype=np.float32)
+        self._step = (_Q_STEP * np.maximum(self.prior[:, _QHI] - self.prior[:, _QLO], 0.1)).astype(np.float64)
+        self._prior_params = self._params(self.prior)
+
+    @classmethod
+    def for_spec(cls, spec_intervals: dict[str, Sequence[float]], horizons: tuple[int, ...], lateness_hours: int) -> Adapter:
+        lo = [float(spec_intervals["log_residual_lo"][h - 1]) for h in ANCHORS]
+        hi = [float(spec_intervals["log_residual_hi"][h - 1]) for h in ANCHORS]
+        return cls(lateness_hours=lateness_hours, horizons=horizons, q_lo=lo, q_hi=hi)
+
+    def new_state(self) -> StationAdaptation:
+        return StationAdaptation(
+            newest=-1,
+            sealed=-1,
+            ring=np.full((self.ring_rows, _RING_COLS), np.nan, dtype=np.float32),
+            stats=self.prior.copy(),
+        )
+
+    # -- per forecast, in arrival order --------------------------------------------------------
+    def record(
+        self,
+        st: StationAdaptation,
+        hour: int,
+        *,
+        observed: float,
+        persistence: float,
+        model: F32 | None,
+        mean: float = math.nan,
+        gap_hours: int = 0,
+    ) -> Row:
+        """Record what is known at issue hour ``hour`` (its observation, or NaN; persistence, the
+        window's mean and the model's forecast, or NaN/None when no forecast is issued; the hours
+        since the last observation), learn from every target newly sealed, and return what the
+        forecast at ``hour`` combines with."""
+        if st.ring.shape[0] != self.ring_rows:  # lateness changed by configuration: start afresh
+            st.ring = np.full((self.ring_rows, _RING_COLS), np.nan, dtype=np.float32)
+            st.newest = -1
+        if st.newest < 0:
+            st.newest = hour
+            st.sealed = max(st.sealed, hour - self.lateness - 1)
+        elif hour > st.newest:
+            self._advance(st, hour)
+        i = st.row(hour)
+        widen = float(np.float32(math.sqrt(1.0 + gap_hours / _GAP_WIDEN_HOURS)))
+        mean = persistence if math.isnan(mean) else mean
+        st.ring[i, _Y] = observed
+        st.ring[i, _PERS] = persistence
+        st.ring[i, _MEAN] = mean
+        st.ring[i, _WIDEN] = widen
+        st.ring[i, _MODEL:] = np.nan if model is None else model[self._anchor_pos]
+        params = self._snapshot_params(st, hour)
+        ys = st.ring[i - 23 : i + 1, _Y] if i >= 23 else np.full(24, np.nan, dtype=np.float32)
+        seasonal = np.where(np.isnan(ys), np.float32(persistence), ys).astype(np.float32)
+        return Row(params, seasonal, persistence, float(st.ring[i, _MEAN]), widen)
+
+    def _advance(self, st: StationAdaptation, hour: int) -> None:
+        """Seal the targets up to ``hour - L - 1`` (learning from those with data), take the
+        snapshots at the boundaries passed, then shift the ring to ``hour``."""
+        new_sealed = hour - self.lateness - 1
+        last_data = min(new_sealed, st.newest)
+        for target in range(st.sealed + 1, last_data + 1):
+            self._learn(st, target)
+            if (target + 1) % SNAPSHOT_EVERY == 0:
+                self._snap(st, target)
+        if new_sealed > max(st.sealed, last_data):  # boundaries with no data in between: same stats
+            first = ((max(st.sealed, last_data) + 1 + SNAPSHOT_EVERY) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1
+            last = ((new_sealed + 1) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1
+            for boundary in sorted({first, last}):
+                if max(st.sealed, last_data) < boundary <= new_sealed:
+                    self._snap(st, boundary)
+        st.sealed = max(st.sealed, new_sealed)
+        # kept: what a re-issue at hour - L uses, and what the forecasts behind the next sealed
+        # targets were published with (issued up to max(ANCHORS) hours before them)
+        keep_from = hour - 2 * self.lateness - 2 - max(ANCHORS)
+        older = [k for k, (b, _) in enumerate(st.snapshots) if b <= keep_from]
+        if older:
+            for b, _ in st.snapshots[: older[-1]]:
+                st.params.pop(b, None)
+            del st.snapshots[: older[-1]]
+        d = hour - st.newest
+        if d >= st.ring.shape[0]:
+            st.ring[:] = np.nan
+        else:
+            st.ring[:-d] = st.ring[d:]
+            st.ring[-d:] = np.nan
+        st.newest = hour
+
+    def _snap(self, st: StationAdaptation, boundary: int) -> None:
+        if st.snapshots and st.snapshots[-1][0] >= boundary:
+            return
+        st.snapshots.append((boundary, st.stats.copy()))
+
+    def _learn(self, st: StationAdaptation, target: int) -> None:
+        """Update the statistics with the pairs whose target hour is ``target`` (sealed)."""
+        i = st.row(target)
+        y = float(st.ring[i, _Y])
+        if math.isnan(y) or i - max(ANCHORS) < 0:
+            return
+        seasonal = float(st.ring[i - 24, _Y]) if i >= 24 else math.nan
+        s = st.stats.astype(np.float64)
+        log_y = math.log1p(y)
+        for a, h in enumerate(ANCHORS):
+            issue = i - h
+            pers, model = float(st.ring[issue, _PERS]), float(st.ring[issue, _MODEL + a])
+            if math.isnan(pers) or math.isnan(model):
+                continue  # no forecast was issued at that hour
+            f = (model, pers, pers if math.isnan(seasonal) else seasonal, float(st.ring[issue, _MEAN]))
+            row = s[a]
+            n = row[_N]
+            alpha = max(1.0 / (n + 1.0), _MSE_ALPHA_MIN)
+            e = [fk - y for fk in f]
+            for c, (j, k) in enumerate(_TRI):
+                row[c] += alpha * (e[j] * e[k] - row[c])
+            # the forecast as it was published at the issue hour (the snapshot it used)
+            pub = self._snapshot_params(st, target - h)[h - 1].astype(np.float64)
+            combo = sum(pub[k] * f[k] for k in range(_K))
+            row[_BIAS] += max(1.0 / (n + _BIAS_PRIOR_PAIRS), _MSE_ALPHA_MIN) * (y - combo - row[_BIAS])
+            center = math.log1p(max(combo + pub[_K], 0.0))
+            widen = float(st.ring[issue, _WIDEN])
+            step = self._step[a]
+            row[_QHI] += step * ((1.0 if log_y > center + pub[_K + 2] * widen else 0.0) - _Q_MISS)
+            row[_QLO] -= step * ((1.0 if log_y < center + pub[_K + 1] * widen else 0.0) - _Q_MISS)
+            row[_N] = n + 1.0
+        st.stats = s.astype(np.float32)
+
+    def _snapshot_params(self, st: StationAdaptation, hour: int) -> F32:
+        """The interpolated parameters of the snapshot a forecast at ``hour`` uses."""
+        limit = hour - self.lateness - 1
+        for b, stats in reversed(st.snapshots):
+            if b <= limit:
+                params = st.params.get(b)
+                if params is None:
+                    params = st.params[b] = self._params(stats)
+                return params
+        return self._prior_params
+
+    def _params(self, stats: F32) -> F32:
+        """[H, _K + 3]: weights, bias, lower and upper offset, interpolated between the anchors."""
+        s = stats.astype(np.float64)
+        per_anchor = np.array(
+            [[*_weights(s[a]), s[a, _BIAS], s[a, _QLO], s[a, _QHI]] for a in range(_A)], dtype=np.float64
+        )
+        hs = np.asarray(self.horizons, dtype=np.float64)
+        cols = [np.interp(hs, np.asarray(ANCHORS, dtype=np.float64), per_anchor[:, c]) for c in range(_K + 3)]
+        return np.stack(cols, axis=1).astype(np.float32)
+
+    def current_weights(self, st: StationAdaptation) -> dict[str, list[float]]:
+        """What the station's newest forecast uses, per anchor horizon: each expert's weight and
+        the bias (for reports and the dashboard)."""
+        params = self._snapshot_params(st, st.newest)
+        out: dict[str, list[float]] = {"horizons": list(ANCHORS)}
+        for k, name in enumerate(EXPERTS):
+            out[name] = [round(float(params[h - 1, k]), 4) for h in ANCHORS]
+        out["bias"] = [round(float(params[h - 1, _K]), 3) for h in ANCHORS]
+        out["pairs"] = [int(st.stats[a, _N]) for a in range(_A)]
+        return out
+
+    # -- a batch of forecasts, vectorised -------------------------------------------------------
+    def combine(self, rows: Sequence[Row], model_point: F32) -> Combined:
+        """The published forecasts of a batch: point, 10 % and 90 % bounds (µg/m³)."""
+        if not rows:
+            empty = np.zeros((0, len(self.horizons)), dtype=np.float32)
+            return Combined(empty, empty, empty)
+        params = np.stack([r.params for r in rows]).astype(np.float64)  # [B, H, K+3]
+        pers = np.array([r.persistence for r in rows], dtype=np.float64)[:, None]
+        mean = np.array([r.mean for r in rows], dtype=np.float64)[:, None]
+        seasonal = np.stack([r.seasonal for r in rows]).astype(np.float64)
+        experts = (model_point.astype(np.float64), pers, seasonal, mean)
+        point = sum(params[:, :, k] * experts[k] for k in range(_K)) + params[:, :, _K]
+        point = np.clip(point, 0.0, None)
+        widen = np.array([r.widen for r in rows], dtype=np.float64)[:, None]
+        base = np.log1p(point)
+        lo = np.expm1(base + params[:, :, _K + 1] * widen)
+        hi = np.expm1(base + params[:, :, _K + 2] * widen)
+        return Combined(
+            point=point.astype(np.float32),
+            lo=np.clip(lo, 0.0, point).astype(np.float32),
+            hi=np.maximum(hi, point).astype(np.float32),
+        )
+
+
+def _weights(row: npt.NDArray[np.float64]) -> tuple[float, ...]:
+    """Minimum-MSE combination weights from the error second moments (shrunk towards the
+    diagonal, clipped at zero, summing to one), blended in from "the model alone" over the first
+    pairs."""
+    n = float(row[_N])
+    alone = np.zeros(_K)
+    alone[0] = 1.0
+    if n <= 0:
+        return tuple(alone.tolist())
+    m = np.empty((_K, _K))
+    for c, (j, k) in enumerate(_TRI):
+        m[j, k] = m[k, j] = row[c]
+    m = (1.0 - _SHRINK) * m + _SHRINK * np.diag(np.diag(m)) + np.eye(_K) * 1e-3
+    try:
+        w = np.linalg.solve(m, np.ones(_K))
+    except np.linalg.LinAlgError:
+        w = 1.0 / np.diag(m)
+    w = np.clip(w, 0.0, None)
+    w = w / w.sum() if w.sum() > 0 else alone
+    lam = n / (n + _WARMUP_PAIRS)
+    return tuple(((1.0 - lam) * alone + lam * w).tolist())
