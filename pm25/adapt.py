@@ -11,11 +11,12 @@ forecast combines three *experts*:
 * ``mean_48h``: the mean PM2.5 observed over the last 48 hours (where long horizons revert to).
 
 Their weights are the minimum-mean-squared-error combination (Bates and Granger) from the
-exponentially weighted second moments of the experts' errors (about the last week of pairs, shrunk
+exponentially weighted covariance of the experts' errors (about the last week of pairs, shrunk
 towards the diagonal, weights clipped at zero and summing to one), blended in from "the model
-alone" over the first pairs of a new station; an exponentially weighted bias of the published
-combination is added. Correlated experts (the model and persistence at one hour) are weighed as
-such, which inverse-MSE weights cannot do. The 80 % interval is the combination moved by two
+alone" over the first two days of a new station; each expert is first corrected by its own
+exponentially weighted bias (so a model that is right in shape but wrong in level is kept, and a
+change of weights never meets a stale bias). Correlated experts (the model and persistence at one
+hour) are weighed as such, which inverse-MSE weights cannot do. The 80 % interval is the combination moved by two
 quantile trackers in log1p space (online quantile tracking, the step rule of adaptive conformal
 inference, Gibbs and Candes 2021; Angelopoulos et al. 2023): each miss of a published 90 % bound
 raises it, each hit lowers it by a ninth as much, so each station's long-run coverage of what it
@@ -63,12 +64,13 @@ EXPERTS: tuple[str, ...] = ("model", "persistence", "seasonal_24h", "mean_48h")
 SNAPSHOT_EVERY = 12
 _K = len(EXPERTS)
 _A = len(ANCHORS)
-# statistics columns: the upper triangle of the experts' error second-moment matrix, then pairs,
-# bias, lower and upper offset
+# statistics columns: the upper triangle of the experts' error second-moment matrix, each expert's
+# mean error (its bias), then pairs, lower and upper offset
 _TRI = [(j, k) for j in range(_K) for k in range(j, _K)]
 _N_TRI = len(_TRI)
-_N, _BIAS, _QLO, _QHI = _N_TRI, _N_TRI + 1, _N_TRI + 2, _N_TRI + 3
-_STAT_COLS = _N_TRI + 4
+_B0 = _N_TRI
+_N, _QLO, _QHI = _B0 + _K, _B0 + _K + 1, _B0 + _K + 2
+_STAT_COLS = _B0 + _K + 3
 #: shrinkage of the error covariance towards its diagonal (stabilises the combination weights)
 _SHRINK = 0.15
 # ring columns: observation, persistence and 48-hour mean at issue, the interval widening of the
@@ -79,7 +81,7 @@ _RING_COLS = 4 + _A
 _MSE_ALPHA_MIN = 1.0 / 168
 #: the bias is shrunk towards 0 over the first pairs (a noisy early mean would hurt)
 _BIAS_PRIOR_PAIRS = 24.0
-#: pairs over which the weights move from "model alone" to the inverse-MSE weights
+#: pairs over which the weights move linearly from "model alone" to the estimated weights
 _WARMUP_PAIRS = 48.0
 #: quantile tracker step, as a share of the bundle's calibrated interval width at that horizon
 _Q_STEP = 0.04
@@ -295,10 +297,12 @@ class Adapter:
             e = [fk - y for fk in f]
             for c, (j, k) in enumerate(_TRI):
                 row[c] += alpha * (e[j] * e[k] - row[c])
+            beta = max(1.0 / (n + _BIAS_PRIOR_PAIRS), _MSE_ALPHA_MIN)
+            for k in range(_K):
+                row[_B0 + k] += beta * (e[k] - row[_B0 + k])
             # the forecast as it was published at the issue hour (the snapshot it used)
             pub = self._snapshot_params(st, target - h)[h - 1].astype(np.float64)
             combo = sum(pub[k] * f[k] for k in range(_K))
-            row[_BIAS] += max(1.0 / (n + _BIAS_PRIOR_PAIRS), _MSE_ALPHA_MIN) * (y - combo - row[_BIAS])
             center = math.log1p(max(combo + pub[_K], 0.0))
             widen = float(st.ring[issue, _WIDEN])
             step = self._step[a]
@@ -322,7 +326,9 @@ class Adapter:
         """[H, _K + 3]: weights, bias, lower and upper offset, interpolated between the anchors."""
         s = stats.astype(np.float64)
         per_anchor = np.array(
-            [[*_weights(s[a]), s[a, _BIAS], s[a, _QLO], s[a, _QHI]] for a in range(_A)], dtype=np.float64
+            [[*w, -sum(wk * s[a, _B0 + k] for k, wk in enumerate(w)), s[a, _QLO], s[a, _QHI]]
+             for a, w in ((a, _weights(s[a])) for a in range(_A))],
+            dtype=np.float64,
         )
         hs = np.asarray(self.horizons, dtype=np.float64)
         cols = [np.interp(hs, np.asarray(ANCHORS, dtype=np.float64), per_anchor[:, c]) for c in range(_K + 3)]
@@ -375,6 +381,8 @@ def _weights(row: npt.NDArray[np.float64]) -> tuple[float, ...]:
     m = np.empty((_K, _K))
     for c, (j, k) in enumerate(_TRI):
         m[j, k] = m[k, j] = row[c]
+    b = row[_B0 : _B0 + _K]
+    m = m - np.outer(b, b)  # the covariance of the bias-corrected errors
     m = (1.0 - _SHRINK) * m + _SHRINK * np.diag(np.diag(m)) + np.eye(_K) * 1e-3
     try:
         w = np.linalg.solve(m, np.ones(_K))
@@ -382,5 +390,5 @@ def _weights(row: npt.NDArray[np.float64]) -> tuple[float, ...]:
         w = 1.0 / np.diag(m)
     w = np.clip(w, 0.0, None)
     w = w / w.sum() if w.sum() > 0 else alone
-    lam = n / (n + _WARMUP_PAIRS)
+    lam = min(n / _WARMUP_PAIRS, 1.0)
     return tuple(((1.0 - lam) * alone + lam * w).tolist())

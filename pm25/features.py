@@ -143,7 +143,7 @@ def _since_last(missing: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
 
 
 def _diff(x: F32, lag: int) -> F32:
-    """x[t] - x[t - lag] along axis 1 (0 for the first ``lag`` hours)."""
+    """x[t] - x[t - lag] along axis 1 (0, no change, for the first ``lag`` hours)."""
     out = np.zeros_like(x)
     out[:, lag:] = x[:, lag:] - x[:, :-lag]
     return out
@@ -222,7 +222,7 @@ def make_features(
         raise ValueError(f"unknown features {unknown}")
     c = _Ctx(raw, end_hours)
     gap = c.since_obs[:, -1]
-    usable = gap <= max_gap_hours  # also False for a window with no PM2.5 at all (gap = W)
+    usable = (gap <= max_gap_hours) & ~c.missing_pm.all(axis=1)
     with np.errstate(invalid="ignore"):
         cols = [np.asarray(_FEATURE_FNS[n](c), dtype=np.float32) for n in names]
     out = np.stack(cols, axis=2) if cols else np.zeros((*raw.shape[:2], 0), dtype=np.float32)

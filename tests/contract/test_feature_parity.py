@@ -3,18 +3,20 @@ ones the stream builds from the same readings arriving one by one."""
 
 import numpy as np
 
-from pm25.adapters import read_single_site
+from pm25.adapters import multisite_files, read_multisite
 from pm25.features import make_features
 from pm25.window import apply_reading
 from training.dataset import DataConfig, load_series, make_samples
+from training.train import MODEL_FEATURES
 
-W, GAP = 24, 6
+W, GAP = 48, 36
 
 
 def test_training_samples_equal_stream_windows():
-    series = load_series(DataConfig())
-    start = 1680  # a stretch with short and long gaps in PM2.5
-    readings = [r for _, r in zip(range(start + 600), read_single_site(), strict=False)][start:]
+    path = next(p for p in multisite_files() if "Dingling" in p.name)
+    series = load_series(path, read_multisite(path), DataConfig())
+    start = int(np.flatnonzero(np.isnan(series.pm25))[0]) - 300  # a stretch with gaps in PM2.5
+    readings = [r for _, r in zip(range(start + 900), read_multisite(path), strict=False)][start:]
     assert sum(r.pm25 is None for r in readings) > 0
     state = None
     stream_raw, ends = [], []
@@ -26,8 +28,8 @@ def test_training_samples_equal_stream_windows():
     stream_raw = np.stack(stream_raw)[W:]  # skip the warm-up, whose windows start before the slice
     ends = np.array(ends[W:])
     index = ends - series.hours[0]
-    samples = make_samples(series, index, W, 24, GAP)
-    stream = make_features(stream_raw, ends, GAP)
-    assert len(samples.end_index) == int(stream.usable.sum()) > 400
+    samples = make_samples(series, index, W, 24, GAP, MODEL_FEATURES)
+    stream = make_features(stream_raw, ends, GAP, MODEL_FEATURES)
+    assert len(samples.end_hour) == int(stream.usable.sum()) > 400
     np.testing.assert_array_equal(samples.x, stream.features[stream.usable])
     np.testing.assert_array_equal(samples.last_pm25, stream.last_pm25[stream.usable])

@@ -65,3 +65,41 @@ def test_split_inference_gives_the_same_messages_as_one_call():
         outputs.append(sent)
     assert len(outputs[0]) > 60 and outputs[0] == outputs[1]
     assert any(b'"scored_horizons"' in value for _, value in outputs[0])  # scores were produced too
+
+
+def _worker_like_run(readings, restart_at=None, batch=50):
+    """The worker's path without a broker: intake (parse + apply into a table), the batch's graph
+    and finish, then the saved value (window + adaptation) per station. ``restart_at``: after that
+    many readings a new Processor starts from the saved values only (what a kill -9 leaves)."""
+    proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: 10**9)
+    table: dict[str, bytes] = {}  # what the worker keeps in memory
+    saved: dict[str, bytes] = {}  # what the changelog holds (written after the batch is delivered)
+    out = []
+    assert restart_at is None or restart_at % batch == 0
+    for i in range(0, len(readings), batch):
+        if i == restart_at:
+            proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: 10**9)
+            table = dict(saved)
+        requests, windows = [], {}
+        for offset, r in enumerate(readings[i : i + batch], start=i):
+            state, reqs = proc.apply(table.get(r.station_id), r, offset)
+            if state is not None:
+                table[r.station_id] = windows[r.station_id] = state
+            requests.extend(reqs)
+        job = proc.prepare(requests)
+        forecasts, _ = proc.finish(job, job.run(), proc.take_observed())
+        out.extend(forecasts)
+        saved.update({sid: proc.state_value(sid, w) for sid, w in windows.items()})
+    return out
+
+
+def test_adaptation_survives_a_restart_from_saved_states_and_equals_the_backtest():
+    from benchmarks.bench import synthetic_readings
+    from stream_processor.engine import run_offline
+
+    readings = synthetic_readings(3, 24 * 8)  # 8 days: the adaptation has learned by the end
+    whole = _worker_like_run(readings)
+    restarted = _worker_like_run(readings, restart_at=350)  # day 5: learned weights in use
+    assert len(whole) == len(readings) and whole == restarted
+    offline = [(f.station_id.encode(), f.value) for f in run_offline(make_engine(Settings()), readings, batch_size=77)]
+    assert offline == whole

@@ -1,0 +1,149 @@
+"""Online adaptation per station (pm25.adapt): order independence, convergence, coverage, state."""
+
+import random
+
+import numpy as np
+import pytest
+
+from pm25.adapt import EXPERTS, Adapter, StationAdaptation
+
+H = tuple(range(1, 25))
+
+
+def adapter(lateness: int = 24) -> Adapter:
+    return Adapter(lateness_hours=lateness, horizons=H, q_lo=[-0.3] * 5, q_hi=[0.3] * 5)
+
+
+def series(n: int, seed: int = 0, level: float = 50.0) -> np.ndarray:
+    """A daily cycle with autocorrelated noise and a few episodes, never negative."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    noise = np.zeros(n)
+    for i in range(1, n):
+        noise[i] = 0.9 * noise[i - 1] + rng.normal(0, 0.15)
+    return level * np.exp(0.3 * np.sin(t / 24 * 2 * np.pi) + noise)
+
+
+def replay(a: Adapter, y: np.ndarray, order, model_of, window: int = 48):
+    """The stream's re-issue rule (pm25.window): a reading re-issues every present later hour whose
+    window contains it. Returns the last forecast published for each issue hour."""
+    st = a.new_state()
+    out, present, newest = {}, set(), -1
+    for r in order:
+        present.add(r)
+        newest = max(newest, r)
+        for t in [r] + [h for h in range(r + 1, min(newest, r + window - 1) + 1) if h in present]:
+            past = [y[h] for h in range(max(0, t - window + 1), t + 1) if h in present]
+            model = model_of(t)
+            row = a.record(
+                st, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(np.mean(past))
+            )
+            c = a.combine([row], model[None])
+            out[t] = (c.point[0].copy(), c.lo[0].copy(), c.hi[0].copy())
+    return out, st
+
+
+def test_a_new_station_starts_from_the_model_alone():
+    a = adapter()
+    st = a.new_state()
+    model = np.linspace(30, 60, 24).astype(np.float32)
+    row = a.record(st, 1000, observed=10.0, persistence=10.0, model=model, mean=20.0)
+    c = a.combine([row], model[None])
+    np.testing.assert_allclose(c.point[0], model, rtol=1e-6)
+    assert (c.lo[0] < c.point[0]).all() and (c.hi[0] > c.point[0]).all()
+
+
+def test_final_forecasts_do_not_depend_on_arrival_order_within_the_lateness():
+    y = series(900, seed=1)
+    a = adapter()
+
+    def model_of(t):
+        return np.full(24, 0.6 * y[t] + 5.0, dtype=np.float32)
+
+    clean, _ = replay(a, y, range(len(y)), model_of)
+    order = list(range(len(y)))
+    rng = random.Random(4)
+    for i in range(0, len(order), 8):  # shuffled within blocks of 8 hours (lateness 24 h)
+        block = order[i : i + 8]
+        rng.shuffle(block)
+        order[i : i + 8] = block
+    dups = [order[i] for i in rng.sample(range(len(order)), 150)]
+    for d in dups:  # duplicates re-sent a few hours later
+        order.insert(min(order.index(d) + rng.randrange(1, 12), len(order)), d)
+    messy, _ = replay(a, y, order, model_of)
+    assert clean.keys() == messy.keys()
+    for t in clean:
+        for x, z in zip(clean[t], messy[t], strict=True):
+            np.testing.assert_array_equal(x, z)
+
+
+def test_a_biased_model_is_corrected_within_days_to_beat_every_reference():
+    """A station at a quarter of the model's idea of the level: the model says 4x the truth."""
+    y = series(24 * 40, seed=2, level=12.0)
+    a = adapter()
+
+    def model_of(t):
+        return np.full(24, 4.0 * y[t], dtype=np.float32)
+
+    out, st = replay(a, y, range(len(y)), model_of)
+    late = range(24 * 10, len(y) - 24)  # after ten days
+    for h in (1, 6, 24):
+        err = np.sqrt(np.mean([(out[t][0][h - 1] - y[t + h]) ** 2 for t in late]))
+        pers = np.sqrt(np.mean([(y[t] - y[t + h]) ** 2 for t in late]))
+        model = np.sqrt(np.mean([(4.0 * y[t] - y[t + h]) ** 2 for t in late]))
+        assert err <= pers * 1.02, (h, err, pers)
+        assert err < model / 5
+    weights = a.current_weights(st)
+    assert weights["model"][0] < 0.05  # the model has been weighed out
+    assert set(EXPERTS) <= set(weights)
+
+
+def test_intervals_cover_80_percent_whatever_the_level():
+    for level in (8.0, 200.0):
+        y = series(24 * 120, seed=3, level=level)
+        a = adapter()
+        out, _ = replay(a, y, range(len(y)), lambda t, y=y: np.full(24, y[t], dtype=np.float32))
+        late = range(24 * 20, len(y) - 24)
+        for h in (1, 12, 24):
+            inside = np.mean([out[t][1][h - 1] <= y[t + h] <= out[t][2][h - 1] for t in late])
+            assert 0.75 <= inside <= 0.85, (level, h, inside)
+
+
+def test_the_state_round_trips_and_continues_exactly():
+    y = series(600, seed=5)
+    a = adapter()
+
+    def model_of(t):
+        return np.full(24, 0.8 * y[t], dtype=np.float32)
+
+    whole, st_whole = replay(a, y, range(600), model_of)
+    # stop after 300 hours, save the state, restore it in a "new process" and go on
+    _, st = replay(a, y, range(300), model_of)
+    restored = StationAdaptation.from_bytes(st.to_bytes())
+    assert restored.to_bytes() == st.to_bytes()
+    for t in range(300, 600):
+        model = model_of(t)
+        past = [y[h] for h in range(t - 47, t + 1)]
+        row = a.record(restored, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(np.mean(past)))
+        np.testing.assert_array_equal(a.combine([row], model[None]).point[0], whole[t][0])
+    assert restored.to_bytes() == st_whole.to_bytes()
+
+
+def test_gaps_widen_the_interval():
+    a = adapter()
+    st = a.new_state()
+    model = np.full(24, 40.0, dtype=np.float32)
+    now = a.record(st, 10, observed=40.0, persistence=40.0, model=model, gap_hours=0)
+    later = a.record(st, 11, observed=float("nan"), persistence=40.0, model=model, gap_hours=24)
+    c = a.combine([now, later], np.stack([model, model]))
+    assert (c.hi[1] - c.lo[1] > c.hi[0] - c.lo[0]).all()
+
+
+def test_unreadable_bytes_are_refused():
+    from pm25.adapt import AdaptFormatError
+
+    with pytest.raises(AdaptFormatError):
+        StationAdaptation.from_bytes(b"\x09" * 40)
+    good = adapter().new_state().to_bytes()
+    with pytest.raises(AdaptFormatError):
+        StationAdaptation.from_bytes(good[:-3])
