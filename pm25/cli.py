@@ -98,6 +98,48 @@ def cmd_broker(args: argparse.Namespace) -> int:
         broker.stop()
 
 
+def cmd_kafka(args: argparse.Namespace) -> int:
+    """Apache Kafka (KRaft, one node) in the foreground until Ctrl-C or SIGTERM."""
+    import signal
+
+    from pm25.apache_kafka import ApacheKafka, KafkaUnavailable
+
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    broker = ApacheKafka(args.port, data_dir)
+    stopping: list[int] = []
+
+    def on_term(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        broker.start()
+    except KafkaUnavailable as err:
+        print(f"pm25 kafka: {err}", file=sys.stderr)
+        broker.close()
+        return 2
+    except KeyboardInterrupt:
+        broker.close()
+        return 0
+    where = f"data in {broker.data_dir}" if data_dir else "data in a temporary folder (deleted on exit)"
+    print(
+        f"Apache Kafka {broker.version} (KRaft) on {broker.bootstrap_servers}; {where}; "
+        f"log {broker.log_path}. Ctrl-C stops it.\n"
+        f"  export PM25_BOOTSTRAP_SERVERS={broker.bootstrap_servers}",
+        flush=True,
+    )
+    try:
+        assert broker.proc is not None
+        code = broker.proc.wait()
+        print(f"pm25 kafka: the broker exited with {code}: {broker.tail(400)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.close()
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from pm25.kafka import ensure_topics
 
@@ -300,14 +342,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pm25-forecaster")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pm25", description="Event-driven PM2.5 forecaster (Kafka + Faust + ONNX).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"pm25 {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) in the foreground")
     s.add_argument("--port", type=_port, default=9092, help="port on 127.0.0.1 (default 9092)")
     s.set_defaults(func=cmd_broker)
+
+    s = sub.add_parser("kafka", help="run Apache Kafka (KRaft, from Maven Central; needs java and mvn) in the foreground")
+    s.add_argument("--port", type=_port, default=9092, help="port on 127.0.0.1 (default 9092)")
+    s.add_argument("--data-dir", help="where the broker keeps its data across restarts (default: a temporary folder)")
+    s.set_defaults(func=cmd_kafka)
 
     s = sub.add_parser("topics", help="create the project's topics if missing")
     _kafka_args(s, "readings", "forecasts", "dlq")

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.broker
 STATIONS = {"Dongsi", "Wanliu", "Huairou", "Gucheng"}
 
 
+@pytest.mark.parametrize("broker", ["apache", "embedded"], indirect=True)
 def test_worker_publishes_forecasts_equal_to_backtest(settings, start_worker, report_counts):
     readings = list(load_source("multisite", [], stations=STATIONS, hours=80))
     expected = {(f.station_id, f.issued_at): f.value for f in run_offline(make_engine(settings), readings)}

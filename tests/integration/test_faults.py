@@ -76,6 +76,7 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_are_forecast(settings, s
     assert _get(worker.web_port, "/health")[0] == 200
 
 
+@pytest.mark.parametrize("broker", ["apache", "embedded"], indirect=True)
 def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker, report_counts):
     readings = list(load_source("multisite", [], stations=STATIONS, hours=720))
     expected = expected_forecasts(settings, readings)
