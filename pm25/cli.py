@@ -76,6 +76,13 @@ def _kafka_args(p: argparse.ArgumentParser, *topics: str) -> None:
         metavar="HOST:PORT",
         help="Kafka bootstrap servers (env PM25_BOOTSTRAP_SERVERS, default 127.0.0.1:9092)",
     )
+    p.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=15.0,
+        metavar="S",
+        help="give up with an error when no broker answers within S seconds (default 15)",
+    )
     for t in topics:
         p.add_argument(f"--{t}-topic", metavar="NAME", help=f"{t} topic (env PM25_{t.upper()}_TOPIC)")
 
@@ -140,10 +147,25 @@ def cmd_kafka(args: argparse.Namespace) -> int:
         broker.close()
 
 
+def _reachable(settings: Any, timeout: float) -> None:
+    """A broker that does not answer is a one-line error (exit 3), not a client retrying forever."""
+    from pm25.kafka import BrokerUnreachable, wait_for_broker
+
+    try:
+        wait_for_broker(settings, timeout)
+    except BrokerUnreachable as err:
+        raise Unreachable(str(err)) from err
+
+
+class Unreachable(Exception):
+    """A command could not reach its broker."""
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from pm25.kafka import ensure_topics
 
     settings = _settings(args)
+    _reachable(settings, args.connect_timeout)
     created = ensure_topics(settings)
     print(f"topics created: {', '.join(created) or 'none (all existed)'}")
     return 0
@@ -168,6 +190,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     report = ReplayReport()
     stations = set(args.stations.split(",")) if args.stations else None
     readings = load_source(args.source, report.invalid, stations, _iso_hour(args.start), args.hours)
+    _reachable(settings, args.connect_timeout)
     ensure_topics(settings)
     producer = make_producer(settings)
     try:
@@ -201,6 +224,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream_processor.app import Worker
 
     settings = _settings(args)
+    _reachable(settings, args.connect_timeout)  # at start-up; an established broker lost later is retried
     ensure_topics(settings)
     counts = partition_counts(settings, settings.readings_topic, settings.forecasts_topic)
     worker = Worker(settings, copartitioned=len(set(counts.values())) == 1 and None not in counts.values())
@@ -226,6 +250,7 @@ def cmd_forecasts(args: argparse.Namespace) -> int:
     from pm25.viewer import format_forecast
 
     settings = _settings(args)
+    _reachable(settings, min(args.timeout, args.connect_timeout) if args.timeout else args.connect_timeout)
     consumer = make_consumer(
         settings,
         settings.forecasts_topic,
@@ -331,7 +356,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboard.server import run_dashboard
 
-    run_dashboard(_settings(args), args.host, args.port)
+    settings = _settings(args)
+    _reachable(settings, args.connect_timeout)
+    run_dashboard(settings, args.host, args.port)
     return 0
 
 
@@ -486,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BundleError as err:
         print(f"pm25 {args.command}: model store error: {err}", file=sys.stderr)
         return 1
+    except Unreachable as err:
+        print(f"pm25 {args.command}: {err}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 

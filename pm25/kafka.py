@@ -10,7 +10,15 @@ from typing import Any
 from pm25.embedded import kafka_consumer_overrides
 from pm25.settings import Settings
 
-__all__ = ["TOPIC_CONFIGS", "ensure_topics", "make_consumer", "make_producer", "partition_counts"]
+__all__ = [
+    "TOPIC_CONFIGS",
+    "BrokerUnreachable",
+    "ensure_topics",
+    "make_consumer",
+    "make_producer",
+    "partition_counts",
+    "wait_for_broker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +27,53 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "forecasts": {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
     "dlq": {"retention.ms": str(30 * 24 * 3600 * 1000)},
 }
+
+
+class BrokerUnreachable(ConnectionError):
+    """No broker answered at the configured address within the timeout."""
+
+
+def wait_for_broker(settings: Settings, timeout: float = 10.0) -> None:
+    """Return once a broker at ``settings.bootstrap_servers`` answers a metadata request; raise
+    BrokerUnreachable (naming the address) when none does within ``timeout`` seconds. The client's
+    own retry warnings are kept quiet meanwhile: the one line of the exception says it all."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    quiet = logging.getLogger("kafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrokerUnreachable(
+                    f"cannot reach a Kafka broker at {settings.bootstrap_servers} within {timeout:g} s ({last})"
+                )
+            try:
+                admin = KafkaAdminClient(
+                    bootstrap_servers=settings.bootstrap_servers,
+                    client_id="pm25-probe",
+                    request_timeout_ms=max(int(left * 1000), 1000),
+                    bootstrap_timeout_ms=max(int(left * 1000), 500),
+                    reconnect_backoff_max_ms=500,
+                    **settings.kafka_python_security(),
+                )
+            except (KafkaError, OSError, ValueError) as err:
+                last = type(err).__name__
+                time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+                continue
+            try:
+                if admin.describe_cluster().get("brokers"):
+                    return
+            except (KafkaError, OSError) as err:
+                last = type(err).__name__
+            finally:
+                admin.close()
+    finally:
+        quiet.setLevel(level)
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:

@@ -58,3 +58,33 @@ def test_backtest_writes_forecasts(tmp_path):
     assert main(["backtest", "--readings", str(csv_path), "--out", str(out), "--quiet"]) == 0
     lines = out.read_bytes().splitlines()
     assert 0 < len(lines) <= len(readings)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["forecasts", "--timeout", "2"],
+        ["topics", "--connect-timeout", "2"],
+        ["produce", "--hours", "1", "--connect-timeout", "2"],
+        ["worker", "--connect-timeout", "2"],
+        ["dashboard", "--connect-timeout", "2"],
+    ],
+)
+def test_an_unreachable_broker_is_one_line_and_a_non_zero_exit(argv, capsys):
+    assert main([*argv, "--bootstrap-servers", "127.0.0.1:1"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach a Kafka broker at 127.0.0.1:1 within 2 s" in err[0]
+
+
+def test_kafka_without_java_or_maven_says_so_and_exits_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java, no mvn
+    monkeypatch.setenv("PM25_KAFKA_CACHE", str(tmp_path / "cache"))  # nothing resolved yet
+    assert main(["kafka", "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "java and mvn not found" in err[0]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("pm25 ")
