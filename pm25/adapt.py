@@ -11,7 +11,7 @@ forecast combines three *experts*:
 * ``mean_48h``: the mean PM2.5 observed over the last 48 hours (where long horizons revert to).
 
 Their weights are the minimum-mean-squared-error combination (Bates and Granger) from the
-exponentially weighted covariance of the experts' errors (about the last week of pairs, shrunk
+exponentially weighted covariance of the experts' errors (about the last 90 days of pairs, shrunk
 towards the diagonal, weights clipped at zero and summing to one), blended in from "the model
 alone" over the first two days of a new station; each expert is first corrected by its own
 exponentially weighted bias (so a model that is right in shape but wrong in level is kept, and a
@@ -77,8 +77,9 @@ _SHRINK = 0.15
 # forecast issued then, the model's forecast per anchor (µg/m³)
 _Y, _PERS, _MEAN, _WIDEN, _MODEL = 0, 1, 2, 3, 4
 _RING_COLS = 4 + _A
-#: exponential weights: about the last week of pairs, a plain mean before that
-_MSE_ALPHA_MIN = 1.0 / 168
+#: exponential weights: about the last 90 days of pairs (a plain mean before that); chosen on the
+#: validation year among 3, 30 and 90 days (`pm25 evaluate --split val`, docs/skill.md)
+_MSE_ALPHA_MIN = 1.0 / 2160
 #: the bias is shrunk towards 0 over the first pairs (a noisy early mean would hurt)
 _BIAS_PRIOR_PAIRS = 24.0
 #: pairs over which the weights move linearly from "model alone" to the estimated weights

@@ -306,9 +306,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.dataset import DataConfig
 
     new_stations = DataConfig().new_stations
-    per_station, bounds = shipped_test_year()
+    per_station, bounds = shipped_test_year(args.split)
     yardstick = None
-    if not args.no_yardstick:
+    if not args.no_yardstick and args.split == "test":
         try:
             yardstick = gradient_boosting_yardstick(settings)
         except ImportError as err:
@@ -317,7 +317,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         settings,
         per_station,
         bounds,
-        period="test year 2016-03-01 to 2017-02-28 (China Standard Time)",
+        period=(
+            "test year 2016-03-01 to 2017-02-28 (China Standard Time)"
+            if args.split == "test"
+            else "validation year 2015-03-01 to 2016-02-29 (China Standard Time; tuning only)"
+        ),
         new_stations=new_stations,
         yardstick=yardstick,
         progress=not args.quiet,
@@ -454,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="backtest the production bundle per station on the test year vs persistence and yardstick"
     )
     s.add_argument("--no-yardstick", action="store_true", help="skip the gradient-boosting yardstick")
+    s.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="test: the held-out year, all 12 stations (default); val: the validation year, for tuning",
+    )
     s.add_argument("--out", default="reports", help="folder for evaluation.json/.md/.png (default reports/)")
     s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -154,14 +154,18 @@ class Evaluation:
         }
 
 
-def shipped_test_year(new_stations: Sequence[str] = ()) -> tuple[list[list[Reading]], tuple[int, int]]:
-    """The 12 multi-site stations' readings (warm-up + test year) and the test year's hour bounds."""
+def shipped_test_year(split: str = "test") -> tuple[list[list[Reading]], tuple[int, int]]:
+    """The multi-site stations' readings (warm-up + the split's year) and the year's hour bounds:
+    the test year for all 12 stations, or the validation year (``split="val"``, where every tuning
+    of the adaptation is done) without the new stations."""
     from training.dataset import DataConfig
 
     cfg = DataConfig()
-    start, end = cfg.bounds()["test"]
+    start, end = cfg.bounds()[split]
     per_station = []
     for path in multisite_files():
+        if split != "test" and any(name in path.name for name in cfg.new_stations):
+            continue
         rs = [r for r in read_multisite(path) if not isinstance(r, RowError)]
         per_station.append([r for r in rs if start - WARMUP_HOURS <= r.hour < end + 24])  # type: ignore[union-attr]
     return per_station, (start, end)
