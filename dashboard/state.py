@@ -27,6 +27,7 @@ class _Station:
     readings: dict[int, float | None] = field(default_factory=dict)
     forecasts: dict[int, Forecast] = field(default_factory=dict)
     skill: list[dict[str, Any]] = field(default_factory=list)
+    adaptation: dict[str, Any] = field(default_factory=dict)
     newest: int = 0
 
 
@@ -56,6 +57,8 @@ class DashboardState:
     def add_score(self, body: dict[str, Any]) -> None:
         st = self._station(str(body["station_id"]), iso_to_hour(body["target_time"]))
         st.skill = list(body.get("skill", []))
+        if body.get("adaptation"):
+            st.adaptation = dict(body["adaptation"])
 
     # -- views -------------------------------------------------------------------------------
     def stations(self) -> list[dict[str, Any]]:
@@ -81,7 +84,12 @@ class DashboardState:
                     points.append({"target_time": x.target_time, "pm25": x.pm25})
             past[str(lead)] = points
         summary = self._summary(station_id, st)
-        return summary | {"readings": readings, "past_forecasts": past, "skill": st.skill}
+        return summary | {
+            "readings": readings,
+            "past_forecasts": past,
+            "skill": st.skill,
+            "adaptation": st.adaptation,
+        }
 
     def _summary(self, station_id: str, st: _Station) -> dict[str, Any]:
         latest_reading = None

@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -113,8 +114,11 @@ class HindcastScorer:
             mask |= 1 << j
         st.present[slot] = mask
 
-    def observe(self, station_id: str, hour: int, pm25: float | None) -> bytes | None:
-        """Score the forecasts for ``hour``; returns a score message (JSON) or None."""
+    def observe(
+        self, station_id: str, hour: int, pm25: float | None, extra: Callable[[], dict[str, Any]] | None = None
+    ) -> bytes | None:
+        """Score the forecasts for ``hour``; returns a score message (JSON) or None. ``extra``: more
+        fields for the message (called only when one is published)."""
         st = self._stations.get(station_id)
         if st is None or pm25 is None:
             return None
@@ -140,15 +144,16 @@ class HindcastScorer:
         st.scored[target] = done
         if not scored or hour % PUBLISH_EVERY_HOURS:
             return None
-        return orjson.dumps(
-            {
-                "station_id": station_id,
-                "target_time": hour_to_iso(hour),
-                "actual": pm25,
-                "scored_horizons": scored,
-                "skill": [st.skill[h].as_dict(h) for h in SCORED_HORIZONS],
-            }
-        )
+        body: dict[str, Any] = {
+            "station_id": station_id,
+            "target_time": hour_to_iso(hour),
+            "actual": pm25,
+            "scored_horizons": scored,
+            "skill": [st.skill[h].as_dict(h) for h in SCORED_HORIZONS],
+        }
+        if extra is not None:
+            body.update(extra())
+        return orjson.dumps(body)
 
     def station_skill(self, station_id: str) -> list[dict[str, float | int]]:
         st = self._stations.get(station_id)

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -167,7 +168,7 @@ class Processor:
     def _score(self, observed: list[Observation]) -> list[tuple[bytes, bytes]]:
         scores = []
         for station, hour, pm25 in observed:
-            msg = self.scorer.observe(station, hour, pm25)
+            msg = self.scorer.observe(station, hour, pm25, lambda station=station: self._adaptation_view(station))
             if msg is not None:
                 scores.append((station.encode(), msg))
         if observed:
@@ -177,6 +178,14 @@ class Processor:
                     self.metrics.hindcast_rmse.labels(model="persistence", horizon=str(h)).set(skill.p_mse**0.5)
                     self.metrics.hindcast_pairs.labels(horizon=str(h)).set(skill.n)
         return scores
+
+    def _adaptation_view(self, station_id: str) -> dict[str, Any]:
+        """How the station's adaptation weighs the model against its references now (for the
+        score messages the dashboard shows)."""
+        st = self.adaptations.get(station_id)
+        if st is None or st.newest < 0:
+            return {}
+        return {"adaptation": self.engine.adapter(self.engine.model).current_weights(st)}
 
     def _forecast(self, job: Inference, graph_out: npt.NDArray[np.float32]) -> list[tuple[bytes, bytes]]:
         requests, model = job.requests, job.model

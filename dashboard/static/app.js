@@ -143,6 +143,11 @@ async function renderStation() {
     el("td", {}, `+${k.h} h`), el("td", {}, String(k.n)), el("td", {}, k.rmse.toFixed(1)),
     el("td", {}, k.persistence_rmse.toFixed(1)), el("td", {}, k.mae.toFixed(1)),
     el("td", {}, k.n ? (k.rmse < k.persistence_rmse ? "yes" : "no") : "—"))));
+  const a = s.adaptation || {};
+  const pct = (v) => (v === undefined ? "—" : `${Math.round(v * 100)} %`);
+  document.querySelector("#adaptation tbody").replaceChildren(...(a.horizons || []).map((h, i) => el("tr", {},
+    el("td", {}, `+${h} h`), el("td", {}, pct(a.model[i])), el("td", {}, pct(a.persistence[i])),
+    el("td", {}, pct(a.seasonal_24h[i])), el("td", {}, pct(a.mean_48h[i])), el("td", {}, String(a.pairs[i])))));
   status(`issued ${s.forecast ? hhmm(s.forecast.issued_at) : "—"} · updated ${new Date().toLocaleTimeString()}`);
 }
 

@@ -41,6 +41,8 @@ def filled() -> DashboardState:
             "station_id": "Dongsi",
             "target_time": hour_to_iso(H0 + 59),
             "skill": [{"h": 1, "n": 5, "rmse": 3.0, "mae": 2.0, "persistence_rmse": 4.0, "persistence_mae": 3.0}],
+            "adaptation": {"horizons": [1, 24], "model": [0.7, 0.2], "persistence": [0.3, 0.3],
+                           "seasonal_24h": [0.0, 0.1], "mean_48h": [0.0, 0.4], "bias": [0.1, -2.0], "pairs": [30, 20]},
         }
     )
     return s
@@ -88,6 +90,7 @@ def test_api_station_detail_has_history_past_forecasts_and_skill():
     # the forecast made 6 h ahead for the newest hour was issued at H0+53 with value 73+6
     assert d["past_forecasts"]["6"][-1] == {"target_time": hour_to_iso(H0 + 59), "pm25": 79.0}
     assert d["skill"][0]["persistence_rmse"] == 4.0
+    assert d["adaptation"]["model"] == [0.7, 0.2]  # how the station weighs the model now
 
 
 def test_unknown_station_is_404():

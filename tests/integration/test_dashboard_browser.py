@@ -98,6 +98,8 @@ def test_dashboard_live_in_headless_chromium(settings_env, settings, start_worke
             issued_before = page.get_attribute("#chart", "data-issued")
             rows = page.locator("#next tbody tr").count()
             assert rows == 24
+            page.wait_for_selector("#adaptation tbody tr")  # the station's current weights
+            assert page.locator("#adaptation tbody tr").count() == 5
             # new readings -> new forecast, shown without reloading the page
             page.evaluate("window.__noReload = true")
             send_readings(settings, later)
