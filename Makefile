@@ -26,8 +26,10 @@ $(VENV)/.all: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[serving,training,dev]'
 	@touch $@ $(VENV)/.serving
 
+# BROKER=kafka runs the demo on Apache Kafka (from Maven Central: needs java and mvn).
+BROKER ?= embedded
 demo: $(VENV)/.serving
-	$(BIN)/pm25 demo
+	$(BIN)/pm25 demo --broker $(BROKER)
 
 # The browser test drives Debian's chromium (no browser download); installed here when missing.
 chromium:

@@ -369,7 +369,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pm25.demo import run_demo
 
-    return run_demo(hours=args.hours, speedup=args.speedup, timeout=args.timeout, keep_open=args.keep_open)
+    return run_demo(
+        hours=args.hours, speedup=args.speedup, timeout=args.timeout, keep_open=args.keep_open, broker_kind=args.broker
+    )
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -495,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--timeout", type=_positive_float, default=180.0, help="give up after this many seconds")
     s.add_argument("--keep-open", action="store_true", help="after the summary, keep everything running until Ctrl-C")
+    s.add_argument(
+        "--broker",
+        choices=["embedded", "kafka"],
+        default="embedded",
+        help="embedded: Tansu, no Java (default); kafka: Apache Kafka from Maven Central (needs java and mvn)",
+    )
     s.set_defaults(func=cmd_demo)
     return p
 
@@ -512,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     func: Callable[[argparse.Namespace], int] = args.func
     from model_store import BundleError
+    from pm25.apache_kafka import KafkaUnavailable
     from pm25.schema import InvalidReading
     from pm25.settings import SettingsError
 
@@ -526,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Unreachable as err:
         print(f"pm25 {args.command}: {err}", file=sys.stderr)
         return 3
+    except KafkaUnavailable as err:
+        print(f"pm25 {args.command}: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from pm25.adapters import MULTISITE_STATIONS, RowError
 from pm25.embedded import EmbeddedBroker, free_port
@@ -118,20 +119,33 @@ def _summary_and_wait(dash_port: int, web_port: int) -> None:
         pass
 
 
-def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0, keep_open: bool = False) -> int:
+def _start_broker(kind: str) -> tuple[Any, dict[str, str], str]:
+    """The demo's broker: the embedded one (no Java) or Apache Kafka (pm25.apache_kafka)."""
+    if kind == "kafka":
+        from pm25.apache_kafka import ApacheKafka
+
+        kafka = ApacheKafka(partitions=4).start()
+        return kafka, {"PM25_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "PM25_EMBEDDED_BROKER": "0"}, (
+            f"Apache Kafka {kafka.version} on {kafka.bootstrap_servers}"
+        )
+    broker = EmbeddedBroker().start()
+    return broker, {"PM25_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "PM25_EMBEDDED_BROKER": "1"}, (
+        f"embedded broker on {broker.bootstrap_servers}"
+    )
+
+
+def run_demo(
+    hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0, keep_open: bool = False, broker_kind: str = "embedded"
+) -> int:
     from pm25.kafka import ensure_topics, make_consumer, make_producer
     from producer.replay import ReplayReport, load_source, replay
     from stream_processor.backtest import make_engine
     from stream_processor.engine import run_offline
 
     workdir = Path(tempfile.mkdtemp(prefix="pm25-demo-"))
-    broker = EmbeddedBroker().start()
+    broker, broker_env, broker_text = _start_broker(broker_kind)
     web_port = free_port()
-    env = {
-        "PM25_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "PM25_EMBEDDED_BROKER": "1",
-        "PM25_WEB_PORT": str(web_port),
-    }
+    env = {**broker_env, "PM25_WEB_PORT": str(web_port)}
     settings = Settings.from_env({**os.environ, **env})
     worker = WorkerProcess(env, workdir / "worker.log")
     dash_port = free_port()
@@ -142,7 +156,7 @@ def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0, 
         stdout=dash_log,
         stderr=subprocess.STDOUT,
     )
-    print(f"embedded broker on {broker.bootstrap_servers}; worker log {worker.log_path}", flush=True)
+    print(f"{broker_text}; worker log {worker.log_path}", flush=True)
     print(f"dashboard: http://127.0.0.1:{dash_port}/  (live during the replay)", flush=True)
     try:
         ensure_topics(settings)
@@ -188,6 +202,8 @@ def run_demo(hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0, 
         dash_log.close()
         worker.stop()
         broker.stop()
+        if hasattr(broker, "close"):
+            broker.close()
 
     stations = Counter(s for s, _ in received)
     horizons_ok = all(len(forecast_from_json(v).horizons) == 24 for v in received.values())
