@@ -47,12 +47,13 @@ __all__ = ["BenchConfig", "run_bench"]
 class BenchConfig:
     stations: int = 1000
     hours: int = 20
-    latency_rate: float = 500.0
+    latency_rate: float = 1000.0
     latency_seconds: float = 20.0
     inference_calls: int = 2000
     scale_out_workers: int = 2
     repeats: int = 5  # production throughput runs; the median is reported (the machine is noisy)
     keras_calls: int = 60
+    apache_kafka: bool = True  # also run the production, naive and latency figures on Apache Kafka
 
 
 def _say(msg: str) -> None:
@@ -420,8 +421,8 @@ def _cold_start(env: dict[str, str], log: Path) -> dict[str, Any]:
 
 
 def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
+    """Every figure of the module docstring, on the embedded broker and on Apache Kafka."""
     from stream_processor.backtest import make_engine
-    from stream_processor.engine import run_offline
 
     report: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -431,101 +432,138 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
     base = Settings.from_env()
     report["inference"] = bench_inference(cfg, base)
     _say(json.dumps(report["inference"]))
-    broker = EmbeddedBroker().start()
+    load, next_hour = _workload(cfg, make_engine(base))
     workdir = Path(tempfile.mkdtemp(prefix="pm25-bench-"))
+    broker = EmbeddedBroker().start()
     try:
-
-        def env_for(tag: str, readings_topic: str) -> dict[str, str]:
-            return {
-                "PM25_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-                "PM25_EMBEDDED_BROKER": "1",
-                "PM25_APP_ID": f"bench-{tag}",
-                "PM25_READINGS_TOPIC": readings_topic,
-                "PM25_FORECASTS_TOPIC": f"forecasts-{tag}",
-                "PM25_DLQ_TOPIC": f"dlq-{tag}",
-                "PM25_SCORES_TOPIC": f"scores-{tag}",
-                "PM25_WEB_PORT": str(free_port()),
-            }
-
-        def app_for(tag: str) -> tuple[dict[str, str], Settings]:
-            """A fresh application with its own topics (created), for one throughput run."""
-            env = env_for(tag, f"readings-{tag}")
-            settings = Settings.from_env({**os.environ, **env})
-            ensure_topics(settings)
-            return env, settings
-
-        warm_hours = 45  # the production window is 48 h with up to 6 h missing
-        readings = synthetic_readings(cfg.stations, warm_hours + cfg.hours + 1)
-        next_hour = readings[-cfg.stations :]
-        readings = readings[: -cfg.stations]
-        warm, timed = readings[: cfg.stations * warm_hours], readings[cfg.stations * warm_hours :]
-        _say(
-            f"end to end: {cfg.stations} stations, {warm_hours} warm-up hours then {cfg.hours} timed hours "
-            f"({len(timed)} timed readings); offline backtest for the expected counts"
-        )
-        engine = make_engine(base)  # holds no state: the backtest keeps it in its own dict
-        load = Workload(
-            warm=warm,
-            timed=timed,
-            warm_expected=sum(1 for _ in run_offline(engine, warm, batch_size=512)),
-            expected=sum(1 for _ in run_offline(engine, readings, batch_size=512)),
-        )
-        # every run a fresh application and topics: warm-up preloaded, timed hours offered live
-        prod_apps = [app_for(f"prod{i}") for i in range(cfg.repeats)]
-        prod_runs = []
-        for i, (env_i, settings_i) in enumerate(prod_apps):
-            _say(f"production worker, run {i + 1} of {cfg.repeats}: timed readings offered as fast as possible")
-            prod_runs.append(_throughput_run(env_i, settings_i, load, workdir / f"prod-{i}.log", naive=False))
-            _say(json.dumps(prod_runs[-1]))
-        env_a, settings_a = prod_apps[0]
-        rates = [r["readings_per_s"] for r in prod_runs if r["readings_per_s"]]
-        prod = {
-            "readings_per_s": round(statistics.median(rates), 1) if rates else None,
-            "readings_per_s_min": min(rates, default=None),
-            "readings_per_s_max": max(rates, default=None),
-            "peak_rss_mb": max((r["peak_rss_mb"] for r in prod_runs if r["peak_rss_mb"]), default=None),
-            "runs": prod_runs,
-        }
-        env_b, settings_b = app_for("naive")
-        _say("naive worker, same readings")
-        naive = _throughput_run(env_b, settings_b, load, workdir / "naive.log", naive=True)
-        _say(json.dumps(naive))
-        _say(f"scale-out: {cfg.scale_out_workers} worker processes in one group, same readings")
-        env_c, settings_c = app_for("scale")
-        scale = _scale_out_run(env_c, settings_c, load, workdir, cfg.scale_out_workers)
-        _say(json.dumps(scale))
-        _say("restart of the production worker (state recovered from the changelog), one new hour")
-        restart = _restart(env_a, settings_a, next_hour, workdir / "restart.log")
-        _say(json.dumps(restart))
-        _say("cold start: a fresh worker, 12 stations x 46 hours waiting")
-        cold = _cold_start(env_for("cold", "readings-cold"), workdir / "cold.log")
-        _say(json.dumps(cold))
-        _say(f"latency: {cfg.latency_rate:.0f} readings/s for {cfg.latency_seconds:.0f} s")
-        latency = _latency_run(cfg, env_for("latency", "readings-latency"), workdir / "latency.log")
-        _say(json.dumps(latency))
+        report["e2e"] = _suite(cfg, _Target(broker.bootstrap_servers, True, "embedded"), load, next_hour, workdir)
+        report["e2e"]["broker"] = "embedded Tansu 0.6 (latency bounded by its fetch wait; not Apache Kafka figures)"
     finally:
         broker.stop()
-    report["e2e"] = {
-        "readings_per_s": prod["readings_per_s"],
-        "readings_per_s_naive": naive["readings_per_s"],
-        "speedup_vs_naive": round(prod["readings_per_s"] / naive["readings_per_s"], 2)
-        if prod["readings_per_s"] and naive["readings_per_s"]
-        else None,
-        "production": prod,
-        "naive": naive,
-        "scale_out": scale,
-        "latency_ms": latency["latency_ms"],
-        "latency": latency,
-        "broker": "embedded Tansu 0.6 (latency bounded by its fetch wait; not Apache Kafka figures)",
-    }
-    report["worker_peak_rss_mb"] = prod["peak_rss_mb"]
-    report["cold_start_s"] = cold["cold_start_s"]
-    report["cold_start"] = cold
-    report["restart"] = restart
+    if cfg.apache_kafka:
+        from pm25.apache_kafka import ApacheKafka
+
+        kafka = ApacheKafka(partitions=Settings().partitions).start()
+        try:
+            target = _Target(kafka.bootstrap_servers, False, "apache", kafka=kafka)
+            report["apache_kafka"] = _suite(cfg, target, load, next_hour, workdir, full=False)
+            report["apache_kafka"]["broker_version"] = f"Apache Kafka {kafka.version} (KRaft, one node, 512 MB heap)"
+        finally:
+            kafka.close()
+    report["worker_peak_rss_mb"] = report["e2e"]["production"]["peak_rss_mb"]
+    report["cold_start_s"] = report["e2e"]["cold_start"]["cold_start_s"]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     _plot(report, out_path.with_suffix(".png"))
     return report
+
+
+@dataclass
+class _Target:
+    """The broker a suite runs on."""
+
+    bootstrap_servers: str
+    embedded: bool
+    tag: str
+    kafka: Any = None  # the ApacheKafka process (for its RSS)
+
+    def env(self, tag: str, readings_topic: str) -> dict[str, str]:
+        tag = f"{self.tag}-{tag}"
+        return {
+            "PM25_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "PM25_EMBEDDED_BROKER": "1" if self.embedded else "0",
+            "PM25_APP_ID": f"bench-{tag}",
+            "PM25_READINGS_TOPIC": f"{self.tag}-{readings_topic}",
+            "PM25_FORECASTS_TOPIC": f"forecasts-{tag}",
+            "PM25_DLQ_TOPIC": f"dlq-{tag}",
+            "PM25_SCORES_TOPIC": f"scores-{tag}",
+            "PM25_WEB_PORT": str(free_port()),
+        }
+
+    def app(self, tag: str) -> tuple[dict[str, str], Settings]:
+        """A fresh application with its own topics (created), for one throughput run."""
+        env = self.env(tag, f"readings-{tag}")
+        settings = Settings.from_env({**os.environ, **env})
+        ensure_topics(settings)
+        return env, settings
+
+
+def _workload(cfg: BenchConfig, engine: Any) -> tuple[Workload, list[Reading]]:
+    """Warm-up hours (preloaded, not timed) and the timed hours, with the expected counts."""
+    from stream_processor.engine import run_offline
+
+    warm_hours = 45
+    readings = synthetic_readings(cfg.stations, warm_hours + cfg.hours + 1)
+    next_hour = readings[-cfg.stations :]
+    readings = readings[: -cfg.stations]
+    warm, timed = readings[: cfg.stations * warm_hours], readings[cfg.stations * warm_hours :]
+    _say(
+        f"end to end: {cfg.stations} stations, {warm_hours} warm-up hours then {cfg.hours} timed hours "
+        f"({len(timed)} timed readings); offline backtest for the expected counts"
+    )
+    load = Workload(
+        warm=warm,
+        timed=timed,
+        warm_expected=sum(1 for _ in run_offline(engine, warm, batch_size=512)),
+        expected=sum(1 for _ in run_offline(engine, readings, batch_size=512)),
+    )
+    return load, next_hour
+
+
+def _suite(
+    cfg: BenchConfig, target: _Target, load: Workload, next_hour: list[Reading], workdir: Path, full: bool = True
+) -> dict[str, Any]:
+    """Production worker (``cfg.repeats`` runs, median), naive worker, latency at a fixed rate; with
+    ``full`` also scale-out, restart and cold start."""
+    out: dict[str, Any] = {}
+    prod_apps = [target.app(f"prod{i}") for i in range(cfg.repeats)]
+    prod_runs = []
+    for i, (env_i, settings_i) in enumerate(prod_apps):
+        _say(f"[{target.tag}] production worker, run {i + 1} of {cfg.repeats}: timed readings as fast as possible")
+        prod_runs.append(_throughput_run(env_i, settings_i, load, workdir / f"{target.tag}-prod-{i}.log", naive=False))
+        _say(json.dumps(prod_runs[-1]))
+    rates = [r["readings_per_s"] for r in prod_runs if r["readings_per_s"]]
+    prod = {
+        "readings_per_s": round(statistics.median(rates), 1) if rates else None,
+        "readings_per_s_min": min(rates, default=None),
+        "readings_per_s_max": max(rates, default=None),
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in prod_runs if r["peak_rss_mb"]), default=None),
+        "runs": prod_runs,
+    }
+    env_b, settings_b = target.app("naive")
+    _say(f"[{target.tag}] naive worker, same readings")
+    naive = _throughput_run(env_b, settings_b, load, workdir / f"{target.tag}-naive.log", naive=True)
+    _say(json.dumps(naive))
+    out.update(
+        readings_per_s=prod["readings_per_s"],
+        readings_per_s_naive=naive["readings_per_s"],
+        speedup_vs_naive=round(prod["readings_per_s"] / naive["readings_per_s"], 2)
+        if prod["readings_per_s"] and naive["readings_per_s"]
+        else None,
+        production=prod,
+        naive=naive,
+        worker_peak_rss_mb=prod["peak_rss_mb"],
+    )
+    if full:
+        _say(f"[{target.tag}] scale-out: {cfg.scale_out_workers} worker processes in one group, same readings")
+        env_c, settings_c = target.app("scale")
+        out["scale_out"] = _scale_out_run(env_c, settings_c, load, workdir, cfg.scale_out_workers)
+        _say(json.dumps(out["scale_out"]))
+        _say(f"[{target.tag}] restart of the production worker (state recovered from the changelog), one new hour")
+        env_a, settings_a = prod_apps[0]
+        out["restart"] = _restart(env_a, settings_a, next_hour, workdir / f"{target.tag}-restart.log")
+        _say(json.dumps(out["restart"]))
+        _say(f"[{target.tag}] cold start: a fresh worker, 12 stations x 46 hours waiting")
+        out["cold_start"] = _cold_start(target.env("cold", "readings-cold"), workdir / f"{target.tag}-cold.log")
+        _say(json.dumps(out["cold_start"]))
+    _say(f"[{target.tag}] latency: {cfg.latency_rate:.0f} readings/s for {cfg.latency_seconds:.0f} s")
+    latency = _latency_run(cfg, target.env("latency", "readings-latency"), workdir / f"{target.tag}-latency.log")
+    _say(json.dumps(latency))
+    out["latency_ms"] = latency["latency_ms"]
+    out["latency"] = latency
+    if target.kafka is not None:
+        out["broker_rss_mb"] = round(target.kafka.rss_bytes() / 2**20, 1)
+    return out
 
 
 def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path) -> dict[str, Any]:
@@ -609,18 +647,31 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax[0].bar(names, vals, color=["tab:blue", "tab:blue", "tab:gray"][: len(vals)])
     ax[0].set_yscale("log")
     ax[0].set(title="Inference rows/s (log scale)")
+    kafka = report.get("apache_kafka") or {}
     scale = e2e.get("scale_out", {})
-    ax[1].bar(
-        ["production", "naive", f"{scale.get('workers', 2)} workers"],
-        [e2e["readings_per_s"] or 0, e2e["readings_per_s_naive"] or 0, scale.get("readings_per_s") or 0],
-        color=["tab:green", "tab:gray", "tab:olive"],
-    )
+    names = ["embedded\nproduction", "embedded\nnaive", f"embedded\n{scale.get('workers', 2)} workers"]
+    values = [e2e["readings_per_s"] or 0, e2e["readings_per_s_naive"] or 0, scale.get("readings_per_s") or 0]
+    colors = ["tab:green", "tab:gray", "tab:olive"]
+    if kafka:
+        names += ["Kafka\nproduction", "Kafka\nnaive"]
+        values += [kafka["readings_per_s"] or 0, kafka["readings_per_s_naive"] or 0]
+        colors += ["tab:blue", "tab:gray"]
+    ax[1].bar(names, values, color=colors)
     ax[1].axhline(3000, color="k", ls="--", lw=0.8, label="target 3000/s")
-    ax[1].set(title="End-to-end readings/s (embedded broker)")
+    ax[1].set(title="End-to-end readings/s, one worker")
     ax[1].legend()
-    lat = e2e["latency_ms"]
-    ax[2].bar(["p50", "p95", "p99"], [lat["p50"] or 0, lat["p95"] or 0, lat["p99"] or 0], color="tab:orange")
+    ax[1].tick_params(axis="x", labelsize=7)
+    width = 0.38
+    for k, (name, suite) in enumerate((("embedded", e2e), ("Apache Kafka", kafka))):
+        if not suite:
+            continue
+        lat = suite["latency_ms"]
+        xs = np.arange(3) + (k - 0.5) * width
+        ax[2].bar(xs, [lat["p50"] or 0, lat["p95"] or 0, lat["p99"] or 0], width, label=name)
+    ax[2].set_xticks(np.arange(3), ["p50", "p95", "p99"])
+    ax[2].axhline(100, color="k", ls="--", lw=0.8)
     ax[2].set(title=f"Reading-to-forecast latency (ms) at {e2e['latency']['offered_readings_per_s']:.0f}/s")
+    ax[2].legend()
     fig.suptitle(
         f"pm25 bench {report['date']} - {report['machine']['cores']} cores, {report['machine']['cpu_model']}",
         fontsize=9,

@@ -293,7 +293,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model_store import default_store
 
     store = Path(args.model_store) if args.model_store else default_store()
-    cfg = TrainConfig(grid=args.grid, seed=args.seed, version=args.version)
+    cfg = TrainConfig(
+        grid=args.grid,
+        seed=args.seed,
+        version=args.version,
+        # the quick grid is CI's smoke run (< 2 minutes): a lighter yardstick
+        yardstick_iterations=60 if args.grid == "quick" else 200,
+    )
     result = train(cfg, store, force=args.force, promote_if_better=not args.no_promote)
     print(f"bundle {result.version} at {result.bundle_path}; {result.reason}")
     return 0

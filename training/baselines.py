@@ -34,8 +34,9 @@ def _gb_features(s: Samples) -> npt.NDArray[np.float32]:
 class GradientBoostingBaseline:
     """sklearn HistGradientBoostingRegressor per reported horizon."""
 
-    def __init__(self, seed: int = 42) -> None:
+    def __init__(self, seed: int = 42, iterations: int = 200) -> None:
         self.seed = seed
+        self.iterations = iterations
         self.models: dict[int, object] = {}
 
     def fit(
@@ -48,7 +49,9 @@ class GradientBoostingBaseline:
         for h in REPORT_HORIZONS:
             y = target[:, h - 1]
             ok = ~np.isnan(y)
-            model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=self.seed)
+            model = HistGradientBoostingRegressor(
+                max_iter=self.iterations, learning_rate=0.05, random_state=self.seed
+            )
             self.models[h] = model.fit(x[ok], y[ok])
         return self
 

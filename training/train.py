@@ -108,6 +108,8 @@ class TrainConfig:
     #: the longest trailing PM2.5 gap that still gets a forecast (hours)
     max_gap_hours: int = 36
     seed: int = 42
+    #: boosting iterations of the gradient-boosting yardstick (per reported horizon)
+    yardstick_iterations: int = 200
     selection_horizons: tuple[int, ...] = REPORT_HORIZONS
     version: str | None = None
     #: Families that may be served. A GRU is trained and reported for comparison but not selected:
@@ -326,7 +328,9 @@ def stage_evaluation(
     from training.baselines import GradientBoostingBaseline, baseline_predictions
 
     log.info("fitting the gradient-boosting yardstick")
-    gb = GradientBoostingBaseline(tc.seed).fit(data["train"], prep.y(data["train"]), prep.target, _level)
+    gb = GradientBoostingBaseline(tc.seed, tc.yardstick_iterations).fit(
+        data["train"], prep.y(data["train"]), prep.target, _level
+    )
     metrics: dict[str, Any] = {}
     test_pred: tuple[Any, ...] = ()
     for split in ("val", "test"):

@@ -33,7 +33,16 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
     spec = first.spec
     for key in ("data", "packages", "code_sha256", "seed", "metrics", "intervals", "scaler", "train_config"):
         assert key in spec
-    assert set(spec["metrics"]["test"]) == {"model", "persistence", "seasonal_naive_24h", "gradient_boosting"}
+    assert set(spec["metrics"]["test"]) == {
+        "model",
+        "persistence",
+        "seasonal_naive_24h",
+        "gradient_boosting",
+        "per_station_rmse",
+    }
+    # scored per station, the new stations included, on the test year only
+    assert {"Dingling", "Huairou", "Gucheng"} <= set(spec["metrics"]["test"]["per_station_rmse"])
+    assert not {"Dingling", "Huairou", "Gucheng"} & set(spec["metrics"]["val"]["per_station_rmse"])
     assert (first.path / "model.keras").is_file() and (first.path / "MODEL_CARD.md").is_file()
     for plot in ("card/skill_vs_horizon.png", "card/coverage.png", "card/sample_weeks.png"):
         assert (first.path / plot).read_bytes()[:4] == b"\x89PNG"
