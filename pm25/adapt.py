@@ -78,7 +78,7 @@ _SHRINK = 0.15
 _Y, _PERS, _MEAN, _WIDEN, _MODEL = 0, 1, 2, 3, 4
 _RING_COLS = 4 + _A
 #: exponential weights: about the last 90 days of pairs (a plain mean before that); chosen on the
-#: validation year among 3, 30 and 90 days (`pm25 evaluate --split val`, docs/skill.md)
+#: validation year among 7, 30 and 90 days (`pm25 evaluate --split val`, docs/skill.md)
 _MSE_ALPHA_MIN = 1.0 / 2160
 #: the bias is shrunk towards 0 over the first pairs (a noisy early mean would hurt)
 _BIAS_PRIOR_PAIRS = 24.0
