@@ -47,21 +47,22 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ANCHORS", "EXPERTS", "Adapter", "AdaptFormatError", "Combined", "Row", "StationAdaptation"]
+__all__ = ["ANCHORS", "EXPERTS", "AdaptFormatError", "Adapter", "Combined", "Row", "StationAdaptation"]
 
 F32 = npt.NDArray[np.float32]
 
 #: Horizons (hours) at which each station's statistics are learned; the others are interpolated.
 ANCHORS: tuple[int, ...] = (1, 3, 6, 12, 24)
 EXPERTS: tuple[str, ...] = ("model", "persistence", "seasonal_24h", "mean_48h")
-#: Snapshots of the statistics are taken at every 6th sealed hour.
-SNAPSHOT_EVERY = 12
+#: The statistics are learned in blocks of this many sealed hours, each ending with a snapshot.
+SNAPSHOT_EVERY = 24
 _K = len(EXPERTS)
 _A = len(ANCHORS)
 # statistics columns: the upper triangle of the experts' error second-moment matrix, each expert's
@@ -107,14 +108,13 @@ class StationAdaptation:
     ring: F32  # [rows, _RING_COLS]; row rows-1 is ``newest``
     stats: F32  # [_A, _STAT_COLS] working statistics, sealed through ``sealed``
     snapshots: list[tuple[int, F32]] = field(default_factory=list)  # (boundary hour, stats), ascending
-    #: the interpolated parameters of each snapshot, by boundary hour (derived, never serialised)
-    params: dict[int, F32] = field(default_factory=dict, repr=False, compare=False)
+    #: the interpolated parameters of each snapshot (and their anchor rows as Python floats), by
+    #: boundary hour: derived, never serialised
+    params: dict[int, tuple[F32, list[list[float]]]] = field(default_factory=dict, repr=False, compare=False)
 
     def to_bytes(self) -> bytes:
         parts = [
-            _HEADER.pack(
-                _FORMAT, self.newest, self.sealed, self.ring.shape[0], _A, _K, len(self.snapshots)
-            ),
+            _HEADER.pack(_FORMAT, self.newest, self.sealed, self.ring.shape[0], _A, _K, len(self.snapshots)),
             self.ring.tobytes(),
             self.stats.tobytes(),
         ]
@@ -156,7 +156,7 @@ class Row:
     """What :meth:`Adapter.record` hands to :meth:`Adapter.combine` for one forecast."""
 
     params: F32  # [H, _K + 3]: weights per expert, bias, lower and upper offset (log1p)
-    seasonal: F32  # [H] the seasonal expert (µg/m³), persistence where missing
+    seasonal: F32  # [H] the seasonal expert (µg/m³; NaN where missing: persistence is used)
     persistence: float
     mean: float  # the 48-hour mean (µg/m³)
     widen: float  # interval widening for the hours since the last observation
@@ -182,15 +182,28 @@ class Adapter:
         self.horizons = horizons
         self._anchor_pos = np.array([h - 1 for h in ANCHORS])
         # ring: from the oldest sealed target's 24-hour-earlier issue hour to the newest hour
-        self.ring_rows = lateness_hours + max(ANCHORS) + 2
+        # the ring reaches back to the first target of the block still to learn (up to
+        # SNAPSHOT_EVERY hours before the sealing limit) minus the longest horizon
+        self.ring_rows = lateness_hours + max(ANCHORS) + SNAPSHOT_EVERY + 2
         self.prior = np.zeros((_A, _STAT_COLS), dtype=np.float32)
         self.prior[:, _QLO] = np.asarray(q_lo, dtype=np.float32)
         self.prior[:, _QHI] = np.asarray(q_hi, dtype=np.float32)
+        self._widen: dict[int, float] = {}
+        self._no_history = np.full(len(horizons), np.nan, dtype=np.float32)
         self._step = (_Q_STEP * np.maximum(self.prior[:, _QHI] - self.prior[:, _QLO], 0.1)).astype(np.float64)
-        self._prior_params = self._params(self.prior)
+        # linear interpolation between the anchors as one matrix: [H, A]
+        hs = np.asarray(self.horizons, dtype=np.float64)
+        eye = np.eye(_A)
+        self._interp = np.stack(
+            [np.interp(hs, np.asarray(ANCHORS, dtype=np.float64), eye[a]) for a in range(_A)], axis=1
+        )
+        prior = self._params(self.prior)
+        self._prior_cached = (prior, prior[self._anchor_pos].tolist())
 
     @classmethod
-    def for_spec(cls, spec_intervals: dict[str, Sequence[float]], horizons: tuple[int, ...], lateness_hours: int) -> Adapter:
+    def for_spec(
+        cls, spec_intervals: Mapping[str, Sequence[float]], horizons: tuple[int, ...], lateness_hours: int
+    ) -> Adapter:
         lo = [float(spec_intervals["log_residual_lo"][h - 1]) for h in ANCHORS]
         hi = [float(spec_intervals["log_residual_hi"][h - 1]) for h in ANCHORS]
         return cls(lateness_hours=lateness_hours, horizons=horizons, q_lo=lo, q_hi=hi)
@@ -228,42 +241,49 @@ class Adapter:
         elif hour > st.newest:
             self._advance(st, hour)
         i = st.row(hour)
-        widen = float(np.float32(math.sqrt(1.0 + gap_hours / _GAP_WIDEN_HOURS)))
-        mean = persistence if math.isnan(mean) else mean
-        st.ring[i, _Y] = observed
-        st.ring[i, _PERS] = persistence
-        st.ring[i, _MEAN] = mean
-        st.ring[i, _WIDEN] = widen
-        st.ring[i, _MODEL:] = np.nan if model is None else model[self._anchor_pos]
-        params = self._snapshot_params(st, hour)
-        ys = st.ring[i - 23 : i + 1, _Y] if i >= 23 else np.full(24, np.nan, dtype=np.float32)
-        seasonal = np.where(np.isnan(ys), np.float32(persistence), ys).astype(np.float32)
-        return Row(params, seasonal, persistence, float(st.ring[i, _MEAN]), widen)
+        widen = self._widen.get(gap_hours)
+        if widen is None:
+            widen = self._widen[gap_hours] = float(np.float32(math.sqrt(1.0 + gap_hours / _GAP_WIDEN_HOURS)))
+        mean = persistence if mean != mean else mean
+        row = st.ring[i]
+        row[:_MODEL] = (observed, persistence, mean, widen)
+        row[_MODEL:] = np.nan if model is None else model[self._anchor_pos]
+        params = self._snapshot(st, hour)[0]
+        # the same hour yesterday for each target (NaN: persistence, filled in combine)
+        ys = st.ring[i - 23 : i + 1, _Y].copy() if i >= 23 else self._no_history
+        return Row(params, ys, persistence, float(row[_MEAN]), widen)
 
     def _advance(self, st: StationAdaptation, hour: int) -> None:
-        """Seal the targets up to ``hour - L - 1`` (learning from those with data), take the
-        snapshots at the boundaries passed, then shift the ring to ``hour``."""
+        """Seal the targets up to ``hour - L - 1``; learn from them a block of SNAPSHOT_EVERY hours
+        at a time, each block ending at a snapshot boundary, then shift the ring to ``hour``."""
         new_sealed = hour - self.lateness - 1
-        last_data = min(new_sealed, st.newest)
-        for target in range(st.sealed + 1, last_data + 1):
-            self._learn(st, target)
-            if (target + 1) % SNAPSHOT_EVERY == 0:
-                self._snap(st, target)
-        if new_sealed > max(st.sealed, last_data):  # boundaries with no data in between: same stats
-            first = ((max(st.sealed, last_data) + 1 + SNAPSHOT_EVERY) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1
-            last = ((new_sealed + 1) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1
-            for boundary in sorted({first, last}):
-                if max(st.sealed, last_data) < boundary <= new_sealed:
-                    self._snap(st, boundary)
+        learned, target_learned = _boundary(st.sealed), _boundary(new_sealed)
+        if learned == target_learned and hour == st.newest + 1:  # the common case: one more hour
+            st.sealed = max(st.sealed, new_sealed)
+            st.ring[:-1] = st.ring[1:]
+            st.ring[-1] = np.nan
+            st.newest = hour
+            return
+        boundary = learned + SNAPSHOT_EVERY
+        while boundary <= target_learned:
+            first = boundary - SNAPSHOT_EVERY + 1
+            if first > st.newest:  # no data from here on: the statistics stay as they are
+                self._snap(st, boundary)
+                self._snap(st, target_learned)
+                break
+            self._learn_block(st, first, min(boundary, st.newest))
+            self._snap(st, boundary)
+            boundary += SNAPSHOT_EVERY
         st.sealed = max(st.sealed, new_sealed)
-        # kept: what a re-issue at hour - L uses, and what the forecasts behind the next sealed
-        # targets were published with (issued up to max(ANCHORS) hours before them)
-        keep_from = hour - 2 * self.lateness - 2 - max(ANCHORS)
-        older = [k for k, (b, _) in enumerate(st.snapshots) if b <= keep_from]
-        if older:
-            for b, _ in st.snapshots[: older[-1]]:
-                st.params.pop(b, None)
-            del st.snapshots[: older[-1]]
+        if len(st.snapshots) > 2 and learned != target_learned:
+            # kept: what a re-issue at hour - L uses, and what the forecasts behind the targets
+            # still to learn were published with (issued up to max(ANCHORS) hours before them)
+            keep_from = hour - 2 * self.lateness - 2 - max(ANCHORS) - 2 * SNAPSHOT_EVERY
+            older = [k for k, (b, _) in enumerate(st.snapshots) if b <= keep_from]
+            if older:
+                for b, _ in st.snapshots[: older[-1]]:
+                    st.params.pop(b, None)
+                del st.snapshots[: older[-1]]
         d = hour - st.newest
         if d >= st.ring.shape[0]:
             st.ring[:] = np.nan
@@ -277,63 +297,85 @@ class Adapter:
             return
         st.snapshots.append((boundary, st.stats.copy()))
 
-    def _learn(self, st: StationAdaptation, target: int) -> None:
-        """Update the statistics with the pairs whose target hour is ``target`` (sealed)."""
-        i = st.row(target)
-        y = float(st.ring[i, _Y])
-        if math.isnan(y) or i - max(ANCHORS) < 0:
+    def _learn_block(self, st: StationAdaptation, first: int, last: int) -> None:
+        """Update the statistics with the pairs whose target hours are ``first..last`` (sealed), in
+        order, as one vectorised step: the exponentially weighted means are linear recursions
+        (x_t = (1 - a_t) x_(t-1) + a_t z_t), computed with cumulative products; the quantile
+        trackers add up their steps, which depend only on the published intervals."""
+        span = max(ANCHORS)
+        i0, i1 = st.row(first), st.row(last)
+        if i0 - span < 0:  # targets whose forecasts fall outside the ring (a station's first hours)
+            i0 = span
+            if i0 > i1:
+                return
+        first = last - (i1 - i0)
+        rows = st.ring[i0 - span : i1 + 1].astype(np.float64)  # [T + span, cols]
+        n_t = i1 - i0 + 1
+        y = rows[span:, _Y]  # [T]
+        seasonal = rows[:n_t, _Y]  # 24 hours before each target
+        issued = np.stack([rows[span - h : span - h + n_t] for h in ANCHORS], axis=1)  # [T, A, cols]
+        pers, model, mean = issued[:, :, _PERS], issued[:, :, _MODEL : _MODEL + _A], issued[:, :, _MEAN]
+        model = np.einsum("taa->ta", model)  # anchor a's own model column
+        seas = np.where(np.isnan(seasonal)[:, None], pers, seasonal[:, None])
+        f = np.stack([model, pers, seas, mean], axis=2)  # [T, A, K]
+        valid = ~np.isnan(y)[:, None] & ~np.isnan(pers) & ~np.isnan(model)  # [T, A]
+        if not valid.any():
             return
-        seasonal = float(st.ring[i - 24, _Y]) if i >= 24 else math.nan
+        f = np.where(valid[:, :, None], f, 0.0)
+        yy = np.where(np.isnan(y), 0.0, y)[:, None]
+        e = f - yy[:, :, None]
         s = st.stats.astype(np.float64)
-        log_y = math.log1p(y)
-        for a, h in enumerate(ANCHORS):
-            issue = i - h
-            pers, model = float(st.ring[issue, _PERS]), float(st.ring[issue, _MODEL + a])
-            if math.isnan(pers) or math.isnan(model):
-                continue  # no forecast was issued at that hour
-            f = (model, pers, pers if math.isnan(seasonal) else seasonal, float(st.ring[issue, _MEAN]))
-            row = s[a]
-            n = row[_N]
-            alpha = max(1.0 / (n + 1.0), _MSE_ALPHA_MIN)
-            e = [fk - y for fk in f]
-            for c, (j, k) in enumerate(_TRI):
-                row[c] += alpha * (e[j] * e[k] - row[c])
-            beta = max(1.0 / (n + _BIAS_PRIOR_PAIRS), _MSE_ALPHA_MIN)
-            for k in range(_K):
-                row[_B0 + k] += beta * (e[k] - row[_B0 + k])
-            # the forecast as it was published at the issue hour (the snapshot it used)
-            pub = self._snapshot_params(st, target - h)[h - 1].astype(np.float64)
-            combo = sum(pub[k] * f[k] for k in range(_K))
-            center = math.log1p(max(combo + pub[_K], 0.0))
-            widen = float(st.ring[issue, _WIDEN])
-            step = self._step[a]
-            row[_QHI] += step * ((1.0 if log_y > center + pub[_K + 2] * widen else 0.0) - _Q_MISS)
-            row[_QLO] -= step * ((1.0 if log_y < center + pub[_K + 1] * widen else 0.0) - _Q_MISS)
-            row[_N] = n + 1.0
+        vf = valid.astype(np.float64)
+        n_before = s[None, :, _N] + np.cumsum(vf, axis=0) - vf  # [T, A]
+        alpha = vf * np.maximum(1.0 / (n_before + 1.0), _MSE_ALPHA_MIN)
+        beta = vf * np.maximum(1.0 / (n_before + _BIAS_PRIOR_PAIRS), _MSE_ALPHA_MIN)
+        tri = np.stack([e[:, :, j] * e[:, :, k] for j, k in _TRI], axis=2)  # [T, A, N_TRI]
+        s[:, :_N_TRI] = _ew(s[:, :_N_TRI], alpha, tri)
+        s[:, _B0 : _B0 + _K] = _ew(s[:, _B0 : _B0 + _K], beta, e)
+        # the forecasts as they were published at their issue hours (the snapshots they used)
+        # which snapshot an issue hour used depends only on the boundary at or before its limit
+        issue_hours = first + np.arange(n_t)[:, None] - np.asarray(ANCHORS)[None, :]  # [T, A]
+        keys = _boundary_array(issue_hours - self.lateness - 1)
+        distinct = np.unique(keys)
+        table = np.array([self._published(st, int(k) + self.lateness + 1) for k in distinct], dtype=np.float64)
+        pub = table[np.searchsorted(distinct, keys), np.arange(_A)[None, :]]  # [T, A, K + 3]
+        combo = (pub[:, :, :_K] * f).sum(axis=2)
+        center = np.log1p(np.maximum(combo + pub[:, :, _K], 0.0))
+        log_y = np.log1p(np.maximum(yy, 0.0))
+        widen = issued[:, :, _WIDEN]
+        miss_hi = (log_y > center + pub[:, :, _K + 2] * widen).astype(np.float64)
+        miss_lo = (log_y < center + pub[:, :, _K + 1] * widen).astype(np.float64)
+        s[:, _QHI] += self._step * ((miss_hi - _Q_MISS) * vf).sum(axis=0)
+        s[:, _QLO] -= self._step * ((miss_lo - _Q_MISS) * vf).sum(axis=0)
+        s[:, _N] += vf.sum(axis=0)
         st.stats = s.astype(np.float32)
 
-    def _snapshot_params(self, st: StationAdaptation, hour: int) -> F32:
-        """The interpolated parameters of the snapshot a forecast at ``hour`` uses."""
+    def _snapshot(self, st: StationAdaptation, hour: int) -> tuple[F32, list[list[float]]]:
+        """The parameters of the snapshot a forecast at ``hour`` uses: [H, _K + 3] and, as Python
+        floats, their rows at the anchor horizons."""
         limit = hour - self.lateness - 1
         for b, stats in reversed(st.snapshots):
             if b <= limit:
-                params = st.params.get(b)
-                if params is None:
-                    params = st.params[b] = self._params(stats)
-                return params
-        return self._prior_params
+                cached = st.params.get(b)
+                if cached is None:
+                    full = self._params(stats)
+                    cached = st.params[b] = (full, full[self._anchor_pos].tolist())
+                return cached
+        return self._prior_cached
+
+    def _snapshot_params(self, st: StationAdaptation, hour: int) -> F32:
+        return self._snapshot(st, hour)[0]
+
+    def _published(self, st: StationAdaptation, hour: int) -> list[list[float]]:
+        return self._snapshot(st, hour)[1]
 
     def _params(self, stats: F32) -> F32:
         """[H, _K + 3]: weights, bias, lower and upper offset, interpolated between the anchors."""
         s = stats.astype(np.float64)
-        per_anchor = np.array(
-            [[*w, -sum(wk * s[a, _B0 + k] for k, wk in enumerate(w)), s[a, _QLO], s[a, _QHI]]
-             for a, w in ((a, _weights(s[a])) for a in range(_A))],
-            dtype=np.float64,
-        )
-        hs = np.asarray(self.horizons, dtype=np.float64)
-        cols = [np.interp(hs, np.asarray(ANCHORS, dtype=np.float64), per_anchor[:, c]) for c in range(_K + 3)]
-        return np.stack(cols, axis=1).astype(np.float32)
+        w = _weights_all(s)  # [A, K]
+        bias = -(w * s[:, _B0 : _B0 + _K]).sum(axis=1, keepdims=True)
+        per_anchor = np.concatenate([w, bias, s[:, _QLO : _QLO + 1], s[:, _QHI : _QHI + 1]], axis=1)
+        return (self._interp @ per_anchor).astype(np.float32)
 
     def current_weights(self, st: StationAdaptation) -> dict[str, list[float]]:
         """What the station's newest forecast uses, per anchor horizon: each expert's weight and
@@ -356,6 +398,7 @@ class Adapter:
         pers = np.array([r.persistence for r in rows], dtype=np.float64)[:, None]
         mean = np.array([r.mean for r in rows], dtype=np.float64)[:, None]
         seasonal = np.stack([r.seasonal for r in rows]).astype(np.float64)
+        seasonal = np.where(np.isnan(seasonal), pers, seasonal)
         experts = (model_point.astype(np.float64), pers, seasonal, mean)
         point = sum(params[:, :, k] * experts[k] for k in range(_K)) + params[:, :, _K]
         point = np.clip(point, 0.0, None)
@@ -370,26 +413,46 @@ class Adapter:
         )
 
 
-def _weights(row: npt.NDArray[np.float64]) -> tuple[float, ...]:
-    """Minimum-MSE combination weights from the error second moments (shrunk towards the
-    diagonal, clipped at zero, summing to one), blended in from "the model alone" over the first
+def _boundary(hour: int) -> int:
+    """The last snapshot boundary at or before ``hour`` (boundaries end every SNAPSHOT_EVERY hours)."""
+    return ((hour + 1) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1
+
+
+def _boundary_array(hours: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return ((hours + 1) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1
+
+
+def _ew(x0: npt.NDArray[np.float64], a: npt.NDArray[np.float64], z: npt.NDArray[np.float64]) -> Any:
+    """x after the steps x <- (1 - a_t) x + a_t z_t, t = 0..T-1, for x0 [A, C], a [T, A], z [T, A, C]."""
+    keep = 1.0 - a  # [T, A]
+    after = np.cumprod(keep[::-1], axis=0)[::-1]  # prod of keep[t:] ...
+    later = np.concatenate([after[1:], np.ones_like(after[:1])], axis=0)  # ... and of keep[t+1:]
+    return x0 * after[0][:, None] + (a[:, :, None] * z * later[:, :, None]).sum(axis=0)
+
+
+def _weights_all(s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """[A, K] minimum-MSE combination weights per anchor from the statistics [A, cols]: the
+    covariance of the bias-corrected errors, shrunk towards its diagonal, solved for weights
+    summing to one, clipped at zero; blended in linearly from "the model alone" over the first
     pairs."""
-    n = float(row[_N])
-    alone = np.zeros(_K)
-    alone[0] = 1.0
-    if n <= 0:
-        return tuple(alone.tolist())
-    m = np.empty((_K, _K))
+    n = s[:, _N]
+    m = np.empty((_A, _K, _K))
     for c, (j, k) in enumerate(_TRI):
-        m[j, k] = m[k, j] = row[c]
-    b = row[_B0 : _B0 + _K]
-    m = m - np.outer(b, b)  # the covariance of the bias-corrected errors
-    m = (1.0 - _SHRINK) * m + _SHRINK * np.diag(np.diag(m)) + np.eye(_K) * 1e-3
+        m[:, j, k] = m[:, k, j] = s[:, c]
+    b = s[:, _B0 : _B0 + _K]
+    m = m - b[:, :, None] * b[:, None, :]
+    diag = np.einsum("aii->ai", m)
+    m = (1.0 - _SHRINK) * m
+    idx = np.arange(_K)
+    m[:, idx, idx] += _SHRINK * diag + 1e-3
     try:
-        w = np.linalg.solve(m, np.ones(_K))
+        w = np.linalg.solve(m, np.ones((_A, _K, 1)))[:, :, 0]
     except np.linalg.LinAlgError:
-        w = 1.0 / np.diag(m)
+        w = 1.0 / np.maximum(np.einsum("aii->ai", m), 1e-9)
     w = np.clip(w, 0.0, None)
-    w = w / w.sum() if w.sum() > 0 else alone
-    lam = min(n / _WARMUP_PAIRS, 1.0)
-    return tuple(((1.0 - lam) * alone + lam * w).tolist())
+    total = w.sum(axis=1, keepdims=True)
+    alone = np.zeros((_A, _K))
+    alone[:, 0] = 1.0
+    w = np.where(total > 0, w / np.where(total > 0, total, 1.0), alone)
+    lam = np.minimum(n / _WARMUP_PAIRS, 1.0)[:, None]
+    return np.where(n[:, None] > 0, (1.0 - lam) * alone + lam * w, alone)

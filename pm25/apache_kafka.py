@@ -67,12 +67,20 @@ def resolve_jars(quiet: bool = False) -> Path:
     tmp = lib.with_name("lib.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     cmd = [
-        mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-        "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={tmp}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)  # noqa: S603
     if proc.returncode != 0:
-        raise KafkaUnavailable(f"mvn could not resolve Apache Kafka {KAFKA_VERSION}: {(proc.stdout + proc.stderr)[-800:]}")
+        raise KafkaUnavailable(
+            f"mvn could not resolve Apache Kafka {KAFKA_VERSION}: {(proc.stdout + proc.stderr)[-800:]}"
+        )
     shutil.rmtree(lib, ignore_errors=True)
     tmp.rename(lib)
     return lib

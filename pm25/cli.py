@@ -390,7 +390,6 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pm25", description="Event-driven PM2.5 forecaster (Kafka + Faust + ONNX).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -401,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port, default=9092, help="port on 127.0.0.1 (default 9092)")
     s.set_defaults(func=cmd_broker)
 
-    s = sub.add_parser("kafka", help="run Apache Kafka (KRaft, from Maven Central; needs java and mvn) in the foreground")
+    s = sub.add_parser(
+        "kafka", help="run Apache Kafka (KRaft, from Maven Central; needs java and mvn) in the foreground"
+    )
     s.add_argument("--port", type=_port, default=9092, help="port on 127.0.0.1 (default 9092)")
     s.add_argument("--data-dir", help="where the broker keeps its data across restarts (default: a temporary folder)")
     s.set_defaults(func=cmd_kafka)

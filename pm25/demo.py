@@ -125,17 +125,25 @@ def _start_broker(kind: str) -> tuple[Any, dict[str, str], str]:
         from pm25.apache_kafka import ApacheKafka
 
         kafka = ApacheKafka(partitions=4).start()
-        return kafka, {"PM25_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "PM25_EMBEDDED_BROKER": "0"}, (
-            f"Apache Kafka {kafka.version} on {kafka.bootstrap_servers}"
+        return (
+            kafka,
+            {"PM25_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "PM25_EMBEDDED_BROKER": "0"},
+            (f"Apache Kafka {kafka.version} on {kafka.bootstrap_servers}"),
         )
     broker = EmbeddedBroker().start()
-    return broker, {"PM25_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "PM25_EMBEDDED_BROKER": "1"}, (
-        f"embedded broker on {broker.bootstrap_servers}"
+    return (
+        broker,
+        {"PM25_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "PM25_EMBEDDED_BROKER": "1"},
+        (f"embedded broker on {broker.bootstrap_servers}"),
     )
 
 
 def run_demo(
-    hours: int = 96, speedup: float = 36000.0, timeout: float = 180.0, keep_open: bool = False, broker_kind: str = "embedded"
+    hours: int = 96,
+    speedup: float = 36000.0,
+    timeout: float = 180.0,
+    keep_open: bool = False,
+    broker_kind: str = "embedded",
 ) -> int:
     from pm25.kafka import ensure_topics, make_consumer, make_producer
     from producer.replay import ReplayReport, load_source, replay

@@ -35,6 +35,7 @@ method, so an upgrade must re-read it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, cast
 
@@ -188,9 +189,7 @@ class App(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
-async def take_adaptive(
-    stream: faust.Stream, max_events: int, wait_s: Callable[[], float]
-) -> AsyncIterator[list[Any]]:
+async def take_adaptive(stream: faust.Stream, max_events: int, wait_s: Callable[[], float]) -> AsyncIterator[list[Any]]:
     """Micro-batches of at most ``max_events`` events from ``stream``, each yielded when it is full
     or when ``wait_s()`` seconds have passed since the previous one (asked anew before each batch).
 
@@ -225,10 +224,8 @@ async def take_adaptive(
     stream._enable_passive(cast(Any, aiter(stream.channel)))  # Faust internals (see above)
     try:
         while not stream.should_stop:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(full.wait(), timeout=wait_s())
-            except TimeoutError:
-                pass
             if not events:
                 continue
             handed_back.clear()

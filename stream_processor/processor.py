@@ -7,6 +7,7 @@ batched inference and serialises the forecasts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -168,7 +169,7 @@ class Processor:
     def _score(self, observed: list[Observation]) -> list[tuple[bytes, bytes]]:
         scores = []
         for station, hour, pm25 in observed:
-            msg = self.scorer.observe(station, hour, pm25, lambda station=station: self._adaptation_view(station))
+            msg = self.scorer.observe(station, hour, pm25, functools.partial(self._adaptation_view, station))
             if msg is not None:
                 scores.append((station.encode(), msg))
         if observed:

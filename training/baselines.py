@@ -49,9 +49,7 @@ class GradientBoostingBaseline:
         for h in REPORT_HORIZONS:
             y = target[:, h - 1]
             ok = ~np.isnan(y)
-            model = HistGradientBoostingRegressor(
-                max_iter=self.iterations, learning_rate=0.05, random_state=self.seed
-            )
+            model = HistGradientBoostingRegressor(max_iter=self.iterations, learning_rate=0.05, random_state=self.seed)
             self.models[h] = model.fit(x[ok], y[ok])
         return self
 

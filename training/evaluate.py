@@ -35,7 +35,7 @@ from stream_processor.backtest import make_engine
 from stream_processor.engine import Engine, run_offline
 from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics
 
-__all__ = ["StationResult", "Evaluation", "evaluate_stations", "shipped_test_year", "write_report"]
+__all__ = ["Evaluation", "StationResult", "evaluate_stations", "shipped_test_year", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def shipped_test_year(split: str = "test") -> tuple[list[list[Reading]], tuple[i
         if split != "test" and any(name in path.name for name in cfg.new_stations):
             continue
         rs = [r for r in read_multisite(path) if not isinstance(r, RowError)]
-        per_station.append([r for r in rs if start - WARMUP_HOURS <= r.hour < end + 24])  # type: ignore[union-attr]
+        per_station.append([r for r in rs if start - WARMUP_HOURS <= r.hour < end + 24])
     return per_station, (start, end)
 
 
@@ -241,7 +241,12 @@ def evaluate_stations(
         if progress:
             log.info(
                 "[%d/%d] %s: skill 1/6/24 h %.1f/%.1f/%.1f %%, coverage 24 h %.1f %%",
-                k, len(stations), res.station_id, 100 * res.skill(1), 100 * res.skill(6), 100 * res.skill(24),
+                k,
+                len(stations),
+                res.station_id,
+                100 * res.skill(1),
+                100 * res.skill(6),
+                100 * res.skill(24),
                 100 * res.coverage[23],
             )
     return Evaluation(engine.model.version, period, results)
@@ -269,7 +274,9 @@ def gradient_boosting_yardstick(settings: Settings) -> Callable[[str, npt.NDArra
     test = data["test"]
     pred = gb.predict(test)
     ids = [s.station_id for s in stations]
-    index = {(ids[k], int(h)): i for i, (k, h) in enumerate(zip(test.station.tolist(), test.end_hour.tolist(), strict=True))}
+    index = {
+        (ids[k], int(h)): i for i, (k, h) in enumerate(zip(test.station.tolist(), test.end_hour.tolist(), strict=True))
+    }
 
     def predict(station_id: str, hours: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         out = np.full((len(hours), HORIZONS), np.nan, dtype=np.float32)
@@ -295,11 +302,13 @@ def write_report(ev: Evaluation, out_dir: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return written
-    hs = np.arange(1, 25)
+    hs = list(range(1, 25))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
     for s in ev.stations:
         style = "--" if s.new_station else "-"
-        ax1.plot(hs, [100 * s.skill(h) for h in hs], style, lw=1.2, label=s.station_id + (" (new)" if s.new_station else ""))
+        ax1.plot(
+            hs, [100 * s.skill(h) for h in hs], style, lw=1.2, label=s.station_id + (" (new)" if s.new_station else "")
+        )
         ax2.plot(hs, [100 * c for c in s.coverage], style, lw=1.2)
     ax1.axhline(0, color="k", lw=0.8)
     ax1.axhline(100 * SKILL_24H_TARGET, color="tab:red", lw=0.8, ls=":")
@@ -308,7 +317,9 @@ def write_report(ev: Evaluation, out_dir: Path) -> list[Path]:
     ax1.legend(fontsize=7, ncol=2)
     ax2.axhspan(75, 85, color="green", alpha=0.15, label="target 75-85 %")
     ax2.axhline(80, color="k", lw=0.8)
-    ax2.set(xlabel="horizon (h)", ylabel="% of actuals inside", title="80 % interval coverage by station", ylim=(50, 100))
+    ax2.set(
+        xlabel="horizon (h)", ylabel="% of actuals inside", title="80 % interval coverage by station", ylim=(50, 100)
+    )
     ax2.grid(alpha=0.3)
     ax2.legend()
     fig.tight_layout()

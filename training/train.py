@@ -74,7 +74,13 @@ def _grid(
 ) -> list[ModelConfig]:
     return [
         ModelConfig(
-            family=f, window_hours=w, units=u, learning_rate=lr, dropout=d, epochs=epochs, patience=patience,
+            family=f,
+            window_hours=w,
+            units=u,
+            learning_rate=lr,
+            dropout=d,
+            epochs=epochs,
+            patience=patience,
             batch_size=512,
         )
         for f in families
@@ -187,7 +193,12 @@ def _progress_callback(k: int, n: int, name: str) -> Any:
             logs = logs or {}
             log.info(
                 "  [%d/%d] %s epoch %d: loss %.4f val_loss %.4f",
-                k, n, name, epoch + 1, logs.get("loss", float("nan")), logs.get("val_loss", float("nan")),
+                k,
+                n,
+                name,
+                epoch + 1,
+                logs.get("loss", float("nan")),
+                logs.get("val_loss", float("nan")),
             )
 
     return Progress()
@@ -274,13 +285,19 @@ def stage_search(
                 "servable": cfg.family in tc.serving_families,
             }
         )
-        log.info("[%d/%d] %s: validation mean RMSE %.2f (%.0f s)", k, len(configs), cfg.name, score, time.perf_counter() - t0)
+        log.info(
+            "[%d/%d] %s: validation mean RMSE %.2f (%.0f s)", k, len(configs), cfg.name, score, time.perf_counter() - t0
+        )
     trained.sort(key=lambda t: t[0])
     return trained, results
 
 
 def stage_ensemble(
-    tc: TrainConfig, trained: list[tuple[float, ModelConfig, Any]], results: list[dict[str, Any]], val: dict[int, Samples], prep: _Prep
+    tc: TrainConfig,
+    trained: list[tuple[float, ModelConfig, Any]],
+    results: list[dict[str, Any]],
+    val: dict[int, Samples],
+    prep: _Prep,
 ) -> tuple[float, ModelConfig, Any, str, str]:
     """The best servable configuration, or the average of the best ones with its window when
     validation prefers it. Returns score, config, model, family, name."""
@@ -296,8 +313,14 @@ def stage_ensemble(
         names = [t[1].name for t in members]
         ens_name = "ensemble(" + ", ".join(names) + ")"
         results.append(
-            {"config": {"ensemble": names}, "name": ens_name, "val_score": round(ens_score, 4), "val_rmse": {},
-             "seconds": 0.0, "servable": True}
+            {
+                "config": {"ensemble": names},
+                "name": ens_name,
+                "val_score": round(ens_score, 4),
+                "val_rmse": {},
+                "seconds": 0.0,
+                "servable": True,
+            }
         )
         log.info("ensemble of %s: validation mean RMSE %.2f", names, ens_score)
         if ens_score < score:
@@ -352,7 +375,6 @@ def stage_evaluation(
 def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_better: bool = True) -> TrainResult:
     import tensorflow as tf
 
-    from training.card import card_plots
     from training.export import export_onnx
 
     tf.config.experimental.enable_op_determinism()
@@ -365,7 +387,9 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
     prep = stage_preprocessing(tc, samples[windows[-1]]["train"])
     log.info("grid '%s': %d configurations", tc.grid, len(configs))
     trained, results = stage_search(tc, configs, samples, prep)
-    score, cfg, model, family, name = stage_ensemble(tc, trained, results, {w: s["val"] for w, s in samples.items()}, prep)
+    score, cfg, model, family, name = stage_ensemble(
+        tc, trained, results, {w: s["val"] for w, s in samples.items()}, prep
+    )
     data = samples[cfg.window_hours]
     intervals = stage_calibration(prep, model, data["val"])
     names = [s.station_id for s in stations]
@@ -380,8 +404,18 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
 
 
 def _spec(
-    tc: TrainConfig, version: str, family: str, name: str, cfg: ModelConfig, prep: _Prep, intervals: dict[str, Any],
-    score: float, results: list[dict[str, Any]], metrics: dict[str, Any], stations: list[Series], started: float,
+    tc: TrainConfig,
+    version: str,
+    family: str,
+    name: str,
+    cfg: ModelConfig,
+    prep: _Prep,
+    intervals: dict[str, Any],
+    score: float,
+    results: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    stations: list[Series],
+    started: float,
 ) -> dict[str, Any]:
     d = tc.data
     spec = {
@@ -430,7 +464,12 @@ def _spec(
 
 
 def stage_packaging(
-    store: Path, spec: dict[str, Any], onnx_bytes: bytes, model: Any, test: Samples, test_pred: tuple[Any, ...],
+    store: Path,
+    spec: dict[str, Any],
+    onnx_bytes: bytes,
+    model: Any,
+    test: Samples,
+    test_pred: tuple[Any, ...],
     names: list[str],
 ) -> Path:
     """The bundle: graph, spec, model card with plots, the Keras model (provenance)."""

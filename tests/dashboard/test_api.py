@@ -41,8 +41,15 @@ def filled() -> DashboardState:
             "station_id": "Dongsi",
             "target_time": hour_to_iso(H0 + 59),
             "skill": [{"h": 1, "n": 5, "rmse": 3.0, "mae": 2.0, "persistence_rmse": 4.0, "persistence_mae": 3.0}],
-            "adaptation": {"horizons": [1, 24], "model": [0.7, 0.2], "persistence": [0.3, 0.3],
-                           "seasonal_24h": [0.0, 0.1], "mean_48h": [0.0, 0.4], "bias": [0.1, -2.0], "pairs": [30, 20]},
+            "adaptation": {
+                "horizons": [1, 24],
+                "model": [0.7, 0.2],
+                "persistence": [0.3, 0.3],
+                "seasonal_24h": [0.0, 0.1],
+                "mean_48h": [0.0, 0.4],
+                "bias": [0.1, -2.0],
+                "pairs": [30, 20],
+            },
         }
     )
     return s

@@ -49,10 +49,15 @@ def _order(services: dict[str, dict]) -> list[str]:
     return done
 
 
+def _map_ports(text: str, port_map: dict[str, str]) -> str:
+    """The service's own port numbers in a healthcheck replaced by the free ones it runs on."""
+    return re.sub(r"\b(\d{4,5})\b", lambda m: port_map.get(m.group(1), m.group(1)), text)
+
+
 def _healthy(cmd: list[str], env: dict[str, str], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if subprocess.run(cmd, env=env, capture_output=True, timeout=10, check=False).returncode == 0:  # noqa: S603
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=10, check=False).returncode == 0:
             return True
         time.sleep(1.0)
     return False
@@ -87,7 +92,7 @@ def test_compose_services_as_processes_carry_forecasts_to_the_viewer(broker, tmp
             full_env = {**os.environ, **env}
             logs[name] = tmp_path / f"{name}.log"
             out = open(logs[name], "wb")  # noqa: SIM115 - closed with the test
-            procs[name] = subprocess.Popen(  # noqa: S603
+            procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "pm25.cli", *args], env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
             )
             dependents = [s for s in services.values() if name in (s.get("depends_on") or {})]
@@ -97,20 +102,20 @@ def test_compose_services_as_processes_carry_forecasts_to_the_viewer(broker, tmp
             check = (svc.get("healthcheck") or {}).get("test")
             if check and ("service_healthy" in conditions or name == "dashboard"):
                 cmd = [_interpolate(str(a)) for a in check[1:]]
-                cmd = [re.sub(r"\b(\d{4,5})\b", lambda m: port_map.get(m.group(1), m.group(1)), a) for a in cmd]
+                cmd = [_map_ports(a, port_map) for a in cmd]
                 if cmd[0] == "python":
                     cmd[0] = sys.executable
                 assert _healthy(cmd, full_env, 120), f"{name} never healthy: {logs[name].read_text()[-2000:]}"
         deadline = time.monotonic() + 120
         lines: list[str] = []
         while time.monotonic() < deadline:
-            lines = [x for x in logs["viewer"].read_text(errors="replace").splitlines() if " +1h " in x and "worst:" in x]
+            lines = [
+                x for x in logs["viewer"].read_text(errors="replace").splitlines() if " +1h " in x and "worst:" in x
+            ]
             if len(lines) >= 50:
                 break
             time.sleep(1.0)
-        report_counts(
-            f"services started as processes: {', '.join(procs)}; forecast lines at the viewer {len(lines)}"
-        )
+        report_counts(f"services started as processes: {', '.join(procs)}; forecast lines at the viewer {len(lines)}")
         assert len(lines) >= 50, logs["viewer"].read_text()[-2000:] + logs["worker"].read_text()[-2000:]
         for name in ("worker", "viewer", "dashboard", "producer"):
             assert procs[name].poll() is None, f"{name} exited: {logs[name].read_text()[-2000:]}"

@@ -35,9 +35,7 @@ def replay(a: Adapter, y: np.ndarray, order, model_of, window: int = 48):
         for t in [r] + [h for h in range(r + 1, min(newest, r + window - 1) + 1) if h in present]:
             past = [y[h] for h in range(max(0, t - window + 1), t + 1) if h in present]
             model = model_of(t)
-            row = a.record(
-                st, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(np.mean(past))
-            )
+            row = a.record(st, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(np.mean(past)))
             c = a.combine([row], model[None])
             out[t] = (c.point[0].copy(), c.lo[0].copy(), c.hi[0].copy())
     return out, st
@@ -124,7 +122,9 @@ def test_the_state_round_trips_and_continues_exactly():
     for t in range(300, 600):
         model = model_of(t)
         past = [y[h] for h in range(t - 47, t + 1)]
-        row = a.record(restored, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(np.mean(past)))
+        row = a.record(
+            restored, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(np.mean(past))
+        )
         np.testing.assert_array_equal(a.combine([row], model[None]).point[0], whole[t][0])
     assert restored.to_bytes() == st_whole.to_bytes()
 
