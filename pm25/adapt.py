@@ -112,6 +112,8 @@ class StationAdaptation:
     #: the interpolated parameters of each snapshot (and their anchor rows as Python floats), by
     #: boundary hour: derived, never serialised
     params: dict[int, tuple[F32, list[list[float]]]] = field(default_factory=dict, repr=False, compare=False)
+    #: the last current_weights() answer and the parameters it describes (derived, never serialised)
+    view: tuple[F32, dict[str, list[float]]] | None = field(default=None, repr=False, compare=False)
 
     def to_bytes(self) -> bytes:
         parts = [
@@ -380,13 +382,16 @@ class Adapter:
 
     def current_weights(self, st: StationAdaptation) -> dict[str, list[float]]:
         """What the station's newest forecast uses, per anchor horizon: each expert's weight and
-        the bias (for reports and the dashboard)."""
+        the bias (for reports and the dashboard). It changes once per learned block: cached."""
         params = self._snapshot_params(st, st.newest)
+        if st.view is not None and st.view[0] is params:
+            return st.view[1]
         out: dict[str, list[float]] = {"horizons": list(ANCHORS)}
         for k, name in enumerate(EXPERTS):
             out[name] = [round(float(params[h - 1, k]), 4) for h in ANCHORS]
         out["bias"] = [round(float(params[h - 1, _K]), 3) for h in ANCHORS]
         out["pairs"] = [int(st.stats[a, _N]) for a in range(_A)]
+        st.view = (params, out)
         return out
 
     # -- a batch of forecasts, vectorised -------------------------------------------------------
