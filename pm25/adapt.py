@@ -29,8 +29,8 @@ from *sealed* hours (older than ``newest - L``, which no reading can change any 
 issued at hour ``t`` uses the statistics as they were sealed through the last 24-hour boundary at or
 before ``t - L - 1``: a pure function of the data up to ``t``. The station keeps those snapshots and a
 ring of what it needs to score sealed targets (the observation, persistence and the model's forecast
-at the learned horizons, per hour). The cost is a learning delay of ``L + 1`` to ``L + 24`` hours; the statistics are learned in
-vectorised blocks of 24 sealed hours.
+at the learned horizons, per hour). The cost is a learning delay of ``L + 1`` to ``L + 24`` hours;
+the statistics are learned in vectorised blocks of 24 sealed hours.
 
 Statistics are learned at the horizons :data:`ANCHORS` and interpolated in between. Every number is
 float32 after each step, so the serialised state equals the state in memory: a worker restarted from
