@@ -33,7 +33,7 @@ from pm25.schema import Reading
 from pm25.settings import Settings
 from stream_processor.backtest import make_engine
 from stream_processor.engine import Engine, run_offline
-from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics
+from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics, json_safe
 
 __all__ = ["Evaluation", "StationResult", "evaluate_stations", "shipped_test_year", "write_report"]
 
@@ -293,7 +293,7 @@ def write_report(ev: Evaluation, out_dir: Path) -> list[Path]:
     """JSON, Markdown table and a per-station plot (skill by horizon, coverage)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "evaluation.json", out_dir / "evaluation.md"]
-    written[0].write_text(json.dumps(_json_safe(ev.to_dict()), indent=1) + "\n")
+    written[0].write_text(json.dumps(json_safe(ev.to_dict()), indent=1) + "\n")
     written[1].write_text(ev.table() + "\n")
     try:
         import matplotlib
@@ -327,13 +327,3 @@ def write_report(ev: Evaluation, out_dir: Path) -> list[Path]:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return [*written, png]
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value

@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["REPORT_HORIZONS", "coverage", "horizon_metrics"]
+__all__ = ["REPORT_HORIZONS", "coverage", "horizon_metrics", "json_safe"]
 
 #: The horizons reported in tables (all 24 are stored in the bundle).
 REPORT_HORIZONS = (1, 3, 6, 12, 24)
@@ -43,3 +46,14 @@ def coverage(
         inside = (actual[ok, h] >= lo[ok, h]) & (actual[ok, h] <= hi[ok, h])
         out.append(round(float(inside.mean()), 4) if ok.any() else float("nan"))
     return out
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (a horizon a baseline does not forecast) become null: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

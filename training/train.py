@@ -35,7 +35,7 @@ import numpy.typing as npt
 from model_store import BundleError, load_production, promote, write_bundle
 from pm25.features import RAW_FIELDS, postprocess, scale, target_scale
 from training.dataset import DataConfig, Samples, Series, load_all, split_samples
-from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics
+from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics, json_safe
 from training.models import ModelConfig
 
 __all__ = ["GRIDS", "MODEL_FEATURES", "TrainConfig", "TrainResult", "train"]
@@ -460,7 +460,7 @@ def _spec(
         "packages": _package_versions(),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-    return _json_safe(spec)
+    return json_safe(spec)
 
 
 def stage_packaging(
@@ -490,17 +490,6 @@ def _keras_bytes(model: Any) -> bytes:
         path = Path(tmp) / "model.keras"
         model.save(path)
         return path.read_bytes()
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN (a horizon a baseline does not forecast) becomes null: the spec is strict JSON."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _zero_intervals() -> dict[str, list[float]]:

@@ -15,9 +15,8 @@ from pm25.settings import Settings
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture
-def settings_env(broker, run_id, tmp_path) -> dict[str, str]:
-    servers, embedded = broker
+def worker_env(servers: str, embedded: bool, run_id: str) -> dict[str, str]:
+    """A test application's settings: its own app id, topics and web port on the given broker."""
     return {
         "PM25_BOOTSTRAP_SERVERS": servers,
         "PM25_EMBEDDED_BROKER": "1" if embedded else "0",
@@ -28,6 +27,12 @@ def settings_env(broker, run_id, tmp_path) -> dict[str, str]:
         "PM25_SCORES_TOPIC": f"scores-{run_id}",
         "PM25_WEB_PORT": str(free_port()),
     }
+
+
+@pytest.fixture
+def settings_env(broker, run_id, tmp_path) -> dict[str, str]:
+    servers, embedded = broker
+    return worker_env(servers, embedded, run_id)
 
 
 @pytest.fixture

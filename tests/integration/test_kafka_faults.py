@@ -15,7 +15,7 @@ from pm25.kafka import ensure_topics
 from pm25.schema import forecast_from_json
 from pm25.settings import Settings
 from producer.replay import load_source
-from tests.integration.conftest import collect
+from tests.integration.conftest import collect, worker_env
 from tests.integration.test_faults import _paced_send, by_key, expected_forecasts
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -23,18 +23,8 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 STATIONS = {"Dongsi", "Wanliu", "Huairou", "Gucheng", "Tiantan", "Shunyi"}
 
 
-def _env(servers: str, run_id: str, **extra: str) -> dict[str, str]:
-    return {
-        "PM25_BOOTSTRAP_SERVERS": servers,
-        "PM25_EMBEDDED_BROKER": "0",
-        "PM25_APP_ID": f"pm25-test-{run_id}",
-        "PM25_READINGS_TOPIC": f"readings-{run_id}",
-        "PM25_FORECASTS_TOPIC": f"forecasts-{run_id}",
-        "PM25_DLQ_TOPIC": f"dlq-{run_id}",
-        "PM25_SCORES_TOPIC": f"scores-{run_id}",
-        "PM25_WEB_PORT": str(free_port()),
-        **extra,
-    }
+def _env(servers: str, run_id: str) -> dict[str, str]:
+    return worker_env(servers, False, run_id)
 
 
 def _defences(*workers: WorkerProcess) -> str:
