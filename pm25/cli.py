@@ -486,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="reports/bench.json", help="JSON report path (plot beside it)")
     s.add_argument("--stations", type=_positive_int, default=1000, help="stations in the throughput run")
     s.add_argument("--hours", type=_positive_int, default=20, help="timed hours per station (after 45 warm-up hours)")
-    s.add_argument("--latency-rate", type=_positive_float, default=500.0, help="offered readings/s for latency")
+    s.add_argument(
+        "--latency-rate", type=_positive_float, default=1000.0, help="offered readings/s for latency (default 1000)"
+    )
     s.add_argument("--latency-seconds", type=_positive_float, default=20.0, help="duration of the latency run")
     s.add_argument("--repeats", type=_positive_int, default=5, help="production throughput runs (median reported)")
     s.set_defaults(func=cmd_bench)

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 1024
 BATCH_WITHIN_S = 0.2
 BATCH_IDLE_S = 0.005
+#: A batch at least this large means the stream is under load: the next one may wait to fill.
+BATCH_LOADED = BATCH_MAX // 8
 #: Batches between intake and release at once (computing or waiting for the broker's acks). With
 #: 1024 / 2 the worker's peak RSS was 201-207 MB in five runs, with 2048 / 3 it was 216-259 MB, at
 #: the same throughput.
@@ -126,6 +128,7 @@ class Worker:
         self._stream: faust.Stream | None = None
         self._waiting = True  # the agent is waiting for its next micro-batch
         self._taken = 0  # input messages taken in so far
+        self._last_batch = 0  # size of the previous micro-batch
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pm25-inference")
         conf: dict[str, Any] = {
             "broker": f"kafka://{settings.bootstrap_servers}",
@@ -174,15 +177,20 @@ class Worker:
         concrete = self._stream = cast(faust.Stream, stream)
         _tune_gc()
         async for events in take_adaptive(concrete, BATCH_MAX, self._batch_wait):
+            self._last_batch = len(events)
             self._waiting = False
             await self.handle_batch(events)
             self._waiting = True
 
     def _batch_wait(self) -> float:
-        """How long the next micro-batch may wait to fill: long under load, short when idle."""
+        """How long the next micro-batch may wait to fill: long under load (the previous batch was
+        large, messages wait in the stream's queue, or the batches in flight are at their limit),
+        short when idle."""
         stream = self._stream
         backlog = stream is not None and not cast(faust.Channel, stream.channel).empty()
-        return BATCH_WITHIN_S if backlog or len(self._in_flight) >= MAX_IN_FLIGHT else BATCH_IDLE_S
+        in_flight = sum(1 for f in self._in_flight if not f.done())  # released ones stay queued
+        busy = backlog or self._last_batch >= BATCH_LOADED or in_flight >= MAX_IN_FLIGHT
+        return BATCH_WITHIN_S if busy else BATCH_IDLE_S
 
     async def handle_batch(self, events: Sequence[EventT]) -> None:
         """One micro-batch, pipelined: its intake (parse, apply, new states) runs on the event loop
