@@ -45,14 +45,18 @@ log = logging.getLogger(__name__)
 
 #: Micro-batch: up to this many events, or whatever arrived within the batch wait. Large batches
 #: spread the per-batch broker round trips over many readings (measured: 512 / 0.05 s gave about
-#: half the throughput of 1024-2048 / 0.2 s), so under load (a backlog in the stream's queue, or
-#: the batches in flight at their limit) the wait is BATCH_WITHIN_S; otherwise BATCH_IDLE_S, so a
-#: reading on a light stream does not wait for a batch to fill (adaptive batching).
+#: half the throughput of 1024-2048 / 0.2 s). The wait is asked anew for each batch
+#: (consumer.take_adaptive): BATCH_WITHIN_S under load (the previous batch was large or the
+#: unreleased batches are at their limit), BATCH_IDLE_S otherwise. Measured on Apache Kafka at an
+#: offered 1000 readings/s for 1000 stations (docs/benchmarks.md): an idle wait of 5 ms gave
+#: p50 922 ms, 25 ms gave 1112 ms, 0.2 s gave 375 ms (p99 about 3 s in all three: the worker, the
+#: broker and the load generator saturate the two cores), so the idle wait stays at 0.2 s here;
+#: lower it where a worker has headroom.
 BATCH_MAX = 1024
 BATCH_WITHIN_S = 0.2
-BATCH_IDLE_S = 0.005
+BATCH_IDLE_S = 0.2
 #: A batch at least this large means the stream is under load: the next one may wait to fill.
-BATCH_LOADED = BATCH_MAX // 8
+BATCH_LOADED = BATCH_MAX // 4
 #: Batches between intake and release at once (computing or waiting for the broker's acks). With
 #: 1024 / 2 the worker's peak RSS was 201-207 MB in five runs, with 2048 / 3 it was 216-259 MB, at
 #: the same throughput.
@@ -186,10 +190,8 @@ class Worker:
         """How long the next micro-batch may wait to fill: long under load (the previous batch was
         large, messages wait in the stream's queue, or the batches in flight are at their limit),
         short when idle."""
-        stream = self._stream
-        backlog = stream is not None and not cast(faust.Channel, stream.channel).empty()
         in_flight = sum(1 for f in self._in_flight if not f.done())  # released ones stay queued
-        busy = backlog or self._last_batch >= BATCH_LOADED or in_flight >= MAX_IN_FLIGHT
+        busy = self._last_batch >= BATCH_LOADED or in_flight >= MAX_IN_FLIGHT
         return BATCH_WITHIN_S if busy else BATCH_IDLE_S
 
     async def handle_batch(self, events: Sequence[EventT]) -> None:
