@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KAFKA_VERSION", "ApacheKafka", "KafkaUnavailable", "kafka_version", "resolve_jars"]
+__all__ = ["ApacheKafka", "KafkaUnavailable", "kafka_version", "resolve_jars"]
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,16 @@ class KafkaUnavailable(RuntimeError):
 
 
 def kafka_version(pom: Path = POM) -> str:
-    """The Apache Kafka version the pom pins."""
-    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom.read_text())
+    """The Apache Kafka version the pom pins (read when needed: an image without the source
+    checkout's ``broker/`` folder still runs every other command)."""
+    try:
+        text = pom.read_text()
+    except OSError as err:
+        raise KafkaUnavailable(f"{pom} not found: `pm25 kafka` runs from a source checkout") from err
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", text)
     if match is None:
         raise KafkaUnavailable(f"{pom}: no <kafka.version> property")
     return match.group(1)
-
-
-KAFKA_VERSION = kafka_version()
 
 
 def _cache_root() -> Path:
@@ -55,15 +57,16 @@ def _cache_root() -> Path:
 
 def resolve_jars(quiet: bool = False) -> Path:
     """The folder of Apache Kafka's runtime jars, resolved by Maven the first time."""
-    lib = _cache_root() / KAFKA_VERSION / "lib"
-    if (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
+    version = kafka_version()
+    lib = _cache_root() / version / "lib"
+    if (lib / f"kafka_2.13-{version}.jar").is_file():
         return lib
     java, mvn = shutil.which("java"), shutil.which("mvn")
     if java is None or mvn is None:
         missing = " and ".join(n for n, p in (("java", java), ("mvn", mvn)) if p is None)
         raise KafkaUnavailable(f"Apache Kafka needs Java 17+ and Maven on the PATH; {missing} not found")
     if not quiet:
-        log.info("resolving Apache Kafka %s from Maven Central into %s (once)", KAFKA_VERSION, lib)
+        log.info("resolving Apache Kafka %s from Maven Central into %s (once)", version, lib)
     tmp = lib.with_name("lib.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     cmd = [
@@ -78,9 +81,7 @@ def resolve_jars(quiet: bool = False) -> Path:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)  # noqa: S603
     if proc.returncode != 0:
-        raise KafkaUnavailable(
-            f"mvn could not resolve Apache Kafka {KAFKA_VERSION}: {(proc.stdout + proc.stderr)[-800:]}"
-        )
+        raise KafkaUnavailable(f"mvn could not resolve Apache Kafka {version}: {(proc.stdout + proc.stderr)[-800:]}")
     shutil.rmtree(lib, ignore_errors=True)
     tmp.rename(lib)
     return lib
@@ -117,7 +118,7 @@ class ApacheKafka:
         self.controller_port = _free_port()
         self.partitions = partitions
         self.proc: subprocess.Popen[bytes] | None = None
-        self.version = KAFKA_VERSION
+        self.version = "unknown"  # read from the pom when the broker starts
 
     @property
     def bootstrap_servers(self) -> str:
@@ -173,6 +174,7 @@ class ApacheKafka:
 
     def start(self, timeout: float = 90.0) -> ApacheKafka:
         lib = resolve_jars()
+        self.version = kafka_version()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", self.port)) == 0:
