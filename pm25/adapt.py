@@ -72,7 +72,11 @@ _TRI = [(j, k) for j in range(_K) for k in range(j, _K)]
 _N_TRI = len(_TRI)
 _B0 = _N_TRI
 _N, _QLO, _QHI = _B0 + _K, _B0 + _K + 1, _B0 + _K + 2
-_STAT_COLS = _B0 + _K + 3
+# the mean squared error of the combination as the snapshots proposed it (at its issue hours)
+_MC = _B0 + _K + 3
+# the same for the model alone corrected by the bias the snapshots held (a like-for-like rival)
+_MM = _B0 + _K + 4
+_STAT_COLS = _B0 + _K + 5
 #: shrinkage of the error covariance towards its diagonal (stabilises the combination weights)
 _SHRINK = 0.15
 # ring columns: observation, persistence and 48-hour mean at issue, the interval widening of the
@@ -91,9 +95,13 @@ _Q_STEP = 0.04
 _Q_MISS = 0.1  # each bound is a 10 % / 90 % quantile
 #: interval widening per hour since the last PM2.5 observation: sqrt(1 + gap / _GAP_WIDEN_HOURS)
 _GAP_WIDEN_HOURS = 6.0
-_FORMAT = 1
+_FORMAT = 2
 _HEADER = struct.Struct("<BqqHBBB")  # format, newest, sealed, ring rows, anchors, experts, snapshots
 _SNAP_HEADER = struct.Struct("<q")
+
+
+#: a snapshot's parameters: published [H, K + 3]; published and proposed rows at the anchors
+_Params = tuple[F32, list[list[float]], list[list[float]]]
 
 
 class AdaptFormatError(ValueError):
@@ -111,7 +119,7 @@ class StationAdaptation:
     snapshots: list[tuple[int, F32]] = field(default_factory=list)  # (boundary hour, stats), ascending
     #: the interpolated parameters of each snapshot (and their anchor rows as Python floats), by
     #: boundary hour: derived, never serialised
-    params: dict[int, tuple[F32, list[list[float]]]] = field(default_factory=dict, repr=False, compare=False)
+    params: dict[int, _Params] = field(default_factory=dict, repr=False, compare=False)
     #: the last current_weights() answer and the parameters it describes (derived, never serialised)
     view: tuple[F32, dict[str, list[float]]] | None = field(default=None, repr=False, compare=False)
 
@@ -200,8 +208,7 @@ class Adapter:
         self._interp = np.stack(
             [np.interp(hs, np.asarray(ANCHORS, dtype=np.float64), eye[a]) for a in range(_A)], axis=1
         )
-        prior = self._params(self.prior)
-        self._prior_cached = (prior, prior[self._anchor_pos].tolist())
+        self._prior_cached = self._params(self.prior)
 
     @classmethod
     def for_spec(
@@ -340,8 +347,15 @@ class Adapter:
         issue_hours = first + np.arange(n_t)[:, None] - np.asarray(ANCHORS)[None, :]  # [T, A]
         keys = _boundary_array(issue_hours - self.lateness - 1)
         distinct = np.unique(keys)
-        table = np.array([self._published(st, int(k) + self.lateness + 1) for k in distinct], dtype=np.float64)
-        pub = table[np.searchsorted(distinct, keys), np.arange(_A)[None, :]]  # [T, A, K + 3]
+        snaps = [self._snapshot(st, int(k) + self.lateness + 1) for k in distinct]
+        which = np.searchsorted(distinct, keys), np.arange(_A)[None, :]
+        pub = np.array([x[1] for x in snaps], dtype=np.float64)[which]  # [T, A, K + 3]
+        cand = np.array([x[2] for x in snaps], dtype=np.float64)[which]
+        # how the combination the snapshots proposed did, against the model alone (bias-corrected)
+        err_c = (cand[:, :, :_K] * f).sum(axis=2) + cand[:, :, _K] - yy
+        err_m = f[:, :, 0] + cand[:, :, _K + 3] - yy  # the model and its bias correction then
+        both = np.stack([err_c * err_c, err_m * err_m], axis=2)
+        s[:, _MC : _MM + 1] = _ew(s[:, _MC : _MM + 1], alpha, both)
         combo = (pub[:, :, :_K] * f).sum(axis=2)
         center = np.log1p(np.maximum(combo + pub[:, :, _K], 0.0))
         log_y = np.log1p(np.maximum(yy, 0.0))
@@ -353,16 +367,15 @@ class Adapter:
         s[:, _N] += vf.sum(axis=0)
         st.stats = s.astype(np.float32)
 
-    def _snapshot(self, st: StationAdaptation, hour: int) -> tuple[F32, list[list[float]]]:
-        """The parameters of the snapshot a forecast at ``hour`` uses: [H, _K + 3] and, as Python
-        floats, their rows at the anchor horizons."""
+    def _snapshot(self, st: StationAdaptation, hour: int) -> _Params:
+        """The parameters of the snapshot a forecast at ``hour`` uses: published [H, _K + 3], their
+        rows at the anchor horizons and the proposed combination's, as Python floats."""
         limit = hour - self.lateness - 1
         for b, stats in reversed(st.snapshots):
             if b <= limit:
                 cached = st.params.get(b)
                 if cached is None:
-                    full = self._params(stats)
-                    cached = st.params[b] = (full, full[self._anchor_pos].tolist())
+                    cached = st.params[b] = self._params(stats)
                 return cached
         return self._prior_cached
 
@@ -372,13 +385,25 @@ class Adapter:
     def _published(self, st: StationAdaptation, hour: int) -> list[list[float]]:
         return self._snapshot(st, hour)[1]
 
-    def _params(self, stats: F32) -> F32:
-        """[H, _K + 3]: weights, bias, lower and upper offset, interpolated between the anchors."""
+    def _params(self, stats: F32) -> _Params:
+        """Published [H, _K + 3] (weights, bias, lower and upper offset, interpolated between the
+        anchors), and at the anchors the published and the proposed rows. The proposal is the
+        minimum-MSE combination; it is published at an anchor unless the model alone (corrected
+        by its bias) has done better on the same sealed pairs, then the model alone is."""
         s = stats.astype(np.float64)
         w = _weights_all(s)  # [A, K]
+        q = s[:, _QLO : _QHI + 1]
         bias = -(w * s[:, _B0 : _B0 + _K]).sum(axis=1, keepdims=True)
-        per_anchor = np.concatenate([w, bias, s[:, _QLO : _QLO + 1], s[:, _QHI : _QHI + 1]], axis=1)
-        return (self._interp @ per_anchor).astype(np.float32)
+        # proposed rows carry the model's own bias correction last, for the like-for-like rival
+        proposed = np.concatenate([w, bias, q, -s[:, _B0 : _B0 + 1]], axis=1)
+        alone = (s[:, _N] >= _WARMUP_PAIRS) & (s[:, _MM] < s[:, _MC])
+        model_only = np.zeros_like(proposed)
+        model_only[:, 0] = 1.0
+        model_only[:, _K] = -s[:, _B0]
+        model_only[:, _K + 1 : _K + 3] = q
+        per_anchor = np.where(alone[:, None], model_only, proposed)[:, : _K + 3]
+        full = (self._interp @ per_anchor).astype(np.float32)
+        return full, full[self._anchor_pos].tolist(), proposed.astype(np.float32).tolist()
 
     def current_weights(self, st: StationAdaptation) -> dict[str, list[float]]:
         """What the station's newest forecast uses, per anchor horizon: each expert's weight and
