@@ -107,6 +107,15 @@ logger.state.level = warn
 """
 
 
+def _cluster_id() -> str:
+    """16 random bytes, URL-safe base64 without padding, not starting with "-" (the storage tool
+    would read such an id as an option: seen as a failed format about once in 64 starts)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
 class ApacheKafka:
     """One Apache Kafka process: ``start()``, ``stop()`` (controlled shutdown), ``kill()`` (SIGKILL),
     and ``start()`` again on the same data folder."""
@@ -166,7 +175,7 @@ class ApacheKafka:
     def _format(self, lib: Path, props: Path) -> None:
         if (self.data_dir / "logs" / "meta.properties").is_file():
             return  # formatted before: the data persists
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         cmd = self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
         if proc.returncode != 0:

@@ -88,3 +88,10 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.startswith("pm25 ")
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash():
+    from pm25.apache_kafka import _cluster_id
+
+    ids = [_cluster_id() for _ in range(5000)]  # about 78 would start with "-" by chance
+    assert not any(i.startswith("-") for i in ids) and all(len(i) == 22 for i in ids)
