@@ -382,9 +382,6 @@ class Adapter:
     def _snapshot_params(self, st: StationAdaptation, hour: int) -> F32:
         return self._snapshot(st, hour)[0]
 
-    def _published(self, st: StationAdaptation, hour: int) -> list[list[float]]:
-        return self._snapshot(st, hour)[1]
-
     def _params(self, stats: F32) -> _Params:
         """Published [H, _K + 3] (weights, bias, lower and upper offset, interpolated between the
         anchors), and at the anchors the published and the proposed rows. The proposal is the

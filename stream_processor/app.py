@@ -31,7 +31,7 @@ from model_store import BundleError, default_store, load_production, production_
 from pm25.embedded import CHANGELOG_END_KEY, WORKER_FETCH_MAX_WAIT_MS, faust_overrides
 from pm25.settings import Settings
 from pm25.window import StationWindow
-from stream_processor.consumer import App, Consumer, take_adaptive
+from stream_processor.consumer import App, Consumer
 from stream_processor.engine import Engine, Request
 from stream_processor.inference import Forecaster, OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
@@ -43,20 +43,12 @@ __all__ = ["BATCH_MAX", "BATCH_WITHIN_S", "Worker", "create_worker"]
 
 log = logging.getLogger(__name__)
 
-#: Micro-batch: up to this many events, or whatever arrived within the batch wait. Large batches
-#: spread the per-batch broker round trips over many readings (measured: 512 / 0.05 s gave about
-#: half the throughput of 1024-2048 / 0.2 s). The wait is asked anew for each batch
-#: (consumer.take_adaptive): BATCH_WITHIN_S under load (the previous batch was large or the
-#: unreleased batches are at their limit), BATCH_IDLE_S otherwise. Measured on Apache Kafka at an
-#: offered 1000 readings/s for 1000 stations (docs/benchmarks.md): an idle wait of 5 ms gave
-#: p50 922 ms, 25 ms gave 1112 ms, 0.2 s gave 375 ms (p99 about 3 s in all three: the worker, the
-#: broker and the load generator saturate the two cores), so the idle wait stays at 0.2 s here;
-#: lower it where a worker has headroom.
+#: Micro-batch: up to this many events, or whatever arrived within this many seconds. Large
+#: batches spread the per-batch broker round trips over many readings (measured: 512 / 0.05 s gave
+#: about half the throughput of 1024-2048 / 0.2 s). A shorter wait when idle was tried and measured
+#: worse on 2 cores at 1000 readings/s on Apache Kafka (docs/benchmarks.md), so it is fixed.
 BATCH_MAX = 1024
 BATCH_WITHIN_S = 0.2
-BATCH_IDLE_S = 0.2
-#: A batch at least this large means the stream is under load: the next one may wait to fill.
-BATCH_LOADED = BATCH_MAX // 4
 #: Batches between intake and release at once (computing or waiting for the broker's acks). With
 #: 1024 / 2 the worker's peak RSS was 201-207 MB in five runs, with 2048 / 3 it was 216-259 MB, at
 #: the same throughput.
@@ -132,7 +124,6 @@ class Worker:
         self._stream: faust.Stream | None = None
         self._waiting = True  # the agent is waiting for its next micro-batch
         self._taken = 0  # input messages taken in so far
-        self._last_batch = 0  # size of the previous micro-batch
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pm25-inference")
         conf: dict[str, Any] = {
             "broker": f"kafka://{settings.bootstrap_servers}",
@@ -180,19 +171,10 @@ class Worker:
         # take_events lives on the concrete Stream, not on StreamT
         concrete = self._stream = cast(faust.Stream, stream)
         _tune_gc()
-        async for events in take_adaptive(concrete, BATCH_MAX, self._batch_wait):
-            self._last_batch = len(events)
+        async for events in concrete.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             self._waiting = False
             await self.handle_batch(events)
             self._waiting = True
-
-    def _batch_wait(self) -> float:
-        """How long the next micro-batch may wait to fill: long under load (the previous batch was
-        large, messages wait in the stream's queue, or the batches in flight are at their limit),
-        short when idle."""
-        in_flight = sum(1 for f in self._in_flight if not f.done())  # released ones stay queued
-        busy = self._last_batch >= BATCH_LOADED or in_flight >= MAX_IN_FLIGHT
-        return BATCH_WITHIN_S if busy else BATCH_IDLE_S
 
     async def handle_batch(self, events: Sequence[EventT]) -> None:
         """One micro-batch, pipelined: its intake (parse, apply, new states) runs on the event loop

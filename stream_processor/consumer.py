@@ -35,8 +35,7 @@ method, so an upgrade must re-read it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, cast
 
 import faust
@@ -45,7 +44,7 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 
-__all__ = ["App", "Consumer", "QuietMonitor", "take_adaptive"]
+__all__ = ["App", "Consumer", "QuietMonitor"]
 
 #: Like Faust's loop: give other tasks a turn after this many messages from one fetch.
 YIELD_EVERY = 100
@@ -187,57 +186,3 @@ class App(faust.App):
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
-
-
-async def take_adaptive(stream: faust.Stream, max_events: int, wait_s: Callable[[], float]) -> AsyncIterator[list[Any]]:
-    """Micro-batches of at most ``max_events`` events from ``stream``, each yielded when it is full
-    or when ``wait_s()`` seconds have passed since the previous one (asked anew before each batch).
-
-    Faust's ``Stream.take_events`` fixes that wait when it starts: with 0.2 s (what throughput needs
-    under load) every reading of a light stream waited up to 0.2 s for its batch. Here the caller
-    keeps the wait short while it is idle and long only while there is a backlog, so batches grow
-    only under load. Like ``take_events``: the stream is drained passively into a buffer by a
-    processor (Faust internals: ``add_processor``, ``_enable_passive``, ``current_event``), the
-    buffer is refilled only after the previous batch was handed back, and each event is
-    acknowledged once the caller is done with its batch (acks are off in the stream meanwhile).
-    """
-    events: list[Any] = []
-    full = asyncio.Event()
-    handed_back = asyncio.Event()
-    handed_back.set()
-
-    async def into_buffer(value: Any) -> Any:
-        await handed_back.wait()  # not while the caller holds the previous batch
-        event = stream.current_event
-        if event is None:
-            raise RuntimeError("no current event in the stream's processor")
-        events.append(event)
-        if len(events) >= max_events:
-            full.set()
-            handed_back.clear()  # strictly at most max_events per batch
-            await handed_back.wait()
-        return value
-
-    acks = stream.enable_acks
-    stream.enable_acks = False
-    stream.add_processor(into_buffer)
-    stream._enable_passive(cast(Any, aiter(stream.channel)))  # Faust internals (see above)
-    try:
-        while not stream.should_stop:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(full.wait(), timeout=wait_s())
-            if not events:
-                continue
-            handed_back.clear()
-            batch = list(events)
-            try:
-                yield batch
-            finally:
-                events.clear()
-                for event in batch:
-                    await stream.ack(event)
-                full.clear()
-                handed_back.set()
-    finally:
-        stream.enable_acks = acks
-        stream._processors.remove(into_buffer)  # Faust internals

@@ -177,6 +177,7 @@ class Samples:
     end_hour: npt.NDArray[np.int64]  # epoch hour of each sample's issue time
     station: npt.NDArray[np.int64]  # index into the station list of each sample
     seasonal: npt.NDArray[np.float32]  # [N, H] PM2.5 24 h before each target (carried forward)
+    level: npt.NDArray[np.float32]  # [N] the window's level (pm25.features: the target's unit)
 
 
 def _carried(pm: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -220,6 +221,7 @@ def make_samples(
         end_hour=series.hours[index[keep]],
         station=np.full(int(keep.sum()), station, dtype=np.int64),
         seasonal=np.ascontiguousarray(seasonal, dtype=np.float32),
+        level=batch.level[keep],
     )
 
 
@@ -231,6 +233,7 @@ def concat_samples(parts: Sequence[Samples]) -> Samples:
         end_hour=np.concatenate([p.end_hour for p in parts]),
         station=np.concatenate([p.station for p in parts]),
         seasonal=np.concatenate([p.seasonal for p in parts]),
+        level=np.concatenate([p.level for p in parts]),
     )
 
 

@@ -153,10 +153,8 @@ class _Prep:
 
 
 def _level(s: Samples) -> npt.NDArray[np.float32]:
-    """The window level of each sample, from its features (log1p of the last PM2.5 minus the last
-    hour's offset from the window's mean log): the same number the stream computes."""
-    rel_mean = s.x[:, -1, MODEL_FEATURES.index("log_pm25_rel_mean")].astype(np.float64)
-    return np.expm1(np.log1p(s.last_pm25.astype(np.float64)) - rel_mean).astype(np.float32)
+    """The window level of each sample, as the shared feature code computes it for the stream."""
+    return s.level
 
 
 def _selection_score(metrics: dict[str, list[float]], horizons: tuple[int, ...]) -> float:

@@ -33,3 +33,4 @@ def test_training_samples_equal_stream_windows():
     assert len(samples.end_hour) == int(stream.usable.sum()) > 400
     np.testing.assert_array_equal(samples.x, stream.features[stream.usable])
     np.testing.assert_array_equal(samples.last_pm25, stream.last_pm25[stream.usable])
+    np.testing.assert_array_equal(samples.level, stream.level[stream.usable])  # the target's unit
