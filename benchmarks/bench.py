@@ -607,11 +607,14 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path) -> dict[str, 
     from pm25.schema import iso_to_hour
 
     lat = []
+    by_second: dict[int, list[float]] = {}  # second of the run the reading was sent in -> latencies
+    t_first = min(sent_at.values(), default=0.0)
     for m in msgs:
         f = forecast_from_json(m.value)
         key = (f.station_id, iso_to_hour(f.issued_at))
         if key in sent_at:
             lat.append(m.timestamp / 1000.0 - sent_at[key])
+            by_second.setdefault(int(sent_at[key] - t_first), []).append(lat[-1] * 1000)
     lat_ms = sorted(x * 1000 for x in lat)
 
     def pct(p: float) -> float | None:
@@ -627,6 +630,8 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path) -> dict[str, 
             "p99": pct(99),
             "mean": round(statistics.fmean(lat_ms), 1) if lat_ms else None,
         },
+        # per second of the run: the median and the highest latency of the readings sent in it
+        "timeline_ms": [[s, round(statistics.median(v), 1), round(max(v), 1)] for s, v in sorted(by_second.items())],
     }
 
 
@@ -639,7 +644,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     except ImportError:
         return
     inf, e2e = report["inference"], report["e2e"]
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
     names = ["ONNX b=1", "ONNX b=512"] + (["Keras b=1"] if inf.get("keras_rows_per_s_batch1") else [])
     vals = [inf["onnx_rows_per_s_batch1"], inf["onnx_rows_per_s_batched"]] + (
         [inf["keras_rows_per_s_batch1"]] if inf.get("keras_rows_per_s_batch1") else []
@@ -672,6 +677,15 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax[2].axhline(100, color="k", ls="--", lw=0.8)
     ax[2].set(title=f"Reading-to-forecast latency (ms) at {e2e['latency']['offered_readings_per_s']:.0f}/s")
     ax[2].legend()
+    for name, suite in (("embedded", e2e), ("Apache Kafka", kafka)):
+        timeline = (suite.get("latency") or {}).get("timeline_ms") or []
+        if timeline:
+            t = [row[0] for row in timeline]
+            (line,) = ax[3].plot(t, [row[1] for row in timeline], label=f"{name} median")
+            ax[3].plot(t, [row[2] for row in timeline], ls=":", color=line.get_color(), label=f"{name} highest")
+    ax[3].axhline(100, color="k", ls="--", lw=0.8)
+    ax[3].set(title="Latency per second of the run (ms)", xlabel="second", yscale="log")
+    ax[3].legend(fontsize=7)
     fig.suptitle(
         f"pm25 bench {report['date']} - {report['machine']['cores']} cores, {report['machine']['cpu_model']}",
         fontsize=9,

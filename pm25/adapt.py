@@ -30,7 +30,10 @@ issued at hour ``t`` uses the statistics as they were sealed through the last 24
 before ``t - L - 1``: a pure function of the data up to ``t``. The station keeps those snapshots and a
 ring of what it needs to score sealed targets (the observation, persistence and the model's forecast
 at the learned horizons, per hour). The cost is a learning delay of ``L + 1`` to ``L + 24`` hours;
-the statistics are learned in vectorised blocks of 24 sealed hours.
+the statistics are learned in vectorised blocks of 24 sealed hours. Each station's blocks end at its
+own hour of the day (its *phase*, from a checksum of its id): the stations of a network, which
+report the same hours, do not all learn in the same hour (1000 stations learning at once held a
+worker up for about half a second).
 
 Statistics are learned at the horizons :data:`ANCHORS` and interpolated in between. Every number is
 float32 after each step, so the serialised state equals the state in memory: a worker restarted from
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +59,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ANCHORS", "EXPERTS", "AdaptFormatError", "Adapter", "Combined", "Row", "StationAdaptation"]
+__all__ = ["ANCHORS", "EXPERTS", "AdaptFormatError", "Adapter", "Combined", "Row", "StationAdaptation", "station_phase"]
 
 F32 = npt.NDArray[np.float32]
 
@@ -95,8 +99,11 @@ _Q_STEP = 0.04
 _Q_MISS = 0.1  # each bound is a 10 % / 90 % quantile
 #: interval widening per hour since the last PM2.5 observation: sqrt(1 + gap / _GAP_WIDEN_HOURS)
 _GAP_WIDEN_HOURS = 6.0
-_FORMAT = 2
+_FORMAT = 3
 _HEADER = struct.Struct("<BqqHBBB")  # format, newest, sealed, ring rows, anchors, experts, snapshots
+_PHASE = struct.Struct("<B")  # format 3 adds the station's phase after the header
+#: format 2 (phase 0 for every station) is still read
+_READS = (2, 3)
 _SNAP_HEADER = struct.Struct("<q")
 
 
@@ -117,6 +124,7 @@ class StationAdaptation:
     ring: F32  # [rows, _RING_COLS]; row rows-1 is ``newest``
     stats: F32  # [_A, _STAT_COLS] working statistics, sealed through ``sealed``
     snapshots: list[tuple[int, F32]] = field(default_factory=list)  # (boundary hour, stats), ascending
+    phase: int = 0  # blocks end at the hours h with (h + 1 - phase) % SNAPSHOT_EVERY == 0
     #: the interpolated parameters of each snapshot (and their anchor rows as Python floats), by
     #: boundary hour: derived, never serialised
     params: dict[int, _Params] = field(default_factory=dict, repr=False, compare=False)
@@ -126,6 +134,7 @@ class StationAdaptation:
     def to_bytes(self) -> bytes:
         parts = [
             _HEADER.pack(_FORMAT, self.newest, self.sealed, self.ring.shape[0], _A, _K, len(self.snapshots)),
+            _PHASE.pack(self.phase),
             self.ring.tobytes(),
             self.stats.tobytes(),
         ]
@@ -136,16 +145,22 @@ class StationAdaptation:
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> StationAdaptation:
         data = memoryview(data)
-        if len(data) < _HEADER.size or data[0] != _FORMAT:
-            raise AdaptFormatError(f"adaptation format {bytes(data[:1])!r}; this code reads format {_FORMAT}")
-        _, newest, sealed, rows, anchors, experts, n_snap = _HEADER.unpack_from(data)
+        if len(data) < _HEADER.size or data[0] not in _READS:
+            raise AdaptFormatError(f"adaptation format {bytes(data[:1])!r}; this code reads formats {_READS}")
+        fmt, newest, sealed, rows, anchors, experts, n_snap = _HEADER.unpack_from(data)
         if (anchors, experts) != (_A, _K):
             raise AdaptFormatError(f"adaptation for {anchors} anchors x {experts} experts; this code has {_A} x {_K}")
-        stat_bytes = _A * _STAT_COLS * 4
-        expected = _HEADER.size + rows * _RING_COLS * 4 + stat_bytes + n_snap * (_SNAP_HEADER.size + stat_bytes)
-        if len(data) != expected:
-            raise AdaptFormatError(f"adaptation of {len(data)} bytes, expected {expected}")
         off = _HEADER.size
+        phase = 0
+        if fmt >= 3:
+            if len(data) < off + _PHASE.size:
+                raise AdaptFormatError(f"adaptation of {len(data)} bytes has no phase")
+            (phase,) = _PHASE.unpack_from(data, off)
+            off += _PHASE.size
+        stat_bytes = _A * _STAT_COLS * 4
+        expected = off + rows * _RING_COLS * 4 + stat_bytes + n_snap * (_SNAP_HEADER.size + stat_bytes)
+        if len(data) != expected or phase >= SNAPSHOT_EVERY:
+            raise AdaptFormatError(f"adaptation of {len(data)} bytes (phase {phase}), expected {expected}")
         ring = np.frombuffer(data, np.float32, rows * _RING_COLS, off).reshape(rows, _RING_COLS).copy()
         off += ring.nbytes
         stats = np.frombuffer(data, np.float32, _A * _STAT_COLS, off).reshape(_A, _STAT_COLS).copy()
@@ -156,7 +171,7 @@ class StationAdaptation:
             off += _SNAP_HEADER.size
             snaps.append((hour, np.frombuffer(data, np.float32, _A * _STAT_COLS, off).reshape(_A, _STAT_COLS).copy()))
             off += stat_bytes
-        return cls(newest, sealed, ring, stats, snaps)
+        return cls(newest, sealed, ring, stats, snaps, phase)
 
     def row(self, hour: int) -> int:
         return self.ring.shape[0] - 1 - (self.newest - hour)
@@ -218,12 +233,14 @@ class Adapter:
         hi = [float(spec_intervals["log_residual_hi"][h - 1]) for h in ANCHORS]
         return cls(lateness_hours=lateness_hours, horizons=horizons, q_lo=lo, q_hi=hi)
 
-    def new_state(self) -> StationAdaptation:
+    def new_state(self, station_id: str = "") -> StationAdaptation:
+        """A new station's state; its learning phase comes from its id (see the module docstring)."""
         return StationAdaptation(
             newest=-1,
             sealed=-1,
             ring=np.full((self.ring_rows, _RING_COLS), np.nan, dtype=np.float32),
             stats=self.prior.copy(),
+            phase=station_phase(station_id),
         )
 
     # -- per forecast, in arrival order --------------------------------------------------------
@@ -267,7 +284,7 @@ class Adapter:
         """Seal the targets up to ``hour - L - 1``; learn from them a block of SNAPSHOT_EVERY hours
         at a time, each block ending at a snapshot boundary, then shift the ring to ``hour``."""
         new_sealed = hour - self.lateness - 1
-        learned, target_learned = _boundary(st.sealed), _boundary(new_sealed)
+        learned, target_learned = _boundary(st.sealed, st.phase), _boundary(new_sealed, st.phase)
         if learned == target_learned and hour == st.newest + 1:  # the common case: one more hour
             st.sealed = max(st.sealed, new_sealed)
             st.ring[:-1] = st.ring[1:]
@@ -345,7 +362,7 @@ class Adapter:
         # the forecasts as they were published at their issue hours (the snapshots they used)
         # which snapshot an issue hour used depends only on the boundary at or before its limit
         issue_hours = first + np.arange(n_t)[:, None] - np.asarray(ANCHORS)[None, :]  # [T, A]
-        keys = _boundary_array(issue_hours - self.lateness - 1)
+        keys = _boundary(issue_hours - self.lateness - 1, st.phase)
         distinct = np.unique(keys)
         snaps = [self._snapshot(st, int(k) + self.lateness + 1) for k in distinct]
         which = np.searchsorted(distinct, keys), np.arange(_A)[None, :]
@@ -441,13 +458,16 @@ class Adapter:
         )
 
 
-def _boundary(hour: int) -> int:
-    """The last snapshot boundary at or before ``hour`` (boundaries end every SNAPSHOT_EVERY hours)."""
-    return ((hour + 1) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1
+def station_phase(station_id: str) -> int:
+    """The hour of the day (0..SNAPSHOT_EVERY-1) a station's learning blocks end at: a checksum of
+    its id, the same on every worker and in the backtest."""
+    return zlib.crc32(station_id.encode()) % SNAPSHOT_EVERY
 
 
-def _boundary_array(hours: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    return ((hours + 1) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1
+def _boundary(hour: Any, phase: int) -> Any:
+    """The last snapshot boundary at or before ``hour`` (an int or an integer array): boundaries
+    are the hours h with (h + 1 - phase) % SNAPSHOT_EVERY == 0."""
+    return ((hour + 1 - phase) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1 + phase
 
 
 def _ew(x0: npt.NDArray[np.float64], a: npt.NDArray[np.float64], z: npt.NDArray[np.float64]) -> Any:

@@ -39,16 +39,18 @@ from stream_processor.offsets import OffsetGuard, TailWatch, Verdict
 from stream_processor.processor import DeadLetter, Inference, Observation, Processor
 from stream_processor.sending import BatchSender
 
-__all__ = ["BATCH_MAX", "BATCH_WITHIN_S", "Worker", "create_worker"]
+__all__ = ["BATCH_MAX", "TAKE_WITHIN_S", "Worker", "create_worker"]
 
 log = logging.getLogger(__name__)
 
-#: Micro-batch: up to this many events, or whatever arrived within this many seconds. Large
-#: batches spread the per-batch broker round trips over many readings (measured: 512 / 0.05 s gave
-#: about half the throughput of 1024-2048 / 0.2 s). A shorter wait when idle was tried and measured
-#: worse on 2 cores at 1000 readings/s on Apache Kafka (docs/benchmarks.md), so it is fixed.
+#: Micro-batches are self-clocked: a batch starts as soon as the previous batch's graph has run
+#: (the inference thread is free) and takes every event that arrived meanwhile, up to BATCH_MAX.
+#: An idle worker so starts on a reading at once, and batches grow only while the worker is busy:
+#: under load they are as large as the work in progress lets them be, which spreads the per-batch
+#: costs (graph calls, broker round trips) over many readings. Faust's take_events hands over what
+#: it has buffered every TAKE_WITHIN_S.
 BATCH_MAX = 1024
-BATCH_WITHIN_S = 0.2
+TAKE_WITHIN_S = 0.005
 #: Batches between intake and release at once (computing or waiting for the broker's acks). With
 #: 1024 / 2 the worker's peak RSS was 201-207 MB in five runs, with 2048 / 3 it was 216-259 MB, at
 #: the same throughput.
@@ -56,6 +58,14 @@ MAX_IN_FLIGHT = 2
 #: Bytes fetched per input partition at a time (Kafka's default is 1 MB): about 1000 readings, and a
 #: bound on what a backlog holds in memory before the worker takes it.
 FETCH_BYTES_PER_PARTITION = 256 * 1024
+#: How long the broker may hold the worker's fetch open waiting for data (Faust fixes 1 500 ms).
+#: aiokafka leaves out of a fetch every partition it still holds unconsumed records of (or that
+#: flow control paused), and sends no other fetch to that broker until the fetch returns: after a
+#: burst of readings the busy partitions were left out, the fetch waited the full 1.5 s on the
+#: others, and readings queued behind it (measured on Apache Kafka at 1000 readings/s: a sawtooth of
+#: 0.7-1.8 s latency that, once started, never ended). An idle worker sends about 50 small fetches a
+#: second instead of one.
+FETCH_MAX_WAIT_MS = 20
 MODEL_POLL_S = 2.0
 #: How often the input partitions are checked for a hole at their end (see TailWatch).
 TAIL_CHECK_S = 1.0
@@ -122,7 +132,11 @@ class Worker:
         self.offsets = OffsetGuard()
         self._tails = TailWatch()
         self._stream: faust.Stream | None = None
-        self._waiting = True  # the agent is waiting for its next micro-batch
+        self._waiting = True  # no micro-batch is being taken in
+        self._queue: deque[EventT] = deque()  # events taken from Faust, not yet in a batch
+        self._queued = asyncio.Event()  # set while the queue holds events
+        self._room = asyncio.Event()  # set while the queue holds fewer than BATCH_MAX events
+        self._graph: asyncio.Future[Any] | None = None  # the newest batch's graph (in the thread)
         self._taken = 0  # input messages taken in so far
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pm25-inference")
         conf: dict[str, Any] = {
@@ -138,6 +152,7 @@ class Worker:
             "topic_allow_declare": True,
             **_faust_credentials(settings),
         }
+        conf["fetch_max_wait_ms"] = FETCH_MAX_WAIT_MS
         if settings.embedded_broker:
             conf.update(faust_overrides())
             conf["fetch_max_wait_ms"] = WORKER_FETCH_MAX_WAIT_MS
@@ -168,13 +183,45 @@ class Worker:
 
     # -- the agent -------------------------------------------------------------------------
     async def _agent(self, stream: StreamT) -> None:
+        """Takes events from Faust into the queue; :meth:`_dispatch` cuts the micro-batches. The
+        queue is bounded: while it holds a full batch, Faust's buffer (and then the consumer) waits."""
         # take_events lives on the concrete Stream, not on StreamT
         concrete = self._stream = cast(faust.Stream, stream)
         _tune_gc()
-        async for events in concrete.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        self._room.set()
+        dispatcher = asyncio.ensure_future(self._dispatch())
+        try:
+            async for events in concrete.take_events(BATCH_MAX, within=TAKE_WITHIN_S):
+                for event in events:  # take_events acknowledges them when this loop comes back:
+                    event.message.incref()  # held until _release (or withheld, see _intake)
+                self._queue.extend(events)
+                self._queued.set()
+                if len(self._queue) >= BATCH_MAX:
+                    self._room.clear()
+                    room = asyncio.ensure_future(self._room.wait())
+                    await asyncio.wait([dispatcher, room], return_when=asyncio.FIRST_COMPLETED)
+                    room.cancel()
+                if dispatcher.done():
+                    dispatcher.result()  # a failed batch fails the agent (Faust restarts or stops it)
+        finally:
+            dispatcher.cancel()
+
+    async def _dispatch(self) -> None:
+        """Cut micro-batches from the queue: the next one once the previous batch's graph has run."""
+        queue = self._queue
+        while True:
+            await self._queued.wait()
+            if self._graph is not None and not self._graph.done():
+                await asyncio.wait([self._graph])  # its failure is raised by the batch's own stages
+            events = [queue.popleft() for _ in range(min(len(queue), BATCH_MAX))]
+            if not queue:
+                self._queued.clear()
+            self._room.set()
+            if not events:
+                continue
             self._waiting = False
             await self.handle_batch(events)
-            self._waiting = True
+            self._waiting = not queue
 
     async def handle_batch(self, events: Sequence[EventT]) -> None:
         """One micro-batch, pipelined: its intake (parse, apply, new states) runs on the event loop
@@ -209,7 +256,7 @@ class Worker:
         # features now, and the graph queued at once in the inference thread (graphs run one at a
         # time, in batch order): a batch's graph overlaps the previous batch's encoding
         job = self.processor.prepare(batch.requests, batch.model)
-        graph = asyncio.get_running_loop().run_in_executor(self._inference, job.run)
+        graph = self._graph = asyncio.get_running_loop().run_in_executor(self._inference, job.run)
         batch.requests = []  # the job holds them
         computing = asyncio.ensure_future(self._compute(batch, job, graph, after=self._computing))
         releasing = asyncio.ensure_future(
@@ -234,8 +281,7 @@ class Worker:
                 if verdict is Verdict.SEEK:
                     batch.seeks[msg.partition] = self.offsets.seek_target(msg.partition)
                 continue
-            msg.incref()  # released by _release once everything this message caused is acknowledged
-            batch.held.append(event)
+            batch.held.append(event)  # released by _release once all it caused is acknowledged
             parsed = proc.parse(event.value, msg.key)
             if isinstance(parsed, DeadLetter):
                 batch.dead.append((event, parsed))
@@ -331,6 +377,13 @@ class Worker:
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
+        if self._queue:  # not taken in yet: the partitions' next owner reads them again
+            kept = [e for e in self._queue if e.message.tp not in revoked]
+            self._queue.clear()
+            self._queue.extend(kept)
+            if not kept:
+                self._queued.clear()
+            self._room.set()
         if self._in_flight:  # what is already taken in is delivered before the partitions go
             await asyncio.wait(list(self._in_flight))  # a failure stays in its task: the agent raises it
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.readings_topic}
@@ -352,7 +405,7 @@ class Worker:
         stream = self._stream
         if stream is None or not self.ready() or not consumer.flow_active:
             return
-        idle = self._waiting and cast(faust.Channel, stream.channel).empty()
+        idle = self._waiting and not self._queue and cast(faust.Channel, stream.channel).empty()
         now = time.monotonic()
         for tp in consumer.assignment():
             if tp.topic != self.settings.readings_topic:

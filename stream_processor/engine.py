@@ -133,7 +133,7 @@ class Engine:
         for i, req in enumerate(requests):
             st = adaptations.get(req.station_id)
             if st is None:
-                st = adaptations[req.station_id] = adapter.new_state()
+                st = adaptations[req.station_id] = adapter.new_state(req.station_id)
             row = adapter.record(
                 st,
                 req.end_hour,

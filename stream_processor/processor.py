@@ -71,6 +71,9 @@ class Processor:
         #: each station's online adaptation (pm25.adapt), authoritative while the worker owns the
         #: station; saved after the window in the station's state value
         self.adaptations: dict[str, StationAdaptation] = {}
+        #: each station's window as an object, authoritative while the worker owns the station (the
+        #: stored bytes are decoded once, not for every reading)
+        self.windows: dict[str, StationWindow] = {}
 
     def parse(self, raw: bytes | None, key: bytes | None) -> Reading | DeadLetter:
         self.metrics.readings_in.inc()
@@ -91,7 +94,12 @@ class Processor:
         ``offset`` is the message's input offset. A message at or before the offset the state has
         already applied is a replay after a restart (the worker saves a state only after the
         batch's forecasts were delivered), so it changes nothing and needs no forecast."""
-        window = self._decode(state, reading.station_id)
+        sid = reading.station_id
+        window = self.windows.get(sid)
+        if window is None:
+            window = self._decode(state, sid)
+            if window is not None:
+                self.windows[sid] = window
         if window is not None and offset is not None and offset <= window.last_offset:
             self.metrics.replayed.inc()
             return None, []
@@ -100,6 +108,7 @@ class Processor:
             window, changed, requests = self.engine.ingest(window, reading)
         except TooLate as err:
             return self._dead("too_late", str(err))
+        self.windows[sid] = window
         self.metrics.readings_valid.inc()
         self._observed.append((reading.station_id, reading.hour, reading.pm25))
         if not changed:
@@ -134,8 +143,14 @@ class Processor:
         return window if adaptation is None else window + adaptation.to_bytes()
 
     def forget(self, station_ids: set[str] | None = None) -> dict[str, bytes]:
-        """Stop holding these stations' adaptations (all when None: partitions were revoked);
-        returns each one's bytes so the caller can keep them with the station's window."""
+        """Stop holding these stations' windows and adaptations (all when None: partitions were
+        revoked); returns each adaptation's bytes so the caller can keep them with the station's
+        window bytes."""
+        if station_ids is None:
+            self.windows.clear()
+        else:
+            for sid in station_ids:
+                self.windows.pop(sid, None)
         ids = set(self.adaptations) if station_ids is None else station_ids & set(self.adaptations)
         return {sid: self.adaptations.pop(sid).to_bytes() for sid in ids}
 

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from pm25.adapt import EXPERTS, Adapter, StationAdaptation
+from pm25.adapt import EXPERTS, SNAPSHOT_EVERY, Adapter, StationAdaptation, station_phase
 
 H = tuple(range(1, 25))
 
@@ -24,10 +24,10 @@ def series(n: int, seed: int = 0, level: float = 50.0) -> np.ndarray:
     return level * np.exp(0.3 * np.sin(t / 24 * 2 * np.pi) + noise)
 
 
-def replay(a: Adapter, y: np.ndarray, order, model_of, window: int = 48):
+def replay(a: Adapter, y: np.ndarray, order, model_of, window: int = 48, station: str = ""):
     """The stream's re-issue rule (pm25.window): a reading re-issues every present later hour whose
     window contains it. Returns the last forecast published for each issue hour."""
-    st = a.new_state()
+    st = a.new_state(station)
     out, present, newest = {}, set(), -1
     for r in order:
         present.add(r)
@@ -147,3 +147,56 @@ def test_unreadable_bytes_are_refused():
     good = adapter().new_state().to_bytes()
     with pytest.raises(AdaptFormatError):
         StationAdaptation.from_bytes(good[:-3])
+
+
+def test_stations_learn_at_their_own_hour_of_the_day():
+    phases = [station_phase(f"station-{i}") for i in range(1000)]
+    counts = np.bincount(phases, minlength=SNAPSHOT_EVERY)
+    assert len(counts) == SNAPSHOT_EVERY and counts.min() > 0 and counts.max() < 3 * 1000 / SNAPSHOT_EVERY
+    # a network reporting the same hours: in any one hour only the stations of one phase learn
+    a = adapter(lateness=2)
+    y = series(24 * 6, seed=9)
+    ids = [f"station-{i}" for i in range(48)]
+    states = {sid: a.new_state(sid) for sid in ids}
+    model = np.full(24, 40.0, dtype=np.float32)
+    learned_at: dict[int, set[int]] = {}
+    for t in range(len(y)):
+        for sid in ids:
+            st = states[sid]
+            before = len(st.snapshots)
+            a.record(st, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(y[t]))
+            if len(st.snapshots) != before:
+                learned_at.setdefault(t, set()).add(st.phase)
+    assert len(learned_at) > 20  # learning is spread over the hours of the day ...
+    assert all(len(p) == 1 for t, p in learned_at.items() if t > 48)  # ... one phase per hour
+
+
+def test_order_independence_holds_at_every_phase():
+    y = series(400, seed=4)
+    a = adapter(lateness=6)
+    sid = next(f"s{i}" for i in range(100) if station_phase(f"s{i}") == 13)
+
+    def model_of(t):
+        return np.full(24, 0.7 * y[t] + 3.0, dtype=np.float32)
+
+    clean, _ = replay(a, y, range(400), model_of, station=sid)
+    rng = random.Random(2)
+    order = list(range(400))
+    for i in range(0, 400, 5):  # shuffle within the lateness
+        block = order[i : i + 5]
+        rng.shuffle(block)
+        order[i : i + 5] = block
+    shuffled, _ = replay(a, y, order, model_of, station=sid)
+    for t in range(400):
+        np.testing.assert_array_equal(clean[t][0], shuffled[t][0])
+
+
+def test_format_2_states_are_read_with_phase_0():
+    y = series(200, seed=6)
+    a = adapter()
+    _, st = replay(a, y, range(200), lambda t: np.full(24, y[t], dtype=np.float32))
+    assert st.phase == 0
+    v3 = st.to_bytes()
+    v2 = b"\x02" + v3[1:22] + v3[23:]  # the format-2 layout: no phase byte after the 22-byte header
+    old = StationAdaptation.from_bytes(v2)
+    assert old.phase == 0 and old.to_bytes() == v3
