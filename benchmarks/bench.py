@@ -127,7 +127,6 @@ def bench_inference(cfg: BenchConfig, settings: Settings) -> dict[str, Any]:
     mean = np.asarray(bundle.spec["scaler"]["mean"], dtype=np.float32)
     std = np.asarray(bundle.spec["scaler"]["std"], dtype=np.float32)
     x = scale(make_features(raw, ends, model.max_gap_hours).features, sel, mean, std)
-    sess, name = model._session, model._input
 
     def rate(fn: Any, rows: int, calls: int) -> float:
         fn()
@@ -138,8 +137,8 @@ def bench_inference(cfg: BenchConfig, settings: Settings) -> dict[str, Any]:
 
     _say("inference: onnxruntime batch 1 and 512")
     x1, x512 = x[:1], x[:512]
-    onnx1 = rate(lambda: sess.run(None, {name: x1}), 1, cfg.inference_calls)
-    onnx_b = rate(lambda: sess.run(None, {name: x512}), 512, max(cfg.inference_calls // 20, 20))
+    onnx1 = rate(lambda: model.run_graph(x1), 1, cfg.inference_calls)
+    onnx_b = rate(lambda: model.run_graph(x512), 512, max(cfg.inference_calls // 20, 20))
     full_b = rate(lambda: model.predict(raw[:512], ends[:512]), 512, 50)
     out: dict[str, Any] = {
         "model_version": bundle.version,
@@ -168,7 +167,7 @@ def bench_inference(cfg: BenchConfig, settings: Settings) -> dict[str, Any]:
         keras_path, compile=False, safe_mode=True, custom_objects={"masked_mse": masked_mse}
     )
     keras1 = rate(lambda: kmodel.predict(x1, verbose=0), 1, cfg.keras_calls)
-    diff = float(np.max(np.abs(np.asarray(kmodel.predict(x[:64], verbose=0)) - sess.run(None, {name: x[:64]})[0])))
+    diff = float(np.max(np.abs(np.asarray(kmodel.predict(x[:64], verbose=0)) - model.run_graph(x[:64])[0])))
     out.update(
         {
             "keras_rows_per_s_batch1": round(keras1, 1),

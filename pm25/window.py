@@ -102,7 +102,7 @@ class StationWindow:
             raise ValueError(f"window of {length} h ending at {end_hour} is outside the buffer")
         return self.rows[start : end + 1]
 
-    def _shift_to(self, hour: int) -> None:
+    def shift_to(self, hour: int) -> None:
         d = hour - self.newest_hour
         if d >= self.capacity:
             self.present[:] = 0
@@ -141,7 +141,7 @@ def apply_reading(
             fresh.rows[-keep:] = state.rows[-keep:]
         state = fresh
     if hour > state.newest_hour:
-        state._shift_to(hour)
+        state.shift_to(hour)
     elif hour < state.newest_hour - lateness_hours:
         raise TooLate(
             f"reading for hour {reading.timestamp} is more than {lateness_hours} h older "

@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,15 +30,23 @@ from model_store import BundleError, default_store, load_production, production_
 from pm25.embedded import CHANGELOG_END_KEY, WORKER_FETCH_MAX_WAIT_MS, faust_overrides
 from pm25.settings import Settings
 from pm25.window import StationWindow
-from stream_processor.consumer import App, Consumer
-from stream_processor.engine import Engine, Request
-from stream_processor.inference import Forecaster, OnnxForecaster
+from stream_processor.delivery import DeliveryCore, Input, Outputs
+from stream_processor.engine import Engine
+from stream_processor.faust_seam import (
+    App,
+    Consumer,
+    aiokafka_producer,
+    committed_offsets,
+    consumer_state,
+    withhold_ack,
+)
+from stream_processor.inference import OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.offsets import OffsetGuard, TailWatch, Verdict
-from stream_processor.processor import DeadLetter, Inference, Observation, Processor
+from stream_processor.processor import DeadLetter, Processor
 from stream_processor.sending import BatchSender
 
-__all__ = ["BATCH_MAX", "TAKE_WITHIN_S", "Worker", "create_worker"]
+__all__ = ["BATCH_MAX", "TAKE_WITHIN_S", "Worker"]
 
 log = logging.getLogger(__name__)
 
@@ -97,21 +104,6 @@ def _faust_credentials(settings: Settings) -> dict[str, Any]:
     return {"broker_credentials": faust.SSLCredentials(ctx)}
 
 
-@dataclass(slots=True)
-class _Batch:
-    """What a micro-batch's intake hands to its delivery."""
-
-    model: Forecaster  # the model the requests' windows were cut for
-    held: list[EventT] = field(default_factory=list)  # acknowledgement held until delivered
-    requests: list[Request] = field(default_factory=list)
-    observed: list[Observation] = field(default_factory=list)
-    dead: list[tuple[EventT, DeadLetter]] = field(default_factory=list)
-    states: dict[str, bytes] = field(default_factory=dict)  # the newest state per station
-    partition_of: dict[str, int] = field(default_factory=dict)
-    arrived: list[float] = field(default_factory=list)  # input timestamps of readings forecast
-    seeks: dict[int, int] = field(default_factory=dict)  # partition -> offset to read again from
-
-
 class Worker:
     """Builds the Faust app around a Processor; everything is reachable for tests."""
 
@@ -136,7 +128,6 @@ class Worker:
         self._queue: deque[EventT] = deque()  # events taken from Faust, not yet in a batch
         self._queued = asyncio.Event()  # set while the queue holds events
         self._room = asyncio.Event()  # set while the queue holds fewer than BATCH_MAX events
-        self._graph: asyncio.Future[Any] | None = None  # the newest batch's graph (in the thread)
         self._taken = 0  # input messages taken in so far
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pm25-inference")
         conf: dict[str, Any] = {
@@ -170,10 +161,10 @@ class Worker:
             settings.scores_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
         self._changelog_keys: dict[str, bytes] = {}
-        self._computing: asyncio.Future[list[Awaitable[Any]]] | None = None
-        self._in_flight: deque[asyncio.Future[None]] = deque()
         self._partitions: dict[tuple[str, bytes], int] = {}
         self.windows = self.app.Table("station-windows", key_type=str, value_type=bytes, partitions=settings.partitions)
+        self.table = self.windows.data  # the delivery core's view of the table (Port.table)
+        self.core = DeliveryCore(self.processor, self, self._inference, max_in_flight=MAX_IN_FLIGHT)
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)
         self.app.timer(TAIL_CHECK_S)(self._watch_tails)
@@ -193,7 +184,7 @@ class Worker:
         try:
             async for events in concrete.take_events(BATCH_MAX, within=TAKE_WITHIN_S):
                 for event in events:  # take_events acknowledges them when this loop comes back:
-                    event.message.incref()  # held until _release (or withheld, see _intake)
+                    event.message.incref()  # held until released (or withheld) in handle_batch's delivery
                 self._queue.extend(events)
                 self._queued.set()
                 if len(self._queue) >= BATCH_MAX:
@@ -211,8 +202,9 @@ class Worker:
         queue = self._queue
         while True:
             await self._queued.wait()
-            if self._graph is not None and not self._graph.done():
-                await asyncio.wait([self._graph])  # its failure is raised by the batch's own stages
+            graph = self.core.graph
+            if graph is not None and not graph.done():
+                await asyncio.wait([graph])  # its failure is raised by the batch's own stages
             events = [queue.popleft() for _ in range(min(len(queue), BATCH_MAX))]
             if not queue:
                 self._queued.clear()
@@ -224,136 +216,67 @@ class Worker:
             self._waiting = not queue
 
     async def handle_batch(self, events: Sequence[EventT]) -> None:
-        """One micro-batch, pipelined: its intake (parse, apply, new states) runs on the event loop
-        while earlier batches are still computing or waiting for the broker.
-
-        At least once without transactions: every event taken in holds its message's
-        acknowledgement (``Message.incref``) until the broker has acknowledged, in this order,
-
-        1. the batch's dead letters, forecasts and scores (:meth:`_compute` sends them);
-        2. then, after every earlier batch has been released, its new station states in the
-           changelog (one per station per batch), each recording the input offset it has applied
-           (:meth:`_release`);
-
-        and only then are the messages released, so Faust can commit their offsets. A crash at any
-        point leaves the committed input offset at or behind the saved states, never ahead of them:
-        a replayed message at or before its station's recorded offset is recognised and skipped
-        (its forecasts were delivered before its state was saved), and a message after it is
-        processed as new. Faust's own table write (``table[key] = value``) cannot give this order:
-        it hands the changelog record to a buffer that its commit does not wait for, so a kill -9
-        could commit offsets whose states were never written.
+        """One micro-batch: the offset guard, then the delivery core (stream_processor.delivery:
+        intake now, delivery pipelined; an input's offset is committed only once its outputs and
+        its station's state are acknowledged by the broker). Faust's own table write
+        (``table[key] = value``) cannot give that order: it hands the changelog record to a buffer
+        that its commit does not wait for, so a kill -9 could commit offsets whose states were
+        never written; the worker writes the changelog itself (:meth:`send_states`).
 
         Messages the consumer skipped (a Faust race at recovery, see stream_processor.offsets) are
         read again: the partition is sought back and what arrived past the hole is dropped unacked.
         """
-        batch = self._intake(events)
-        for partition, offset in batch.seeks.items():
-            log.warning("partition %d: the consumer skipped offsets from %d; reading them again", partition, offset)
-            self.metrics.input_seeks.inc()
-            await self.app.consumer.seek(TP(self.settings.readings_topic, partition), offset)
-        while len(self._in_flight) >= MAX_IN_FLIGHT:  # bounded memory; a failed batch raises here
-            await self._in_flight.popleft()
-        # features now, and the graph queued at once in the inference thread (graphs run one at a
-        # time, in batch order): a batch's graph overlaps the previous batch's encoding
-        job = self.processor.prepare(batch.requests, batch.model)
-        graph = self._graph = asyncio.get_running_loop().run_in_executor(self._inference, job.run)
-        batch.requests = []  # the job holds them
-        computing = asyncio.ensure_future(self._compute(batch, job, graph, after=self._computing))
-        releasing = asyncio.ensure_future(
-            self._release(batch, computing, after=self._in_flight[-1] if self._in_flight else None)
-        )
-        self._computing = computing
-        self._in_flight.append(releasing)
-
-    def _intake(self, events: Sequence[EventT]) -> _Batch:
-        """Stage 1, on the event loop: parse and apply every event; the new states go into the
-        table's memory at once (the next batch builds on them) and are saved by :meth:`_release`."""
-        proc = self.processor
-        store = self.windows.data
-        batch = _Batch(model=self.engine.model)
-        pending = batch.states
+        inputs: list[Input] = []
+        seeks: dict[int, int] = {}
         committed = self._committed_offsets()
         for event in events:
             msg = event.message
             verdict = self.offsets.check(msg.partition, msg.offset, committed.get(msg.tp))
-            if verdict is not Verdict.PROCESS:
-                _withhold_ack(self.app.consumer, event)  # it will be read again
-                if verdict is Verdict.SEEK:
-                    batch.seeks[msg.partition] = self.offsets.seek_target(msg.partition)
+            if verdict is Verdict.PROCESS:
+                inputs.append(Input(event, msg.partition, msg.offset, msg.key, event.value, msg.timestamp))
                 continue
-            batch.held.append(event)  # released by _release once all it caused is acknowledged
-            parsed = proc.parse(event.value, msg.key)
-            if isinstance(parsed, DeadLetter):
-                batch.dead.append((event, parsed))
-                continue
-            sid = parsed.station_id
-            result = proc.apply(store.get(sid), parsed, msg.offset)
-            if isinstance(result, DeadLetter):
-                batch.dead.append((event, result))
-                continue
-            state, reqs = result
-            if state is not None:
-                store[sid] = pending[sid] = state
-            batch.partition_of[sid] = msg.partition
-            if reqs:
-                batch.requests.extend(reqs)
-                batch.arrived.append(msg.timestamp)
-        batch.observed = proc.take_observed()
+            withhold_ack(self.app, event)  # it will be read again
+            if verdict is Verdict.SEEK:
+                seeks[msg.partition] = self.offsets.seek_target(msg.partition)
+        batch = self.core.intake(inputs, self.engine.model)
         self._taken += len(events)
         self.metrics.batch_size.observe(len(events))
-        return batch
+        for partition, offset in seeks.items():
+            log.warning("partition %d: the consumer skipped offsets from %d; reading them again", partition, offset)
+            self.metrics.input_seeks.inc()
+            await self.app.consumer.seek(TP(self.settings.readings_topic, partition), offset)
+        await self.core.submit(batch)
 
-    async def _compute(
-        self, batch: _Batch, job: Inference, graph: asyncio.Future[Any], after: asyncio.Future[Any] | None
-    ) -> list[Awaitable[Any]]:
-        """Stage 2, in batch order: once the batch's graph has run (in a thread: onnxruntime
-        releases the GIL, so it overlaps the loop's work on other batches) and the previous batch is
-        encoded, encode this one on the loop (numpy in a thread would fight the loop for the GIL at
-        every call) and send its dead letters, forecasts and scores; returns their delivery
-        futures."""
-        out = await graph
-        if after is not None:
-            await after
-        proc = self.processor
-        delivered = [await self._dead_letter(event, letter) for event, letter in batch.dead]
-        forecasts, scores = proc.finish(job, out, batch.observed)
-        for sid, window in batch.states.items():  # saved with the adaptation this batch left
-            batch.states[sid] = proc.state_value(sid, window)
-        del job, out
-        batch.observed, batch.dead = [], []  # not needed while it waits for acks
+    # -- the delivery core's port (stream_processor.delivery.Port) ----------------------------
+    async def send_outputs(self, outputs: Outputs) -> list[Awaitable[Any]]:
+        delivered = [await self._dead_letter(item.handle, letter) for item, letter in outputs.dead]
         sender = BatchSender(self._aiokafka_producer())
         topic = self.settings.forecasts_topic
-        for key, value in forecasts:
-            partition = batch.partition_of[key.decode()] if self.copartitioned else await self._partition(topic, key)
+        for key, value, input_partition in outputs.forecasts:
+            partition = input_partition if self.copartitioned else await self._partition(topic, key)
             sender.add(topic, partition, key, value)
         scores_topic = self.settings.scores_topic
-        for key, value in scores:
+        for key, value in outputs.scores:
             sender.add(scores_topic, await self._partition(scores_topic, key), key, value)
         return [*delivered, *await sender.submit()]
 
-    async def _release(
-        self, batch: _Batch, computing: asyncio.Future[list[Awaitable[Any]]], after: asyncio.Future[Any] | None
-    ) -> None:
-        """Stage 3: once the batch's outputs are acknowledged and every earlier batch is released,
-        save its states, then release its messages (their offsets may be committed)."""
-        await asyncio.gather(*await computing)  # 1. the outputs, acknowledged by the broker ...
-        if after is not None:
-            await after
+    async def send_states(self, states: list[tuple[str, int, bytes]]) -> list[Awaitable[Any]]:
         changelog = self.windows.changelog_topic.get_topic_name()
-        states = BatchSender(self._aiokafka_producer())
-        for sid, state in batch.states.items():  # 2. ... then the states
-            states.add(changelog, batch.partition_of[sid], self._changelog_key(sid), state)
-        await asyncio.gather(*await states.submit())
-        if self.settings.embedded_broker and batch.states:
-            await self._end_changelog_batches({batch.partition_of[sid] for sid in batch.states})
+        sender = BatchSender(self._aiokafka_producer())
+        for sid, partition, state in states:
+            sender.add(changelog, partition, self._changelog_key(sid), state)
+        sent: list[Awaitable[Any]] = list(await sender.submit())
+        if self.settings.embedded_broker and states:
+            await asyncio.gather(*sent)
+            await self._end_changelog_batches({partition for _, partition, _ in states})
+        return sent
+
+    def release(self, inputs: list[Input]) -> None:
         consumer, sensors = self.app.consumer, self.app.sensors
-        for event in batch.held:  # 3. ... then the input offsets may be committed
-            msg = event.message
+        for item in inputs:
+            msg = item.handle.message
             if msg.ack(consumer):
                 sensors.on_message_out(msg.tp, msg.offset, msg)
-        now = time.time()
-        for ts in batch.arrived:
-            self.metrics.reading_to_forecast_seconds.observe(max(now - ts, 0.0))
 
     async def _end_changelog_batches(self, partitions: set[int]) -> None:
         """Embedded broker only (see pm25.embedded.CHANGELOG_END_KEY): one record alone in the last
@@ -364,8 +287,7 @@ class Worker:
         await asyncio.gather(*[await producer.send(name, key, b"", p, None, None) for p in partitions])
 
     def _aiokafka_producer(self) -> Any:
-        """The aiokafka producer under Faust's (started with the app): for batch sends."""
-        return cast(Any, self.app.producer)._ensure_producer()
+        return aiokafka_producer(self.app)
 
     async def _partition(self, topic: str, key: bytes) -> int:
         """The partition the producer's default partitioner gives ``key`` (cached per key)."""
@@ -384,8 +306,7 @@ class Worker:
             if not kept:
                 self._queued.clear()
             self._room.set()
-        if self._in_flight:  # what is already taken in is delivered before the partitions go
-            await asyncio.wait(list(self._in_flight))  # a failure stays in its task: the agent raises it
+        await self.core.drain()  # what is already taken in is delivered before the partitions go
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.readings_topic}
         # the adaptations go back into the table beside their windows: the table is what a
         # station's next owner (this worker again, or another after the changelog) starts from
@@ -429,9 +350,7 @@ class Worker:
                 await consumer.seek(tp, expected)
 
     def _committed_offsets(self) -> Mapping[TP, int | None]:
-        """Each partition's committed offset as the consumer knows it: where it was sought to at its
-        assignment until the worker's first commit of it. Faust keeps 0 (and none yet) as None."""
-        return cast(Any, self.app.consumer)._committed_offset  # Faust internals
+        return committed_offsets(self.app)
 
     async def _start_offset(self, tp: TP) -> int:
         """Where the consumer started ``tp`` at its assignment: the committed offset, or the
@@ -477,22 +396,7 @@ class Worker:
 
     def _dump_state(self) -> None:
         dump_tasks()
-        # Faust and aiokafka internals, for diagnostics only: a failure here must never hurt the worker.
-        try:
-            consumer = cast(Any, self.app.consumer)
-            fields = ("_active_partitions", "_buffered_partitions", "_paused_partitions", "flow_active")
-            state: dict[str, Any] = {f: getattr(consumer, f, "?") for f in fields}
-            state["assignment"] = consumer.assignment()
-            state["in_recovery"] = self.app.in_recovery
-            queue = cast(Any, self.readings).queue
-            state["queue"] = (queue.qsize(), queue.maxsize)
-            client = consumer._thread._ensure_consumer()
-            state["positions"] = {
-                str(tp): (st.position, st.paused)
-                for tp, st in client._subscription.subscription.assignment._tp_state.items()
-            }
-        except Exception as err:  # any internal change: report it, never raise
-            state = {"unavailable": repr(err)}
+        state = consumer_state(self.app, self.readings)
         log.warning("consumer state: %s", state)
 
     # -- model hot swap --------------------------------------------------------------------
@@ -552,13 +456,6 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def _withhold_ack(consumer: Any, event: EventT) -> None:
-    """Keep a dropped message out of the committed offsets (take_events acknowledges every event
-    it yielded): marked as already acknowledged, the consumer's ack skips it. Faust internals."""
-    event.message.acked = True
-    consumer._unacked_messages.discard(event.message)
-
-
 def dump_tasks() -> None:
     """Log every pending asyncio task with its whole await chain (coroutines and async generators)."""
     lines: list[str] = []
@@ -582,7 +479,3 @@ def _await_chain(obj: Any, depth: int = 40) -> list[Any]:
             nxt = next((r for r in gc.get_referents(obj) if hasattr(r, "ag_frame")), None)
         obj = nxt
     return frames
-
-
-def create_worker(settings: Settings) -> Worker:
-    return Worker(settings)

@@ -1,4 +1,4 @@
-"""The fetch loop's per-message step (stream_processor.consumer) against a stand-in consumer: the
+"""The fetch loop's per-message step (stream_processor.faust_seam) against a stand-in consumer: the
 direct delivery and the suspended path, read offsets, gaps and commits as in Faust's loop."""
 
 import asyncio
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from stream_processor.consumer import Consumer
+from stream_processor.faust_seam import Consumer
 
 TP0 = TP("pm25.readings", 0)
 

@@ -1,35 +1,41 @@
-"""Faust's consumer without four asyncio tasks per message.
+"""The one seam between the worker and the internals of Faust and aiokafka.
 
-Faust's fetch loop (``Consumer._drain_messages``) hands every message to the conductor through
-``Service.wait_first(deliver(message), suspend_flow.wait())``: four tasks (the delivery, the
-suspend event, the consumer's stopped and crashed events) are created, raced and three of them
-cancelled, for each message. With readings of a few hundred bytes that was about a fifth of the
-worker's event-loop thread, the thread that limits its throughput.
+Every use of a private attribute or method of Faust (faust-streaming 0.15.3) or aiokafka (0.14),
+both pinned in pyproject.toml, lives in this module; tests/unit/test_faust_seam.py checks that each
+one exists with the shape relied on, and that no other module reaches a private attribute of an
+object it does not own. An upgrade fails there, in one place.
 
-:class:`Consumer` runs the same loop but awaits the delivery directly while the flow is not
-suspended, the common case: the delivery normally completes without suspending (it only decodes
-and queues the message), and when it does wait (the agent's queue is full) the loop has nothing
-else to do. While the flow is suspended (a rebalance) it takes Faust's path, racing the delivery
-against the suspension. A delivery blocked on a full queue when a rebalance starts completes once
-the rebalance clears the queues (synchronously, right after suspending the flow) and the loop then
-takes the suspended path; Faust's own loop leaves that delivery's queue put running too. Stopping
-the fetcher cancels the loop either way. Everything else is kept as in Faust: read offsets, gap
-tracking for acknowledgements, ``broker_commit_every``, yielding every 100 messages, the
-fetching flag and the stop conditions. One fix: after :meth:`Consumer.seek` (and after Faust's seek
-of every partition to its committed offset), the records of that partition still to come from the
-fetch made before it are dropped (they are not at the new position; Faust delivered them, and
-their read offsets made it drop the re-read: seen as a worker that stopped forecasting after
-re-reading a hole, see stream_processor.offsets).
+What the worker needs from the inside, and why:
 
-The app's monitor (:class:`QuietMonitor`) skips Faust's statistics per message and per stream event
-(only Faust's own ``/stats`` pages read them; the worker's metrics are its Prometheus ones).
-
-The app can also set the consumer's fetch wait (``App(fetch_max_wait_ms=...)``): Faust fixes it at
-1.5 s, which is how long a broker may hold a fetch open while waiting for data. Apache Kafka answers
-as soon as data arrives, so only the embedded broker's layer sets it (see pm25.embedded).
-
-Written against faust-streaming 0.15.3 (pinned in pyproject.toml): ``_drain_messages`` is a private
-method, so an upgrade must re-read it.
+* :class:`Consumer` (a subclass of Faust's aiokafka consumer): Faust's fetch loop
+  (``Consumer._drain_messages``) hands every message to the conductor through
+  ``Service.wait_first(deliver(message), suspend_flow.wait())``: four tasks (the delivery, the
+  suspend event, the consumer's stopped and crashed events) are created, raced and three of them
+  cancelled, for each message. With readings of a few hundred bytes that was about a fifth of the
+  worker's event-loop thread, the thread that limits its throughput. :class:`Consumer` runs the same
+  loop but awaits the delivery directly while the flow is not suspended, the common case: the
+  delivery normally completes without suspending (it only decodes and queues the message), and when
+  it does wait (the agent's queue is full) the loop has nothing else to do. While the flow is
+  suspended (a rebalance) it takes Faust's path, racing the delivery against the suspension. A
+  delivery blocked on a full queue when a rebalance starts completes once the rebalance clears the
+  queues (synchronously, right after suspending the flow) and the loop then takes the suspended
+  path; Faust's own loop leaves that delivery's queue put running too. Stopping the fetcher cancels
+  the loop either way. Everything else is kept as in Faust: read offsets, gap tracking for
+  acknowledgements, ``broker_commit_every``, yielding every 100 messages, the fetching flag and the
+  stop conditions. One fix: after :meth:`Consumer.seek` (and after Faust's seek of every partition
+  to its committed offset), the records of that partition still to come from the fetch made before
+  it are dropped (they are not at the new position; Faust delivered them, and their read offsets
+  made it drop the re-read: seen as a worker that stopped forecasting after re-reading a hole, see
+  stream_processor.offsets).
+* The fetch wait (``App(fetch_max_wait_ms=...)``): Faust fixes it at 1.5 s, how long a broker may
+  hold a fetch open while waiting for data (see stream_processor.app.FETCH_MAX_WAIT_MS).
+* :class:`QuietMonitor` skips Faust's statistics per message and per stream event (only Faust's own
+  ``/stats`` pages read them; the worker's metrics are its Prometheus ones).
+* :func:`aiokafka_producer`: the aiokafka producer under Faust's, for record-batch sends
+  (stream_processor.sending).
+* :func:`committed_offsets` and :func:`withhold_ack`: the consumer's committed offsets (the offset
+  guard compares every message with them) and keeping a dropped message out of the commits.
+* :func:`consumer_state`: what the consumer holds, for the ``kill -USR1`` diagnostics only.
 """
 
 from __future__ import annotations
@@ -44,7 +50,15 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 
-__all__ = ["App", "Consumer", "QuietMonitor"]
+__all__ = [
+    "App",
+    "Consumer",
+    "QuietMonitor",
+    "aiokafka_producer",
+    "committed_offsets",
+    "consumer_state",
+    "withhold_ack",
+]
 
 #: Like Faust's loop: give other tasks a turn after this many messages from one fetch.
 YIELD_EVERY = 100
@@ -186,3 +200,41 @@ class App(faust.App):
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
+
+
+def aiokafka_producer(app: faust.App) -> Any:
+    """The started aiokafka producer under Faust's (started with the app): for batch sends."""
+    return cast(Any, app.producer)._ensure_producer()
+
+
+def committed_offsets(app: faust.App) -> Mapping[TP, int | None]:
+    """Each partition's committed offset as the consumer knows it: where it was sought to at its
+    assignment until the worker's first commit of it. Faust keeps 0 (and none yet) as None."""
+    return cast(Mapping[TP, "int | None"], cast(Any, app.consumer)._committed_offset)
+
+
+def withhold_ack(app: faust.App, event: Any) -> None:
+    """Keep a dropped message out of the committed offsets (take_events acknowledges every event
+    it yielded): marked as already acknowledged, the consumer's ack skips it."""
+    event.message.acked = True
+    cast(Any, app.consumer)._unacked_messages.discard(event.message)
+
+
+def consumer_state(app: faust.App, topic: Any) -> dict[str, Any]:
+    """What the consumer holds (diagnostics only: any failure is reported, never raised)."""
+    try:
+        consumer = cast(Any, app.consumer)
+        fields = ("_active_partitions", "_buffered_partitions", "_paused_partitions", "flow_active")
+        state: dict[str, Any] = {f: getattr(consumer, f, "?") for f in fields}
+        state["assignment"] = consumer.assignment()
+        state["in_recovery"] = app.in_recovery
+        queue = topic.queue
+        state["queue"] = (queue.qsize(), queue.maxsize)
+        client = consumer._thread._ensure_consumer()
+        state["positions"] = {
+            str(tp): (st.position, st.paused)
+            for tp, st in client._subscription.subscription.assignment._tp_state.items()
+        }
+    except Exception as err:  # any internal change: report it, never raise
+        state = {"unavailable": repr(err)}
+    return state

@@ -1,0 +1,191 @@
+"""The delivery core: a micro-batch from intake to released acknowledgements, without Faust.
+
+At least once without transactions. Every input taken in holds its acknowledgement until the broker
+has acknowledged, in this order,
+
+1. the batch's dead letters, forecasts and scores (:meth:`DeliveryCore._compute` sends them);
+2. then, after every earlier batch has been released, its new station states (one per station per
+   batch), each recording the input offset it has applied (:meth:`DeliveryCore._release`);
+
+and only then are the inputs released, so their offsets may be committed. A crash at any point
+leaves the committed input offset at or behind the saved states, never ahead of them: a replayed
+message at or before its station's recorded offset is recognised and skipped (its forecasts were
+delivered before its state was saved), and a message after it is processed as new. A failed send
+fails its batch and every later one: nothing after it is released.
+
+Batches are pipelined: a batch's intake (parse, apply, new states) runs on the event loop while
+earlier batches are still computing or waiting for the broker; the graphs run one at a time in the
+inference thread, in batch order, and the encodings on the loop, in batch order.
+
+The broker side is a :class:`Port`; the worker's is Faust's (stream_processor.app), the unit tests'
+a fake that decides when each send is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, MutableMapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stream_processor.engine import Request
+from stream_processor.inference import Forecaster
+from stream_processor.processor import DeadLetter, Inference, Observation, Processor
+
+__all__ = ["Batch", "DeliveryCore", "Input", "Outputs", "Port"]
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One input message taken in."""
+
+    handle: Any  # what the port releases (the worker's: the Faust event)
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float  # the message's timestamp (s)
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What a batch publishes: dead letters, forecasts (key, value, input partition), scores."""
+
+    dead: list[tuple[Input, DeadLetter]]
+    forecasts: list[tuple[bytes, bytes, int]]
+    scores: list[tuple[bytes, bytes]]
+
+
+class Port(Protocol):
+    """The broker side of the core."""
+
+    #: each station's newest state (bytes), as the next batch's intake builds on it
+    table: MutableMapping[str, bytes]
+
+    async def send_outputs(self, outputs: Outputs) -> list[Awaitable[Any]]:
+        """Queue the outputs; one future per send, done when the broker acknowledged it."""
+        ...
+
+    async def send_states(self, states: list[tuple[str, int, bytes]]) -> list[Awaitable[Any]]:
+        """Queue (station, input partition, state) records; futures as for outputs."""
+        ...
+
+    def release(self, inputs: list[Input]) -> None:
+        """The inputs' offsets may be committed."""
+        ...
+
+
+@dataclass(slots=True)
+class Batch:
+    """What a micro-batch's intake hands to its delivery."""
+
+    model: Forecaster  # the model the requests' windows were cut for
+    held: list[Input] = field(default_factory=list)  # acknowledgement held until delivered
+    requests: list[Request] = field(default_factory=list)
+    observed: list[Observation] = field(default_factory=list)
+    dead: list[tuple[Input, DeadLetter]] = field(default_factory=list)
+    states: dict[str, bytes] = field(default_factory=dict)  # the newest state per station
+    partition_of: dict[str, int] = field(default_factory=dict)
+    arrived: list[float] = field(default_factory=list)  # input timestamps of readings forecast
+
+
+class DeliveryCore:
+    def __init__(self, processor: Processor, port: Port, executor: Executor, max_in_flight: int = 2) -> None:
+        self.processor = processor
+        self.port = port
+        self.executor = executor
+        self.max_in_flight = max_in_flight
+        self.graph: asyncio.Future[Any] | None = None  # the newest batch's graph
+        self._computing: asyncio.Future[list[Awaitable[Any]]] | None = None
+        self._in_flight: deque[asyncio.Future[None]] = deque()
+
+    def intake(self, inputs: Sequence[Input], model: Forecaster) -> Batch:
+        """Stage 1, on the event loop: parse and apply every input; the new states go into the
+        port's table at once (the next batch builds on them) and are saved by :meth:`_release`."""
+        proc = self.processor
+        store = self.port.table
+        batch = Batch(model=model)
+        pending = batch.states
+        for item in inputs:
+            batch.held.append(item)
+            parsed = proc.parse(item.value, item.key)
+            if isinstance(parsed, DeadLetter):
+                batch.dead.append((item, parsed))
+                continue
+            sid = parsed.station_id
+            result = proc.apply(store.get(sid), parsed, item.offset)
+            if isinstance(result, DeadLetter):
+                batch.dead.append((item, result))
+                continue
+            state, reqs = result
+            if state is not None:
+                store[sid] = pending[sid] = state
+            batch.partition_of[sid] = item.partition
+            if reqs:
+                batch.requests.extend(reqs)
+                batch.arrived.append(item.timestamp)
+        batch.observed = proc.take_observed()
+        return batch
+
+    async def submit(self, batch: Batch) -> None:
+        """Start the batch's delivery; waits while ``max_in_flight`` batches are undelivered (and
+        raises the error of a failed one)."""
+        while len(self._in_flight) >= self.max_in_flight:
+            await self._in_flight.popleft()
+        # features now, and the graph queued at once in the inference thread (graphs run one at a
+        # time, in batch order): a batch's graph overlaps the previous batch's encoding
+        job = self.processor.prepare(batch.requests, batch.model)
+        graph = self.graph = asyncio.get_running_loop().run_in_executor(self.executor, job.run)
+        batch.requests = []  # the job holds them
+        computing = asyncio.ensure_future(self._compute(batch, job, graph, after=self._computing))
+        after = self._in_flight[-1] if self._in_flight else None
+        self._computing = computing
+        self._in_flight.append(asyncio.ensure_future(self._release(batch, computing, after=after)))
+
+    async def drain(self) -> None:
+        """Wait until every batch taken in is delivered or failed (a failure stays in its task:
+        the next :meth:`submit` raises it)."""
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+
+    async def _compute(
+        self, batch: Batch, job: Inference, graph: asyncio.Future[Any], after: asyncio.Future[Any] | None
+    ) -> list[Awaitable[Any]]:
+        """Stage 2, in batch order: once the batch's graph has run (in a thread: onnxruntime
+        releases the GIL, so it overlaps the loop's work on other batches) and the previous batch is
+        encoded, encode this one on the loop (numpy in a thread would fight the loop for the GIL at
+        every call) and send its outputs; returns their delivery futures."""
+        out = await graph
+        if after is not None:
+            await after
+        proc = self.processor
+        forecasts, scores = proc.finish(job, out, batch.observed)
+        for sid, window in batch.states.items():  # saved with the adaptation this batch left
+            batch.states[sid] = proc.state_value(sid, window)
+        del job, out
+        outputs = Outputs(
+            dead=batch.dead,
+            forecasts=[(key, value, batch.partition_of[key.decode()]) for key, value in forecasts],
+            scores=scores,
+        )
+        batch.observed, batch.dead = [], []  # not needed while it waits for acks
+        return await self.port.send_outputs(outputs)
+
+    async def _release(
+        self, batch: Batch, computing: asyncio.Future[list[Awaitable[Any]]], after: asyncio.Future[Any] | None
+    ) -> None:
+        """Stage 3: once the batch's outputs are acknowledged and every earlier batch is released,
+        save its states, then release its inputs."""
+        await asyncio.gather(*await computing)  # 1. the outputs, acknowledged by the broker ...
+        if after is not None:
+            await after
+        states = [(sid, batch.partition_of[sid], state) for sid, state in batch.states.items()]
+        await asyncio.gather(*await self.port.send_states(states))  # 2. ... then the states
+        self.port.release(batch.held)  # 3. ... then the input offsets may be committed
+        now = time.time()
+        observe = self.processor.metrics.reading_to_forecast_seconds.observe
+        for ts in batch.arrived:
+            observe(max(now - ts, 0.0))
