@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,9 +129,3 @@ class DashboardState:
             "worst_next_24h": worst,
             "skill_1h": skill_1h,
         }
-
-    def load(self, readings: Iterable[Reading] = (), forecasts: Iterable[Forecast] = ()) -> None:
-        for r in readings:
-            self.add_reading(r)
-        for f in forecasts:
-            self.add_forecast(f)

@@ -7,7 +7,6 @@ The default store is this folder: ``bundles/<version>/`` and ``production.json``
 from model_store.bundle import (
     Bundle,
     default_store,
-    list_versions,
     load_bundle,
     load_production,
     production_version,
@@ -22,7 +21,6 @@ __all__ = [
     "BundleIntegrityError",
     "BundleNotFound",
     "default_store",
-    "list_versions",
     "load_bundle",
     "load_production",
     "production_version",

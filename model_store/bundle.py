@@ -30,7 +30,6 @@ from model_store.exceptions import BundleError, BundleIntegrityError, BundleNotF
 __all__ = [
     "Bundle",
     "default_store",
-    "list_versions",
     "load_bundle",
     "load_production",
     "production_version",
@@ -122,13 +121,6 @@ def write_bundle(
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, target)
     return target
-
-
-def list_versions(store: Path) -> list[str]:
-    root = Path(store) / "bundles"
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
 
 
 def production_version(store: Path) -> tuple[str, str]:

@@ -13,8 +13,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 __all__ = [
@@ -26,7 +24,6 @@ __all__ = [
     "faust_overrides",
     "free_port",
     "kafka_consumer_overrides",
-    "running_broker",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,12 +145,3 @@ class EmbeddedBroker:
     def wait(self) -> int:
         assert self.proc is not None
         return self.proc.wait()
-
-
-@contextmanager
-def running_broker(port: int | None = None) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(port).start()
-    try:
-        yield broker
-    finally:
-        broker.stop()

@@ -23,7 +23,6 @@ from pm25.schema import Reading, reading_to_json
 __all__ = ["ReplayReport", "event_time_order", "load_source", "replay"]
 
 log = logging.getLogger(__name__)
-SOURCES = ("multisite", "single-site")
 
 
 @dataclass

@@ -154,7 +154,3 @@ class HindcastScorer:
         if extra is not None:
             body.update(extra())
         return orjson.dumps(body)
-
-    def station_skill(self, station_id: str) -> list[dict[str, float | int]]:
-        st = self._stations.get(station_id)
-        return [] if st is None else [st.skill[h].as_dict(h) for h in SCORED_HORIZONS]

@@ -1,8 +1,9 @@
 """Per-message logic of the worker, free of Faust so it is tested without a broker.
 
 ``Processor.parse`` validates a message (errors become :class:`DeadLetter` data, never
-exceptions); ``Processor.apply`` moves a station state forward; ``Processor.forecast`` runs the
-batched inference and serialises the forecasts.
+exceptions); ``Processor.apply`` moves a station state forward; ``Processor.prepare``, the
+returned :class:`Inference` (the graph, run in a thread) and ``Processor.finish`` run a batch's
+inference and serialise its forecasts and scores (stream_processor.delivery drives them).
 """
 
 from __future__ import annotations
@@ -158,17 +159,6 @@ class Processor:
         """The readings applied since the last call, for :meth:`forecast` to score against."""
         observed, self._observed = self._observed, []
         return observed
-
-    def forecast(
-        self, requests: list[Request], observed: list[Observation], model: Forecaster | None = None
-    ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-        """(key, value) of every forecast the requests produce (logging suspensions and
-        resumptions), then of the hindcast scores of the forecasts whose target hours the
-        ``observed`` readings give. ``model``: the one the requests were cut for (default: the
-        engine's). The worker runs the steps apart: :meth:`prepare`, ``Inference.run`` in a
-        thread, :meth:`finish`."""
-        job = self.prepare(requests, model)
-        return self.finish(job, job.run(), observed)
 
     def prepare(self, requests: list[Request], model: Forecaster | None = None) -> Inference:
         model = model or self.engine.model

@@ -23,8 +23,7 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
     started = time.monotonic()
     assert main(["train", "--grid", "quick", "--model-store", str(store), "--version", "q1"]) == 0
     elapsed = time.monotonic() - started
-    print(f"\nquick training + export took {elapsed:.1f} s")
-    assert elapsed < 120
+    print(f"\nquick training + export took {elapsed:.1f} s")  # reported, not asserted: no wall-clock asserts
     first = load_production(store)
     assert first.version == "q1"
     model = OnnxForecaster(first)

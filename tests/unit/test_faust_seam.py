@@ -59,7 +59,12 @@ def params(fn) -> list[str]:
 def test_the_overridden_methods_keep_their_shape():
     base = faust_aiokafka.Consumer
     assert inspect.iscoroutinefunction(base._drain_messages) and params(base._drain_messages) == ["self", "fetcher"]
-    assert inspect.iscoroutinefunction(base._add_gap) and params(base._add_gap) == ["self", "tp", "offset_from", "offset_to"]
+    assert inspect.iscoroutinefunction(base._add_gap) and params(base._add_gap) == [
+        "self",
+        "tp",
+        "offset_from",
+        "offset_to",
+    ]
     assert params(base._new_consumer_thread) == ["self"]
     assert params(base.seek_to_committed) == ["self"]
     thread = faust_aiokafka.AIOKafkaConsumerThread

@@ -38,35 +38,6 @@ def test_unreadable_state_restarts_the_station_instead_of_crashing():
     assert proc.apply(state, reading, offset=7) == (None, [])  # the fresh state works as usual
 
 
-def test_split_inference_gives_the_same_messages_as_one_call():
-    """The worker runs prepare (loop), the graph (thread) and finish (loop) apart: same bytes,
-    same scores as the one-call path the backtest uses."""
-    from benchmarks.bench import synthetic_readings
-
-    readings = synthetic_readings(3, 60)
-    outputs = []
-    for split in (False, True):
-        proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: 10**9)
-        states: dict[str, bytes] = {}
-        sent: list[tuple[bytes, bytes]] = []
-        for i in range(0, len(readings), 40):
-            requests = []
-            for r in readings[i : i + 40]:
-                state, reqs = proc.apply(states.get(r.station_id), r)
-                states[r.station_id] = state or states[r.station_id]
-                requests.extend(reqs)
-            observed = proc.take_observed()
-            if split:
-                job = proc.prepare(requests)
-                forecasts, scores = proc.finish(job, job.run(), observed)
-            else:
-                forecasts, scores = proc.forecast(requests, observed)
-            sent.extend(forecasts + scores)
-        outputs.append(sent)
-    assert len(outputs[0]) > 60 and outputs[0] == outputs[1]
-    assert any(b'"scored_horizons"' in value for _, value in outputs[0])  # scores were produced too
-
-
 def _worker_like_run(readings, restart_at=None, batch=50):
     """The worker's path without a broker: intake (parse + apply into a table), the batch's graph
     and finish, then the saved value (window + adaptation) per station. ``restart_at``: after that
