@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from pm25.demo import WorkerProcess
 from pm25.embedded import EmbeddedBroker, free_port
 from pm25.kafka import ensure_topics, make_consumer, make_producer
 from pm25.schema import Reading, forecast_from_json, reading_to_json
 from pm25.settings import Settings
+from pm25_ops.processes import WorkerProcess
 
 __all__ = ["BenchConfig", "run_bench"]
 

@@ -123,7 +123,11 @@ def partition_counts(settings: Settings, *topics: str) -> dict[str, int | None]:
     """Partition count of each topic (None if it cannot be described)."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_python_security())
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,  # no group: nothing to commit (and no warning saying so)
+        **settings.kafka_python_security(),
+    )
     try:
         return {t: (len(consumer.partitions_for_topic(t) or ()) or None) for t in topics}
     finally:

@@ -88,6 +88,9 @@ class Settings:
     web_port: int = 6066
     lateness_hours: int = 24
     buffer_hours: int = 72  # station state: at least model window + lateness (48 + 24)
+    #: Faust's liveness check: a partition with unread messages whose stream took no event for this
+    #: long is logged as stuck (Faust's stream_processing_timeout)
+    stream_timeout_s: int = 300
 
     def __post_init__(self) -> None:
         _hostport(self.bootstrap_servers)
@@ -103,6 +106,8 @@ class Settings:
             raise SettingsError(f"lateness must be 0..168 hours, got {self.lateness_hours}")
         if self.buffer_hours < self.lateness_hours + 1 or self.buffer_hours > 24 * 30:
             raise SettingsError(f"buffer must be > lateness and at most 720 hours, got {self.buffer_hours}")
+        if not 5 <= self.stream_timeout_s <= 3600:
+            raise SettingsError(f"stream timeout must be 5..3600 s, got {self.stream_timeout_s}")
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"web port must be 1..65535, got {self.web_port}")
 
@@ -144,6 +149,7 @@ class Settings:
             "web_port": as_int("WEB_PORT", _DEFAULTS["web_port"]),
             "lateness_hours": as_int("LATENESS_HOURS", _DEFAULTS["lateness_hours"]),
             "buffer_hours": as_int("BUFFER_HOURS", _DEFAULTS["buffer_hours"]),
+            "stream_timeout_s": as_int("STREAM_TIMEOUT_S", _DEFAULTS["stream_timeout_s"]),
         }
         settings = cls(**values)
         given = {k: v for k, v in overrides.items() if v is not None}

@@ -141,6 +141,7 @@ class Worker:
             "producer_max_batch_size": 1 << 20,
             "consumer_auto_offset_reset": "earliest",
             "topic_allow_declare": True,
+            "stream_processing_timeout": settings.stream_timeout_s,
             **_faust_credentials(settings),
         }
         conf["fetch_max_wait_ms"] = FETCH_MAX_WAIT_MS

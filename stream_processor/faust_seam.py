@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from time import monotonic
 from typing import Any, ClassVar, cast
 
 import faust
@@ -181,7 +182,9 @@ class QuietMonitor(Monitor):
         pass
 
     def on_stream_event_in(self, tp: TP, offset: int, stream: Any, event: Any) -> None:
-        return None
+        # kept: Faust's liveness check (Consumer.verify_event_path) reads it, and without it logs
+        # "Stream has not started processing" for a healthy worker after stream_processing_timeout
+        self.stream_inbound_time[tp] = monotonic()
 
     def on_stream_event_out(self, tp: TP, offset: int, stream: Any, event: Any, state: Any = None) -> None:
         pass

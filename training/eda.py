@@ -6,8 +6,9 @@ lines state which modelling choice each plot supports.
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +16,8 @@ from pm25.adapters import read_single_site
 from training.dataset import DataConfig, load_series
 
 __all__ = ["write_eda"]
+
+log = logging.getLogger(__name__)
 
 
 def _acf(x: np.ndarray, lags: int) -> np.ndarray:
@@ -50,7 +53,17 @@ def write_eda(out_dir: Path, cfg: DataConfig | None = None) -> Path:
         plt.savefig(out_dir / name, dpi=100)
         plt.close("all")
         figs.append((name, title))
-        print(f"  wrote {name}", file=sys.stderr, flush=True)
+        log.info("wrote %s", name)
+
+    acf, by_dir, by_speed, corr = _plots(plt, df, idx, pm, series, cfg, save)
+    report = out_dir / "README.md"
+    report.write_text("\n".join(_report_lines(figs, pm, idx, acf, by_dir, by_speed, corr)))
+    return report
+
+
+def _plots(plt: Any, df: Any, idx: Any, pm: Any, series: Any, cfg: DataConfig, save: Any) -> tuple[Any, ...]:
+    """Every figure, saved through ``save``; returns what the report's numbers need."""
+    import pandas as pd
 
     _, ax = plt.subplots(1, 2, figsize=(11, 3.5))
     ax[0].hist(pm.dropna(), bins=100, color="tab:red")
@@ -108,8 +121,14 @@ def write_eda(out_dir: Path, cfg: DataConfig | None = None) -> Path:
     a.legend()
     save("split.png", "Train / validation / test split")
 
+    return acf, by_dir, by_speed, corr
+
+
+def _report_lines(
+    figs: list[tuple[str, str]], pm: Any, idx: Any, acf: Any, by_dir: Any, by_speed: Any, corr: Any
+) -> list[str]:
     skew = float(pm.skew())
-    lines = [
+    return [
         "# Exploratory analysis: Beijing PM2.5 (US Embassy, 2010-2014)",
         "",
         "Made by `pm25 eda` from `data/beijing_pm25/` (times in China Standard Time).",
@@ -152,6 +171,3 @@ def write_eda(out_dir: Path, cfg: DataConfig | None = None) -> Path:
         "the scaler is fitted on the training split only.",
         "",
     ]
-    report = out_dir / "README.md"
-    report.write_text("\n".join(lines))
-    return report

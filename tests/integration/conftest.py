@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pm25.demo import WorkerProcess
 from pm25.embedded import free_port
 from pm25.kafka import ensure_topics, make_consumer, make_producer
 from pm25.schema import Reading, reading_to_json
 from pm25.settings import Settings
+from pm25_ops.processes import WorkerProcess
 
 pytestmark = pytest.mark.broker
 

@@ -93,7 +93,11 @@ def test_compose_services_as_processes_carry_forecasts_to_the_viewer(broker, tmp
             logs[name] = tmp_path / f"{name}.log"
             out = open(logs[name], "wb")  # noqa: SIM115 - closed with the test
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "pm25.cli", *args], env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+                [sys.executable, "-m", "pm25_ops.cli", *args],
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
             )
             dependents = [s for s in services.values() if name in (s.get("depends_on") or {})]
             conditions = {(s.get("depends_on") or {})[name].get("condition") for s in dependents}

@@ -54,7 +54,7 @@ def test_dashboard_live_in_headless_chromium(settings_env, settings, start_worke
     port = free_port()
     log = open(tmp_path / "dashboard.log", "wb")  # noqa: SIM115
     dash = subprocess.Popen(
-        [sys.executable, "-m", "pm25.cli", "dashboard", "--port", str(port)],
+        [sys.executable, "-m", "pm25_ops.cli", "dashboard", "--port", str(port)],
         env={**os.environ, **settings_env},
         stdout=log,
         stderr=subprocess.STDOUT,

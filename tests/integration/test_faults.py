@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 
 from model_store import default_store, load_production, promote, write_bundle
-from pm25.demo import _metric
 from pm25.schema import forecast_from_json, reading_to_json
+from pm25_ops.processes import metric_value
 from producer.replay import load_source
 from stream_processor.backtest import make_engine
 from stream_processor.engine import run_offline
@@ -105,11 +105,11 @@ def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker, re
         values.setdefault((f.station_id, f.issued_at), set()).add(m.value)
     duplicates = sum(n - 1 for n in seen.values())
     metrics = restarted.metrics()
-    replayed = _metric(metrics, "pm25_readings_replayed_total")
+    replayed = metric_value(metrics, "pm25_readings_replayed_total")
     report_counts(
         f"readings {len(readings)}, forecasts expected {len(expected)}, received {len(msgs)} "
         f"(killed after {killed_at}), duplicates {duplicates}, replayed readings recognised {replayed:.0f}, "
-        f"consumer holes re-read {_metric(metrics, 'pm25_input_seeks_total'):.0f}"
+        f"consumer holes re-read {metric_value(metrics, 'pm25_input_seeks_total'):.0f}"
     )
     # the restart really re-read input the killed worker had handled (else this proves nothing)
     assert replayed + duplicates > 0

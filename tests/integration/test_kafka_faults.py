@@ -9,11 +9,11 @@ import time
 import pytest
 
 from pm25.apache_kafka import ApacheKafka
-from pm25.demo import WorkerProcess, _metric
 from pm25.embedded import free_port
 from pm25.kafka import ensure_topics
 from pm25.schema import forecast_from_json
 from pm25.settings import Settings
+from pm25_ops.processes import WorkerProcess, metric_value
 from producer.replay import load_source
 from tests.integration.conftest import collect, worker_env
 from tests.integration.test_faults import _paced_send, by_key, expected_forecasts
@@ -36,8 +36,8 @@ def _defences(*workers: WorkerProcess) -> str:
             text = w.metrics()
         except OSError:
             continue
-        seeks += _metric(text, "pm25_input_seeks_total")
-        replayed += _metric(text, "pm25_readings_replayed_total")
+        seeks += metric_value(text, "pm25_input_seeks_total")
+        replayed += metric_value(text, "pm25_readings_replayed_total")
     return f"offset-guard/tail seeks {seeks:.0f}, replayed readings recognised {replayed:.0f}"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from model_store import load_bundle, load_production
-from pm25.cli import main
+from pm25_ops.cli import main
 from stream_processor.inference import OnnxForecaster
 
 pytestmark = [pytest.mark.training, pytest.mark.slow]
@@ -49,7 +49,18 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
 
     # same inputs in a fresh process -> the same model, byte for byte; not better -> production is kept
     proc = subprocess.run(
-        [sys.executable, "-m", "pm25.cli", "train", "--grid", "quick", "--model-store", str(store), "--version", "q2"],
+        [
+            sys.executable,
+            "-m",
+            "pm25_ops.cli",
+            "train",
+            "--grid",
+            "quick",
+            "--model-store",
+            str(store),
+            "--version",
+            "q2",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pm25.cli import main
+from pm25_ops.cli import main
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,7 @@ def test_missing_readings_file_is_one_line(tmp_path, capsys):
 
 def test_bad_environment_is_one_line():
     proc = subprocess.run(
-        [sys.executable, "-m", "pm25.cli", "topics"],
+        [sys.executable, "-m", "pm25_ops.cli", "topics"],
         capture_output=True,
         text=True,
         env={"PM25_BOOTSTRAP_SERVERS": "not-a-server", "PATH": ""},

@@ -373,7 +373,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pm25.demo import run_demo
+    from pm25_ops.demo import run_demo
 
     return run_demo(
         hours=args.hours, speedup=args.speedup, timeout=args.timeout, keep_open=args.keep_open, broker_kind=args.broker
@@ -396,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"pm25 {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_broker_commands(sub)
+    _add_stream_commands(sub)
+    _add_model_commands(sub)
+    _add_dashboard_and_demo(sub)
+    return p
+
+
+def _add_broker_commands(sub: Any) -> None:
     s = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) in the foreground")
     s.add_argument("--port", type=_port, default=9092, help="port on 127.0.0.1 (default 9092)")
     s.set_defaults(func=cmd_broker)
@@ -407,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="where the broker keeps its data across restarts (default: a temporary folder)")
     s.set_defaults(func=cmd_kafka)
 
+
+def _add_stream_commands(sub: Any) -> None:
     s = sub.add_parser("topics", help="create the project's topics if missing")
     _kafka_args(s, "readings", "forecasts", "dlq")
     s.set_defaults(func=cmd_topics)
@@ -444,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the raw JSON messages")
     s.set_defaults(func=cmd_forecasts)
 
+
+def _add_model_commands(sub: Any) -> None:
     s = sub.add_parser("backtest", help="run the stream's window + inference code offline over a readings file")
     s.add_argument(
         "--readings", required=True, help="canonical readings CSV (or 'multisite' / 'single-site' for the bundled data)"
@@ -493,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=_positive_int, default=5, help="production throughput runs (median reported)")
     s.set_defaults(func=cmd_bench)
 
+
+def _add_dashboard_and_demo(sub: Any) -> None:
     s = sub.add_parser("dashboard", help="live web dashboard of readings, forecasts and skill")
     _kafka_args(s, "readings", "forecasts")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 in a container)")
@@ -513,7 +527,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded: Tansu, no Java (default); kafka: Apache Kafka from Maven Central (needs java and mvn)",
     )
     s.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,72 +25,9 @@ from pm25.embedded import EmbeddedBroker, free_port
 from pm25.schema import forecast_from_json
 from pm25.settings import Settings
 from pm25.viewer import format_forecast
+from pm25_ops.processes import WorkerProcess, metric_value
 
-__all__ = ["WorkerProcess", "run_demo"]
-
-
-class WorkerProcess:
-    """`pm25 worker` as a child process with its log in a file (used by the demo and tests)."""
-
-    def __init__(self, settings_env: dict[str, str], log_path: Path) -> None:
-        self.env = {**os.environ, **settings_env}
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.web_port = int(settings_env["PM25_WEB_PORT"])
-
-    def start(self) -> WorkerProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pm25.cli", "worker"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        return self
-
-    def wait_ready(self, timeout: float = 90.0) -> float:
-        """Seconds until /ready answered 200; raises RuntimeError if the worker died or timed out."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early; log:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        return time.monotonic() - started
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"worker not ready after {timeout} s; log:\n{self.tail()}")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
-            return str(resp.read().decode())
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if hasattr(self, "_log"):
-            self._log.close()
-
-
-def _metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+__all__ = ["run_demo"]
 
 
 def _hindcast(text: str) -> list[tuple[int, float, float]]:
@@ -145,8 +81,10 @@ def run_demo(
     keep_open: bool = False,
     broker_kind: str = "embedded",
 ) -> int:
-    from pm25.kafka import ensure_topics, make_consumer, make_producer
-    from producer.replay import ReplayReport, load_source, replay
+    """Broker, worker and dashboard up; the readings replayed; every forecast the offline backtest
+    expects awaited; a summary; everything stopped. 0 if every expected forecast arrived."""
+    from pm25.kafka import ensure_topics
+    from producer.replay import load_source
     from stream_processor.backtest import make_engine
     from stream_processor.engine import run_offline
 
@@ -156,14 +94,7 @@ def run_demo(
     env = {**broker_env, "PM25_WEB_PORT": str(web_port)}
     settings = Settings.from_env({**os.environ, **env})
     worker = WorkerProcess(env, workdir / "worker.log")
-    dash_port = free_port()
-    dash_log = open(workdir / "dashboard.log", "wb")  # noqa: SIM115 - closed in the finally below
-    dashboard = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "pm25.cli", "dashboard", "--port", str(dash_port)],
-        env={**os.environ, **env},
-        stdout=dash_log,
-        stderr=subprocess.STDOUT,
-    )
+    dashboard, dash_log, dash_port = _start_dashboard(env, workdir)
     print(f"{broker_text}; worker log {worker.log_path}", flush=True)
     print(f"dashboard: http://127.0.0.1:{dash_port}/  (live during the replay)", flush=True)
     try:
@@ -175,32 +106,8 @@ def run_demo(
         worker.start()
         ready_s = worker.wait_ready()
         print(f"worker ready in {ready_s:.1f} s; metrics at http://127.0.0.1:{web_port}/metrics", flush=True)
-
         received: dict[tuple[str, str], bytes] = {}
-        done = threading.Event()
-
-        def consume() -> None:
-            consumer = make_consumer(settings, settings.forecasts_topic, group_id=None, consumer_timeout_ms=500)
-            try:
-                while not done.is_set():
-                    for msg in consumer:
-                        f = forecast_from_json(msg.value)
-                        received[(f.station_id, f.issued_at)] = msg.value
-                        print(format_forecast(f), flush=True)
-            finally:
-                consumer.close()
-
-        thread = threading.Thread(target=consume, daemon=True)
-        thread.start()
-        report = ReplayReport(invalid=invalid)
-        producer = make_producer(settings)
-        replay(producer, settings.readings_topic, readings, report, speedup=speedup, progress=False)
-        producer.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not set(expected) <= set(received):
-            time.sleep(0.5)
-        done.set()
-        thread.join(timeout=10)
+        report = _replay_and_wait(settings, readings, invalid, speedup, timeout, expected, received)
         metrics = worker.metrics()
         if keep_open:
             _summary_and_wait(dash_port, web_port)
@@ -212,7 +119,65 @@ def run_demo(
         broker.stop()
         if hasattr(broker, "close"):
             broker.close()
+    return 0 if _print_summary(report, expected, received, metrics) else 1
 
+
+def _start_dashboard(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen[bytes], Any, int]:
+    port = free_port()
+    log = open(workdir / "dashboard.log", "wb")  # noqa: SIM115 - closed by run_demo
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "pm25_ops.cli", "dashboard", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return proc, log, port
+
+
+def _replay_and_wait(
+    settings: Settings,
+    readings: list[Any],
+    invalid: list[RowError],
+    speedup: float,
+    timeout: float,
+    expected: dict[tuple[str, str], bytes],
+    received: dict[tuple[str, str], bytes],
+) -> Any:
+    """Replay the readings while printing every forecast as it arrives (into ``received``) until
+    all expected ones are in or ``timeout`` passes; returns the replay report."""
+    from pm25.kafka import make_consumer, make_producer
+    from producer.replay import ReplayReport, replay
+
+    done = threading.Event()
+
+    def consume() -> None:
+        consumer = make_consumer(settings, settings.forecasts_topic, group_id=None, consumer_timeout_ms=500)
+        try:
+            while not done.is_set():
+                for msg in consumer:
+                    f = forecast_from_json(msg.value)
+                    received[(f.station_id, f.issued_at)] = msg.value
+                    print(format_forecast(f), flush=True)
+        finally:
+            consumer.close()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    report = ReplayReport(invalid=invalid)
+    producer = make_producer(settings)
+    replay(producer, settings.readings_topic, readings, report, speedup=speedup, progress=False)
+    producer.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not set(expected) <= set(received):
+        time.sleep(0.5)
+    done.set()
+    thread.join(timeout=10)
+    return report
+
+
+def _print_summary(
+    report: Any, expected: dict[tuple[str, str], bytes], received: dict[tuple[str, str], bytes], metrics: str
+) -> bool:
     stations = Counter(s for s, _ in received)
     horizons_ok = all(len(forecast_from_json(v).horizons) == 24 for v in received.values())
     missing = set(expected) - set(received)
@@ -234,9 +199,9 @@ def run_demo(
     print(f"horizons per forecast: {'24 in every forecast' if horizons_ok else 'NOT 24 in every forecast'}")
     print(f"model version:        {', '.join(versions)}")
     print(
-        f"worker metrics:       readings in {_metric(metrics, 'pm25_readings_in_total'):.0f}, "
-        f"forecasts out {_metric(metrics, 'pm25_forecasts_out_total'):.0f}, "
-        f"dead letters {_metric(metrics, 'pm25_dead_letters_total'):.0f}"
+        f"worker metrics:       readings in {metric_value(metrics, 'pm25_readings_in_total'):.0f}, "
+        f"forecasts out {metric_value(metrics, 'pm25_forecasts_out_total'):.0f}, "
+        f"dead letters {metric_value(metrics, 'pm25_dead_letters_total'):.0f}"
     )
     skill = _hindcast(metrics)
     if skill:
@@ -247,4 +212,4 @@ def run_demo(
         )
     ok = len(stations) == len(MULTISITE_STATIONS) and horizons_ok and not missing and not mismatched
     print("demo: OK" if ok else "demo: FAILED")
-    return 0 if ok else 1
+    return ok

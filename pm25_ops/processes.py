@@ -1,0 +1,78 @@
+"""Running the worker as a child process, for operations and tests: the demo, the benchmarks and
+the integration tests start, probe and stop workers through :class:`WorkerProcess`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+__all__ = ["WorkerProcess", "metric_value"]
+
+
+class WorkerProcess:
+    """`pm25 worker` as a child process with its log in a file (used by the demo and tests)."""
+
+    def __init__(self, settings_env: dict[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **settings_env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.web_port = int(settings_env["PM25_WEB_PORT"])
+
+    def start(self) -> WorkerProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pm25_ops.cli", "worker"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        """Seconds until /ready answered 200; raises RuntimeError if the worker died or timed out."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; log:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {timeout} s; log:\n{self.tail()}")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+def metric_value(text: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples (all label sets) in a /metrics page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
