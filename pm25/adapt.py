@@ -59,12 +59,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pm25.schema import KEY_HORIZONS
+
 __all__ = ["ANCHORS", "EXPERTS", "AdaptFormatError", "Adapter", "Combined", "Row", "StationAdaptation", "station_phase"]
 
 F32 = npt.NDArray[np.float32]
 
 #: Horizons (hours) at which each station's statistics are learned; the others are interpolated.
-ANCHORS: tuple[int, ...] = (1, 3, 6, 12, 24)
+ANCHORS: tuple[int, ...] = KEY_HORIZONS
 EXPERTS: tuple[str, ...] = ("model", "persistence", "seasonal_24h", "mean_48h")
 #: The statistics are learned in blocks of this many sealed hours, each ending with a snapshot.
 SNAPSHOT_EVERY = 24

@@ -16,7 +16,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,8 +26,10 @@ import orjson
 
 __all__ = [
     "CSV_HEADER",
+    "KEY_HORIZONS",
     "MAX_MESSAGE_BYTES",
     "RANGES",
+    "STATION_ID_PATTERN",
     "WIND_DIRECTIONS",
     "Forecast",
     "HorizonForecast",
@@ -44,18 +46,9 @@ __all__ = [
     "reading_to_row",
 ]
 
-#: Column order of the canonical readings CSV (empty cell = missing).
-CSV_HEADER = (
-    "station_id",
-    "timestamp",
-    "pm25",
-    "temperature_c",
-    "dew_point_c",
-    "pressure_hpa",
-    "wind_speed_ms",
-    "wind_direction",
-    "precipitation_mm",
-)
+#: The horizons (hours) every summary reports and the online adaptation learns at: the scores,
+#: the evaluation, the viewer and pm25.adapt use this one constant.
+KEY_HORIZONS: tuple[int, ...] = (1, 3, 6, 12, 24)
 
 #: 16 compass points plus ``calm``; the angle (degrees, direction the wind comes from).
 WIND_DIRECTIONS: dict[str, float | None] = {
@@ -78,9 +71,10 @@ RANGES: dict[str, tuple[float, float]] = {
 #: Largest accepted reading message; a real reading is about 250 bytes.
 MAX_MESSAGE_BYTES = 4096
 
-_STATION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+#: What a station id may look like (it is also the message key).
+STATION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+_STATION_RE = re.compile(STATION_ID_PATTERN)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NUMERIC = ("pm25", "temperature_c", "dew_point_c", "pressure_hpa", "wind_speed_ms", "precipitation_mm")
 # Readings dated further ahead of the wall clock than this are rejected as ``future``.
 _FUTURE_TOLERANCE_H = 1
 
@@ -111,6 +105,15 @@ class Reading:
     @property
     def timestamp(self) -> str:
         return hour_to_iso(self.hour)
+
+
+#: The measurements of a reading, in declaration order (everything after station and hour).
+MEASUREMENTS: tuple[str, ...] = tuple(f.name for f in fields(Reading))[2:]
+#: Column order of the canonical readings CSV (empty cell = missing): the message's fields.
+CSV_HEADER: tuple[str, ...] = ("station_id", "timestamp", *MEASUREMENTS)
+#: The numeric measurements (each has a plausible range in RANGES).
+_NUMERIC: tuple[str, ...] = tuple(name for name in MEASUREMENTS if name != "wind_direction")
+assert set(_NUMERIC) == set(RANGES), "every numeric measurement needs a range"
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +280,8 @@ def encode_forecasts(
     ]
 
 
-_HORIZON_FIELDS = ("pm25", "pm25_lo", "pm25_hi", "aqi_us", "aqi_us_category")
+#: the per-horizon values after h and target_time, in the contract's order
+_HORIZON_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(HorizonForecast))[2:]
 #: Sizes of the text tables: 0.0-1999.9 µg/m³ in tenths (forecasts are rounded to 0.1), ints 0-999.
 _TENTHS = 20_000
 _INTEGERS = 1_000

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pm25.aqi import CATEGORIES
-from pm25.schema import Forecast
+from pm25.schema import KEY_HORIZONS, Forecast
 
 __all__ = ["format_forecast"]
 
-_SHOWN = (1, 3, 6, 12, 24)
+_SHOWN = KEY_HORIZONS
 
 
 def format_forecast(f: Forecast) -> str:

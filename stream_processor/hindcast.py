@@ -20,11 +20,11 @@ from typing import Any
 
 import orjson
 
-from pm25.schema import hour_to_iso
+from pm25.schema import KEY_HORIZONS, hour_to_iso
 
 __all__ = ["SCORED_HORIZONS", "HindcastScorer", "Skill"]
 
-SCORED_HORIZONS = (1, 3, 6, 12, 24)
+SCORED_HORIZONS = KEY_HORIZONS
 #: Weight of the newest pair in the rolling means (about the last 100 pairs count).
 ALPHA = 0.01
 _PLAIN_MEAN_PAIRS = int(1 / ALPHA)

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pm25.schema import KEY_HORIZONS
+
 __all__ = ["REPORT_HORIZONS", "coverage", "horizon_metrics", "json_safe"]
 
 #: The horizons reported in tables (all 24 are stored in the bundle).
-REPORT_HORIZONS = (1, 3, 6, 12, 24)
+REPORT_HORIZONS = KEY_HORIZONS
 
 
 def horizon_metrics(actual: npt.NDArray[np.floating], pred: npt.NDArray[np.floating]) -> dict[str, list[float]]:
