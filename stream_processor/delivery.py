@@ -120,14 +120,15 @@ class DeliveryCore:
             if isinstance(result, DeadLetter):
                 batch.dead.append((item, result))
                 continue
-            state, reqs = result
+            state, reqs, observed = result
+            if observed is not None:
+                batch.observed.append(observed)
             if state is not None:
                 store[sid] = pending[sid] = state
             batch.partition_of[sid] = item.partition
             if reqs:
                 batch.requests.extend(reqs)
                 batch.arrived.append(item.timestamp)
-        batch.observed = proc.take_observed()
         return batch
 
     async def submit(self, batch: Batch) -> None:

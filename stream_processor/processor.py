@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,7 @@ from stream_processor.hindcast import HindcastScorer
 from stream_processor.inference import Forecaster, ModelInput
 from stream_processor.metrics import WorkerMetrics
 
-__all__ = ["DeadLetter", "Inference", "Observation", "Processor", "wall_clock_hour"]
+__all__ = ["Applied", "DeadLetter", "Inference", "Observation", "Processor", "wall_clock_hour"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,14 @@ Observation = tuple[str, int, float | None]
 
 def wall_clock_hour() -> int:
     return int(time.time()) // 3600
+
+
+class Applied(NamedTuple):
+    """What applying one reading to its station gives (the station step's events as data)."""
+
+    state: bytes | None  # the station's new state bytes; None when unchanged
+    requests: list[Request]  # the forecasts to issue
+    observed: Observation | None  # the reading, to score earlier forecasts with; None for a replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +76,6 @@ class Processor:
         self.now_hour = now_hour
         self._suspended: set[str] = set()
         self.scorer = HindcastScorer()
-        self._observed: list[Observation] = []
         #: each station's online adaptation (pm25.adapt), authoritative while the worker owns the
         #: station; saved after the window in the station's state value
         self.adaptations: dict[str, StationAdaptation] = {}
@@ -89,8 +96,9 @@ class Processor:
 
     def apply(
         self, state: bytes | None, reading: Reading, offset: int | None = None
-    ) -> tuple[bytes | None, list[Request]] | DeadLetter:
-        """New state bytes (None when unchanged) and the forecast requests, or a DeadLetter.
+    ) -> Applied | DeadLetter:
+        """The station step: new state bytes (None when unchanged), the forecast requests and the
+        observation to score with, or a DeadLetter.
 
         ``offset`` is the message's input offset. A message at or before the offset the state has
         already applied is a replay after a restart (the worker saves a state only after the
@@ -103,7 +111,7 @@ class Processor:
                 self.windows[sid] = window
         if window is not None and offset is not None and offset <= window.last_offset:
             self.metrics.replayed.inc()
-            return None, []
+            return Applied(None, [], None)
         newest = window.newest_hour if window is not None else None
         try:
             window, changed, requests = self.engine.ingest(window, reading)
@@ -111,7 +119,6 @@ class Processor:
             return self._dead("too_late", str(err))
         self.windows[sid] = window
         self.metrics.readings_valid.inc()
-        self._observed.append((reading.station_id, reading.hour, reading.pm25))
         if not changed:
             self.metrics.duplicates.inc()
         elif newest is not None and reading.hour < newest:
@@ -119,7 +126,8 @@ class Processor:
         if offset is not None:
             window.last_offset = offset
             changed = True
-        return (window.to_bytes() if changed else None), requests
+        observed = (sid, reading.hour, reading.pm25)
+        return Applied(window.to_bytes() if changed else None, requests, observed)
 
     def _decode(self, state: bytes | None, station_id: str) -> StationWindow | None:
         if state is None:
@@ -154,11 +162,6 @@ class Processor:
                 self.windows.pop(sid, None)
         ids = set(self.adaptations) if station_ids is None else station_ids & set(self.adaptations)
         return {sid: self.adaptations.pop(sid).to_bytes() for sid in ids}
-
-    def take_observed(self) -> list[Observation]:
-        """The readings applied since the last call, for :meth:`forecast` to score against."""
-        observed, self._observed = self._observed, []
-        return observed
 
     def prepare(self, requests: list[Request], model: Forecaster | None = None) -> Inference:
         model = model or self.engine.model

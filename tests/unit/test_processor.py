@@ -14,10 +14,10 @@ def test_replayed_offsets_are_skipped_and_new_ones_applied():
     state = None
     for i in range(5):
         reading = proc.parse(reading_to_json(Reading("s", H0 + i, pm25=10.0 + i)), b"s")
-        state, requests = proc.apply(state, reading, offset=100 + i)
+        state, requests, _ = proc.apply(state, reading, offset=100 + i)
         assert state is not None and len(requests) == 1
     replay = proc.parse(reading_to_json(Reading("s", H0 + 2, pm25=12.0)), b"s")
-    assert proc.apply(state, replay, offset=102) == (None, [])  # applied before a restart
+    assert proc.apply(state, replay, offset=102) == (None, [], None)  # applied before a restart
     assert proc.metrics.replayed._value.get() == 1
     late_new = proc.apply(state, replay, offset=200)  # a genuinely new (duplicate) message
     assert not isinstance(late_new, DeadLetter) and late_new[0] is not None
@@ -33,9 +33,9 @@ def test_wrong_key_and_bad_json_are_dead_letters():
 def test_unreadable_state_restarts_the_station_instead_of_crashing():
     proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: H0 + 10_000)
     reading = proc.parse(reading_to_json(Reading("s", H0, pm25=10.0)), b"s")
-    state, _ = proc.apply(b"\x00garbage", reading, offset=7)
+    state, _, _ = proc.apply(b"\x00garbage", reading, offset=7)
     assert state is not None and proc.metrics.states_unreadable._value.get() == 1
-    assert proc.apply(state, reading, offset=7) == (None, [])  # the fresh state works as usual
+    assert proc.apply(state, reading, offset=7) == (None, [], None)  # the fresh state works as usual
 
 
 def _worker_like_run(readings, restart_at=None, batch=50):
@@ -51,14 +51,15 @@ def _worker_like_run(readings, restart_at=None, batch=50):
         if i == restart_at:
             proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: 10**9)
             table = dict(saved)
-        requests, windows = [], {}
+        requests, windows, observed = [], {}, []
         for offset, r in enumerate(readings[i : i + batch], start=i):
-            state, reqs = proc.apply(table.get(r.station_id), r, offset)
+            state, reqs, seen = proc.apply(table.get(r.station_id), r, offset)
+            observed.append(seen)
             if state is not None:
                 table[r.station_id] = windows[r.station_id] = state
             requests.extend(reqs)
         job = proc.prepare(requests)
-        forecasts, _ = proc.finish(job, job.run(), proc.take_observed())
+        forecasts, _ = proc.finish(job, job.run(), [o for o in observed if o is not None])
         out.extend(forecasts)
         saved.update({sid: proc.state_value(sid, w) for sid, w in windows.items()})
     return out
