@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import platform
 import statistics
@@ -42,6 +43,8 @@ from pm25_ops.processes import WorkerProcess
 
 __all__ = ["BenchConfig", "run_bench"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -57,7 +60,7 @@ class BenchConfig:
 
 
 def _say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+    log.info("%s", msg)
 
 
 def machine() -> dict[str, Any]:

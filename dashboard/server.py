@@ -168,5 +168,5 @@ def create_app(settings: Settings | None, state: DashboardState | None = None) -
 
 
 def run_dashboard(settings: Settings, host: str, port: int) -> None:
-    print(f"dashboard on http://{host}:{port}/", flush=True)
+    log.info("dashboard on http://%s:%d/", host, port)
     web.run_app(create_app(settings), host=host, port=port, print=None, shutdown_timeout=3)

@@ -53,8 +53,8 @@ def faust_overrides() -> dict[str, Any]:
 
 
 #: The Faust worker's fetch wait with Tansu (Faust fixes 1 500 ms). Tansu answers a fetch that has to
-#: wait for data only when the wait expires, so each reading waited up to 1.5 s to be fetched: at
-#: 500 readings/s, reading-to-forecast p50/p95/p99 went from 601/1022/1108 to 199/306/340 ms.
+#: wait for data only when the wait expires, so each reading waited up to that long to be fetched
+#: (docs/benchmarks.md, "The worker's settings").
 WORKER_FETCH_MAX_WAIT_MS = 100
 
 

@@ -299,7 +299,7 @@ def _integer_table() -> npt.NDArray[np.object_]:
 
 def _text_table(values: list[float] | list[int]) -> npt.NDArray[np.object_]:
     """orjson's texts of ``values``, each copied: a bytes object orjson returns keeps the memory of
-    its output buffer (measured: 20 000 short texts held 78 MB; the copies hold 1 MB)."""
+    its output buffer (docs/benchmarks.md, "The worker's settings")."""
     return np.array([bytes(memoryview(orjson.dumps(v))) for v in values], dtype=object)
 
 

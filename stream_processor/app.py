@@ -58,9 +58,8 @@ log = logging.getLogger(__name__)
 #: it has buffered every TAKE_WITHIN_S.
 BATCH_MAX = 1024
 TAKE_WITHIN_S = 0.005
-#: Batches between intake and release at once (computing or waiting for the broker's acks). With
-#: 1024 / 2 the worker's peak RSS was 201-207 MB in five runs, with 2048 / 3 it was 216-259 MB, at
-#: the same throughput.
+#: Batches between intake and release at once (computing or waiting for the broker's acks): more
+#: costs memory without adding throughput (measurements: docs/benchmarks.md, "The worker's settings").
 MAX_IN_FLIGHT = 2
 #: Bytes fetched per input partition at a time (Kafka's default is 1 MB): about 1000 readings, and a
 #: bound on what a backlog holds in memory before the worker takes it.
@@ -69,19 +68,16 @@ FETCH_BYTES_PER_PARTITION = 256 * 1024
 #: aiokafka leaves out of a fetch every partition it still holds unconsumed records of (or that
 #: flow control paused), and sends no other fetch to that broker until the fetch returns: after a
 #: burst of readings the busy partitions were left out, the fetch waited the full 1.5 s on the
-#: others, and readings queued behind it (measured on Apache Kafka at 1000 readings/s: a sawtooth of
-#: 0.7-1.8 s latency that, once started, never ended). An idle worker sends about 50 small fetches a
-#: second instead of one.
+#: others, and readings queued behind it (docs/benchmarks.md, "The worker's settings"). An idle worker
+#: sends about 50 small fetches a second instead of one.
 FETCH_MAX_WAIT_MS = 20
 MODEL_POLL_S = 2.0
 #: How often the input partitions are checked for a hole at their end (see TailWatch).
 TAIL_CHECK_S = 1.0
 #: The cyclic garbage collector's young-generation threshold while the agent runs (Python's default
 #: is 700 allocations). The worker allocates many short-lived containers per reading, nearly all
-#: freed by reference counting; measured over a full-load run (about 20 s of processing), the
-#: collections took 0.82 s of the event loop with the defaults (a full one about 90 ms: it scans
-#: every object of Faust, aiokafka and numpy), 0.35 s with the start-up objects frozen out of the
-#: scans, and 0.085 s with this threshold as well.
+#: freed by reference counting; the collections cost the event loop about a tenth as much with the
+#: start-up objects frozen and this threshold (docs/benchmarks.md, "The worker's settings").
 GC_YOUNG_THRESHOLD = 20_000
 
 

@@ -30,7 +30,7 @@ F32 = npt.NDArray[np.float32]
 
 #: Windows per feature pass and graph run: memory grows with the batch (numpy temporaries, and the
 #: recurrent graph's working memory that onnxruntime keeps in its arena), so a large micro-batch
-#: runs in chunks; onnxruntime's rows/s is flat from 64 rows on (measured 64-2048).
+#: runs in chunks; onnxruntime's rows/s is flat from 64 rows on (docs/benchmarks.md).
 GRAPH_ROWS_MAX = 256
 
 

@@ -94,9 +94,7 @@ class Processor:
             return self._dead("key_mismatch", f"message key {key[:64]!r} != station_id {reading.station_id!r}")
         return reading
 
-    def apply(
-        self, state: bytes | None, reading: Reading, offset: int | None = None
-    ) -> Applied | DeadLetter:
+    def apply(self, state: bytes | None, reading: Reading, offset: int | None = None) -> Applied | DeadLetter:
         """The station step: new state bytes (None when unchanged), the forecast requests and the
         observation to score with, or a DeadLetter.
 
