@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -43,6 +44,16 @@ class WorkerProcess:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready after {timeout} s; log:\n{self.tail()}")
+
+    def ready_status(self) -> int | None:
+        """The HTTP status /ready answers now (None: no answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/ready", timeout=3) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
+        except OSError:
+            return None
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:

@@ -41,6 +41,15 @@ def _defences(*workers: WorkerProcess) -> str:
     return f"offset-guard/tail seeks {seeks:.0f}, replayed readings recognised {replayed:.0f}"
 
 
+def _wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def test_broker_killed_and_restarted_on_its_data_the_worker_recovers_by_itself(tmp_path, run_id, report_counts):
     kafka = ApacheKafka(free_port(), tmp_path / "kafka-data", partitions=4).start()
     try:
@@ -55,7 +64,7 @@ def test_broker_killed_and_restarted_on_its_data_the_worker_recovers_by_itself(t
         _paced_send(settings, readings[:half], 1500.0)
         collect(settings, settings.forecasts_topic, lambda m: len(m) >= half // 3, timeout=120)
         kafka.kill()  # SIGKILL mid-stream
-        time.sleep(3)
+        lost_seen = _wait_for(lambda: worker.ready_status() == 503, timeout=20)  # the worker says so
         kafka.start()  # same port, same data folder
         sender = threading.Thread(target=_paced_send, args=(settings, readings[half:], 1500.0))
         sender.start()
@@ -70,9 +79,12 @@ def test_broker_killed_and_restarted_on_its_data_the_worker_recovers_by_itself(t
         report_counts(
             f"readings {len(readings)}, forecasts expected {len(expected)}, received {len(msgs)} "
             f"(duplicates {sum(n - 1 for n in seen.values())}); broker SIGKILLed after {half} readings and "
-            f"restarted; {_defences(worker)}; worker alive {worker.proc is not None and worker.proc.poll() is None}"
+            f"restarted; /ready answered 503 while it was down: {lost_seen}; {_defences(worker)}; worker alive {worker.proc is not None and worker.proc.poll() is None}"
         )
         assert worker.proc is not None and worker.proc.poll() is None  # it recovered by itself
+        assert lost_seen, "/ready kept answering 200 while the broker was down"
+        assert _wait_for(lambda: worker.ready_status() == 200, timeout=60)  # and ready again after
+        assert "broker unreachable" in worker.log_path.read_text(errors="replace")
         assert expected.keys() <= latest.keys()
         assert latest == expected
         worker.stop()
