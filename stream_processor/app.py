@@ -72,6 +72,8 @@ FETCH_BYTES_PER_PARTITION = 256 * 1024
 #: sends about 50 small fetches a second instead of one.
 FETCH_MAX_WAIT_MS = 20
 MODEL_POLL_S = 2.0
+#: How often the worker checks that it can reach a broker (for /ready and its log).
+BROKER_CHECK_S = 2.0
 #: How often the input partitions are checked for a hole at their end (see TailWatch).
 TAIL_CHECK_S = 1.0
 #: The cyclic garbage collector's young-generation threshold while the agent runs (Python's default
@@ -121,6 +123,7 @@ class Worker:
         self._tails = TailWatch()
         self._stream: faust.Stream | None = None
         self._waiting = True  # no micro-batch is being taken in
+        self.broker_ok = True  # a broker answered the last check (see _watch_broker)
         self._queue: deque[EventT] = deque()  # events taken from Faust, not yet in a batch
         self._queued = asyncio.Event()  # set while the queue holds events
         self._room = asyncio.Event()  # set while the queue holds fewer than BATCH_MAX events
@@ -165,6 +168,7 @@ class Worker:
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)
         self.app.timer(TAIL_CHECK_S)(self._watch_tails)
+        self.app.timer(BROKER_CHECK_S)(self._watch_broker)
         self.app.task(self._install_task_dump)
         self.app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
         self._pages()
@@ -346,6 +350,29 @@ class Worker:
                 self.metrics.input_seeks.inc()
                 await consumer.seek(tp, expected)
 
+    async def _watch_broker(self) -> None:
+        """A worker that loses its broker keeps retrying (the clients do), says so once in its log
+        and answers 503 on /ready until a broker answers again."""
+        ok = await self.broker_reachable()
+        if ok != self.broker_ok:
+            if ok:
+                log.info("broker reachable again at %s", self.settings.bootstrap_servers)
+            else:
+                log.warning("broker unreachable at %s; retrying", self.settings.bootstrap_servers)
+        self.broker_ok = ok
+
+    async def broker_reachable(self, timeout: float = 1.5) -> bool:
+        """Whether the producer's client reaches a broker of the cluster now (it connects if needed)."""
+        client = self._aiokafka_producer().client
+        try:
+            async with asyncio.timeout(timeout):
+                for broker in client.cluster.brokers():
+                    if await client.ready(broker.nodeId):
+                        return True
+        except (TimeoutError, KafkaError, OSError):
+            return False
+        return False
+
     def _committed_offsets(self) -> Mapping[TP, int | None]:
         return committed_offsets(self.app)
 
@@ -437,8 +464,9 @@ class Worker:
 
         @self.app.page("/ready")
         async def ready(view: Any, request: Any) -> Any:
-            ok = worker.ready()
-            return view.json({"ready": ok}, status=200 if ok else 503)
+            recovered, broker = worker.ready(), worker.broker_ok
+            ok = recovered and broker
+            return view.json({"ready": ok, "recovered": recovered, "broker": broker}, status=200 if ok else 503)
 
         @self.app.page("/metrics")
         async def metrics(view: Any, request: Any) -> Any:
