@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stream_processor.engine import Request
+from stream_processor.forecaster import Inference, Observation
 from stream_processor.inference import Forecaster
-from stream_processor.processor import DeadLetter, Inference, Observation, Processor
+from stream_processor.processor import DeadLetter, Processor
 
 __all__ = ["Batch", "DeliveryCore", "Input", "Outputs", "Port"]
 
@@ -138,7 +139,7 @@ class DeliveryCore:
             await self._in_flight.popleft()
         # features now, and the graph queued at once in the inference thread (graphs run one at a
         # time, in batch order): a batch's graph overlaps the previous batch's encoding
-        job = self.processor.prepare(batch.requests, batch.model)
+        job = self.processor.forecaster.start(batch.requests, batch.model)
         graph = self.graph = asyncio.get_running_loop().run_in_executor(self.executor, job.run)
         batch.requests = []  # the job holds them
         computing = asyncio.ensure_future(self._compute(batch, job, graph, after=self._computing))
@@ -163,7 +164,7 @@ class DeliveryCore:
         if after is not None:
             await after
         proc = self.processor
-        forecasts, scores = proc.finish(job, out, batch.observed)
+        forecasts, scores = proc.forecaster.complete(job, out), proc.score(batch.observed)
         for sid, window in batch.states.items():  # saved with the adaptation this batch left
             batch.states[sid] = proc.state_value(sid, window)
         del job, out

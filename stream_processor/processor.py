@@ -1,9 +1,11 @@
-"""Per-message logic of the worker, free of Faust so it is tested without a broker.
+"""The worker's first layer, the station step, free of Faust so it is tested without a broker.
 
 ``Processor.parse`` validates a message (errors become :class:`DeadLetter` data, never
-exceptions); ``Processor.apply`` moves a station state forward; ``Processor.prepare``, the
-returned :class:`Inference` (the graph, run in a thread) and ``Processor.finish`` run a batch's
-inference and serialise its forecasts and scores (stream_processor.delivery drives them).
+exceptions); ``Processor.apply`` moves a station's state forward and returns what that causes as
+data (:class:`Applied`: the new state, the forecasts to issue, the observation to score with);
+``Processor.score`` turns observations into score messages. The second layer, the batch
+forecaster (stream_processor.forecaster), turns a batch's forecast requests into messages with
+one model for the whole batch; stream_processor.delivery drives both.
 """
 
 from __future__ import annotations
@@ -15,24 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
-import numpy.typing as npt
-
 from pm25.adapt import AdaptFormatError, StationAdaptation
-from pm25.schema import InvalidReading, Reading, hour_to_iso, parse_reading
+from pm25.schema import InvalidReading, Reading, parse_reading
 from pm25.window import StateFormatError, StationWindow, TooLate
 from stream_processor.engine import Engine, Request
+from stream_processor.forecaster import BatchForecaster, Observation
 from stream_processor.hindcast import HindcastScorer
-from stream_processor.inference import Forecaster, ModelInput
 from stream_processor.metrics import WorkerMetrics
 
-__all__ = ["Applied", "DeadLetter", "Inference", "Observation", "Processor", "wall_clock_hour"]
+__all__ = ["Applied", "DeadLetter", "Observation", "Processor", "wall_clock_hour"]
 
 log = logging.getLogger(__name__)
-
-
-#: A valid reading applied: (station, epoch hour, PM2.5 or None), scored against earlier forecasts.
-Observation = tuple[str, int, float | None]
 
 
 def wall_clock_hour() -> int:
@@ -53,28 +48,11 @@ class DeadLetter:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Inference:
-    """A batch's forecasts between :meth:`Processor.prepare` and :meth:`Processor.finish`."""
-
-    requests: list[Request]
-    model: Forecaster
-    inp: ModelInput | None  # None: no requests
-    started: float
-
-    def run(self) -> npt.NDArray[np.float32]:
-        """The graph alone (releases the GIL: the worker runs this in a thread)."""
-        if self.inp is None:
-            return np.zeros((0, len(self.model.horizons)), dtype=np.float32)
-        return self.model.infer(self.inp)
-
-
 class Processor:
     def __init__(self, engine: Engine, metrics: WorkerMetrics, now_hour: Callable[[], int] = wall_clock_hour) -> None:
         self.engine = engine
         self.metrics = metrics
         self.now_hour = now_hour
-        self._suspended: set[str] = set()
         self.scorer = HindcastScorer()
         #: each station's online adaptation (pm25.adapt), authoritative while the worker owns the
         #: station; saved after the window in the station's state value
@@ -82,6 +60,8 @@ class Processor:
         #: each station's window as an object, authoritative while the worker owns the station (the
         #: stored bytes are decoded once, not for every reading)
         self.windows: dict[str, StationWindow] = {}
+        #: the second layer, sharing the adaptations (a batch's encoding records in them, in order)
+        self.forecaster = BatchForecaster(engine, metrics, self.adaptations, self.scorer)
 
     def parse(self, raw: bytes | None, key: bytes | None) -> Reading | DeadLetter:
         self.metrics.readings_in.inc()
@@ -161,18 +141,8 @@ class Processor:
         ids = set(self.adaptations) if station_ids is None else station_ids & set(self.adaptations)
         return {sid: self.adaptations.pop(sid).to_bytes() for sid in ids}
 
-    def prepare(self, requests: list[Request], model: Forecaster | None = None) -> Inference:
-        model = model or self.engine.model
-        started = time.perf_counter()
-        return Inference(requests, model, self.engine.prepare(requests, model) if requests else None, started)
-
-    def finish(
-        self, job: Inference, out: npt.NDArray[np.float32], observed: list[Observation]
-    ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-        forecasts = self._forecast(job, out) if job.inp is not None else []
-        return forecasts, self._score(observed)
-
-    def _score(self, observed: list[Observation]) -> list[tuple[bytes, bytes]]:
+    def score(self, observed: list[Observation]) -> list[tuple[bytes, bytes]]:
+        """Score the forecasts the observed readings are the targets of; the score messages."""
         scores = []
         for station, hour, pm25 in observed:
             msg = self.scorer.observe(station, hour, pm25, functools.partial(self._adaptation_view, station))
@@ -193,33 +163,6 @@ class Processor:
         if st is None or st.newest < 0:
             return {}
         return {"adaptation": self.engine.adapter(self.engine.model).current_weights(st)}
-
-    def _forecast(self, job: Inference, graph_out: npt.NDArray[np.float32]) -> list[tuple[bytes, bytes]]:
-        requests, model = job.requests, job.model
-        assert job.inp is not None
-        results = self.engine.encode(requests, model, job.inp, graph_out, self.adaptations)
-        self.metrics.inference_seconds.observe(time.perf_counter() - job.started)
-        out = []
-        last_pm25 = job.inp.last_pm25.tolist()  # persistence: the last observation of each window
-        for req, f, persistence in zip(requests, results, last_pm25, strict=True):
-            if f is None:
-                self.metrics.suspended.inc()
-                if req.station_id not in self._suspended:
-                    self._suspended.add(req.station_id)
-                    log.warning(
-                        "station %s: forecasts suspended at %s (PM2.5 gap longer than %d h)",
-                        req.station_id,
-                        hour_to_iso(req.end_hour),
-                        model.max_gap_hours,
-                    )
-                continue
-            if req.station_id in self._suspended:
-                self._suspended.discard(req.station_id)
-                log.info("station %s: forecasts resumed at %s", req.station_id, f.issued_at)
-            out.append((f.station_id.encode(), f.value))
-            self.scorer.record(f.station_id, f.end_hour, model.horizons, f.point, persistence)
-        self.metrics.forecasts_out.inc(len(out))
-        return out
 
     def _dead(self, reason: str, detail: str) -> DeadLetter:
         self.metrics.dead_letters.labels(reason=reason).inc()

@@ -58,8 +58,9 @@ def _worker_like_run(readings, restart_at=None, batch=50):
             if state is not None:
                 table[r.station_id] = windows[r.station_id] = state
             requests.extend(reqs)
-        job = proc.prepare(requests)
-        forecasts, _ = proc.finish(job, job.run(), [o for o in observed if o is not None])
+        job = proc.forecaster.start(requests)
+        forecasts = proc.forecaster.complete(job, job.run())
+        proc.score([o for o in observed if o is not None])
         out.extend(forecasts)
         saved.update({sid: proc.state_value(sid, w) for sid, w in windows.items()})
     return out

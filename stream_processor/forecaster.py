@@ -1,0 +1,98 @@
+"""The worker's second layer: one batch of forecast requests -> forecast messages.
+
+A batch takes the model once (:meth:`BatchForecaster.start`: features on the event loop, the
+model fixed for the batch even if a hot swap happens meanwhile), runs its graph alone in a thread
+(:meth:`Inference.run`: onnxruntime releases the GIL) and is encoded through each station's online
+adaptation (:meth:`BatchForecaster.complete`, in batch order). The offline backtest
+(stream_processor.engine.run_offline) uses the same engine steps in one call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pm25.adapt import StationAdaptation
+from pm25.schema import hour_to_iso
+from stream_processor.engine import Engine, Request
+from stream_processor.hindcast import HindcastScorer
+from stream_processor.inference import Forecaster, ModelInput
+from stream_processor.metrics import WorkerMetrics
+
+__all__ = ["BatchForecaster", "Inference", "Observation"]
+
+log = logging.getLogger(__name__)
+
+#: A valid reading applied: (station, epoch hour, PM2.5 or None), scored against earlier forecasts.
+Observation = tuple[str, int, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Inference:
+    """A batch's forecasts between :meth:`BatchForecaster.start` and :meth:`BatchForecaster.complete`."""
+
+    requests: list[Request]
+    model: Forecaster
+    inp: ModelInput | None  # None: no requests
+    started: float
+
+    def run(self) -> npt.NDArray[np.float32]:
+        """The graph alone (releases the GIL: the worker runs this in a thread)."""
+        if self.inp is None:
+            return np.zeros((0, len(self.model.horizons)), dtype=np.float32)
+        return self.model.infer(self.inp)
+
+
+class BatchForecaster:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: WorkerMetrics,
+        adaptations: dict[str, StationAdaptation],
+        scorer: HindcastScorer,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.adaptations = adaptations
+        self.scorer = scorer
+        self._suspended: set[str] = set()
+
+    def start(self, requests: list[Request], model: Forecaster | None = None) -> Inference:
+        """The batch's features, for ``model`` (default: the engine's now)."""
+        model = model or self.engine.model
+        started = time.perf_counter()
+        return Inference(requests, model, self.engine.prepare(requests, model) if requests else None, started)
+
+    def complete(self, job: Inference, graph_out: npt.NDArray[np.float32]) -> list[tuple[bytes, bytes]]:
+        """(key, value) of every forecast the batch issues; logs stations suspended or resumed (a
+        PM2.5 gap longer than the model bridges) and records the forecasts for scoring."""
+        if job.inp is None:
+            return []
+        requests, model = job.requests, job.model
+        results = self.engine.encode(requests, model, job.inp, graph_out, self.adaptations)
+        self.metrics.inference_seconds.observe(time.perf_counter() - job.started)
+        out = []
+        last_pm25 = job.inp.last_pm25.tolist()  # persistence: the last observation of each window
+        for req, f, persistence in zip(requests, results, last_pm25, strict=True):
+            if f is None:
+                self.metrics.suspended.inc()
+                if req.station_id not in self._suspended:
+                    self._suspended.add(req.station_id)
+                    log.warning(
+                        "station %s: forecasts suspended at %s (PM2.5 gap longer than %d h)",
+                        req.station_id,
+                        hour_to_iso(req.end_hour),
+                        model.max_gap_hours,
+                    )
+                continue
+            if req.station_id in self._suspended:
+                self._suspended.discard(req.station_id)
+                log.info("station %s: forecasts resumed at %s", req.station_id, f.issued_at)
+            out.append((f.station_id.encode(), f.value))
+            self.scorer.record(f.station_id, f.end_hour, model.horizons, f.point, persistence)
+        self.metrics.forecasts_out.inc(len(out))
+        return out
