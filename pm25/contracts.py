@@ -1,6 +1,7 @@
 """JSON Schemas of the messages, generated from the code that defines them (pm25.schema).
 
-The checked-in files (``docs/contracts/reading.schema.json``, ``forecast.schema.json``) are what
+The checked-in files (``docs/contracts/reading.schema.json``, ``forecast.schema.json``,
+``station.schema.json``) are what
 this module writes; a test regenerates them and fails when they differ, and checks that real
 messages validate. ``docs/contracts/asyncapi.yaml`` describes the topics, keys and messages and
 refers to these files (validated against the AsyncAPI 3.0 schema by ``make lint``).
@@ -128,7 +129,39 @@ def forecast_schema() -> dict[str, Any]:
     }
 
 
-SCHEMAS = {"reading.schema.json": reading_schema, "forecast.schema.json": forecast_schema}
+def station_schema() -> dict[str, Any]:
+    """The station record of the compacted station topic: every field of :class:`Station`."""
+    from pm25.stations import NETWORK_PATTERN, Station
+
+    described = {
+        "station_id": {"type": "string", "pattern": STATION_ID_PATTERN, "description": "the message key too"},
+        "name": {"type": "string", "maxLength": 200, "description": "human-readable site name"},
+        "latitude": {"type": "number", "minimum": -90, "maximum": 90, "description": "degrees north (WGS 84)"},
+        "longitude": {"type": "number", "minimum": -180, "maximum": 180, "description": "degrees east (WGS 84)"},
+        "network": {
+            "type": "string",
+            "pattern": NETWORK_PATTERN,
+            "description": "the group of stations forecast together (neighbours are looked up within it)",
+        },
+    }
+    names = [f.name for f in fields(Station)]
+    return {
+        "$schema": DRAFT,
+        "$id": "station.schema.json",
+        "title": "Station",
+        "description": "Where a station is and which network it belongs to, keyed by station_id (compacted topic).",
+        "type": "object",
+        "required": names,
+        "properties": {n: described[n] for n in names},
+        "additionalProperties": False,
+    }
+
+
+SCHEMAS = {
+    "reading.schema.json": reading_schema,
+    "forecast.schema.json": forecast_schema,
+    "station.schema.json": station_schema,
+}
 
 
 def render(name: str) -> str:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "forecasts": {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)},
     "dlq": {"retention.ms": str(30 * 24 * 3600 * 1000)},
+    # station metadata: the latest record per station, kept for ever
+    "stations": {"cleanup.policy": "compact"},
 }
 
 
@@ -77,7 +79,7 @@ def wait_for_broker(settings: Settings, timeout: float = 10.0) -> None:
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create the project's topics if missing (readings, forecasts, DLQ, scores); returns the
+    """Create the project's topics if missing (readings, forecasts, DLQ, scores, stations); returns the
     names created. Partition counts follow the readings topic (forecasts are co-partitioned)."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
@@ -98,6 +100,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         settings.forecasts_topic: ("forecasts", settings.partitions),
         settings.dlq_topic: ("dlq", 1),
         settings.scores_topic: ("scores", 1),
+        settings.stations_topic: ("stations", 1),
     }
     created = []
     try:

@@ -65,6 +65,7 @@ def _settings(args: argparse.Namespace) -> Any:
         readings_topic=getattr(args, "readings_topic", None),
         forecasts_topic=getattr(args, "forecasts_topic", None),
         dlq_topic=getattr(args, "dlq_topic", None),
+        stations_topic=getattr(args, "stations_topic", None),
         model_store=Path(args.model_store) if getattr(args, "model_store", None) else None,
         web_port=getattr(args, "web_port", None),
     )
@@ -168,6 +169,46 @@ def cmd_topics(args: argparse.Namespace) -> int:
     _reachable(settings, args.connect_timeout)
     created = ensure_topics(settings)
     print(f"topics created: {', '.join(created) or 'none (all existed)'}")
+    return 0
+
+
+def _read_stations(path: str) -> dict[str, Any]:
+    from pm25.stations import StationFileError, read_stations_csv
+
+    try:
+        return read_stations_csv(Path(path))
+    except StationFileError as err:
+        raise UsageError(str(err)) from err
+
+
+def cmd_stations_load(args: argparse.Namespace) -> int:
+    """Publish every station of a CSV to the compacted station topic, keyed by station id: the
+    file is checked whole first, so a bad line publishes nothing."""
+    from pm25.kafka import ensure_topics, make_producer
+    from pm25.stations import station_to_json
+
+    stations = _read_stations(args.file)
+    networks = sorted({s.network for s in stations.values()})
+    if args.dry_run:
+        print(f"{len(stations)} stations in {len(networks)} network(s) ({', '.join(networks)}): file OK")
+        return 0
+    settings = _settings(args)
+    _reachable(settings, args.connect_timeout)
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    try:
+        sent = [
+            producer.send(settings.stations_topic, key=s.station_id.encode(), value=station_to_json(s))
+            for s in stations.values()
+        ]
+        for future in sent:  # every record acknowledged by the broker, or an error
+            future.get(timeout=args.connect_timeout)
+    finally:
+        producer.close()
+    print(
+        f"published {len(stations)} stations in {len(networks)} network(s) ({', '.join(networks)}) "
+        f"to {settings.stations_topic}"
+    )
     return 0
 
 
@@ -420,6 +461,14 @@ def _add_stream_commands(sub: Any) -> None:
     s = sub.add_parser("topics", help="create the project's topics if missing")
     _kafka_args(s, "readings", "forecasts", "dlq")
     s.set_defaults(func=cmd_topics)
+
+    s = sub.add_parser("stations", help="station metadata (location, network) on the compacted station topic")
+    actions = s.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    a = actions.add_parser("load", help="check a stations CSV and publish it, keyed by station_id")
+    a.add_argument("file", help="CSV with station_id,name,latitude,longitude,network (e.g. data/stations/beijing.csv)")
+    a.add_argument("--dry-run", action="store_true", help="check the file only, publish nothing")
+    _kafka_args(a, "stations")
+    a.set_defaults(func=cmd_stations_load)
 
     s = sub.add_parser("produce", help="publish readings in event-time order, keyed by station")
     _kafka_args(s, "readings")

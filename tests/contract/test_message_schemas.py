@@ -11,6 +11,7 @@ from jsonschema import Draft202012Validator
 from pm25 import contracts
 from pm25.schema import parse_reading, reading_to_json
 from pm25.settings import Settings
+from pm25.stations import station_to_json
 from producer.replay import load_source
 from stream_processor.backtest import make_engine
 from stream_processor.engine import run_offline
@@ -58,3 +59,31 @@ def test_what_the_schema_refuses_the_worker_refuses_too(message):
     assert not validator("reading.schema.json").is_valid(message)
     with pytest.raises(ValueError):
         parse_reading(orjson.dumps(message))
+
+
+def test_shipped_stations_validate():
+    from pm25.stations import read_stations_csv
+
+    station_v = validator("station.schema.json")
+    stations = read_stations_csv()
+    assert len(stations) == 12
+    for s in stations.values():
+        station_v.validate(orjson.loads(station_to_json(s)))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"station_id": "A", "name": "a", "latitude": 91, "longitude": 0, "network": "n"},
+        {"station_id": "A", "name": "a", "latitude": 0, "longitude": -181, "network": "n"},
+        {"station_id": "A", "name": "a", "latitude": 0, "longitude": 0, "network": "bad network"},
+        {"station_id": "bad id", "name": "a", "latitude": 0, "longitude": 0, "network": "n"},
+        {"station_id": "A", "name": "a", "latitude": 0, "longitude": 0},
+    ],
+)
+def test_what_the_station_schema_refuses_the_code_refuses_too(record):
+    from pm25.stations import InvalidStation, station_from_json
+
+    assert not validator("station.schema.json").is_valid(record)
+    with pytest.raises(InvalidStation):
+        station_from_json(orjson.dumps(record))

@@ -25,6 +25,7 @@ def worker_env(servers: str, embedded: bool, run_id: str) -> dict[str, str]:
         "PM25_FORECASTS_TOPIC": f"forecasts-{run_id}",
         "PM25_DLQ_TOPIC": f"dlq-{run_id}",
         "PM25_SCORES_TOPIC": f"scores-{run_id}",
+        "PM25_STATIONS_TOPIC": f"stations-{run_id}",
         "PM25_WEB_PORT": str(free_port()),
     }
 

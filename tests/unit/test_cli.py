@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from pm25.stations import BEIJING_STATIONS
 from pm25_ops.cli import main
 
 
@@ -17,6 +18,8 @@ from pm25_ops.cli import main
         ["broker", "--port", "70000"],
         ["nosuchcommand"],
         ["train", "--grid", "huge"],
+        ["stations"],
+        ["stations", "load"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
@@ -68,6 +71,7 @@ def test_backtest_writes_forecasts(tmp_path):
         ["produce", "--hours", "1", "--connect-timeout", "2"],
         ["worker", "--connect-timeout", "2"],
         ["dashboard", "--connect-timeout", "2"],
+        ["stations", "load", str(BEIJING_STATIONS), "--connect-timeout", "2"],
     ],
 )
 def test_an_unreachable_broker_is_one_line_and_a_non_zero_exit(argv, capsys):
@@ -95,3 +99,14 @@ def test_kafka_cluster_ids_never_start_with_a_dash():
 
     ids = [_cluster_id() for _ in range(5000)]  # about 78 would start with "-" by chance
     assert not any(i.startswith("-") for i in ids) and all(len(i) == 22 for i in ids)
+
+
+def test_stations_load_checks_the_whole_file_first(tmp_path, capsys):
+    assert main(["stations", "load", str(BEIJING_STATIONS), "--dry-run"]) == 0
+    assert "12 stations in 1 network(s) (beijing): file OK" in capsys.readouterr().out
+    bad = tmp_path / "s.csv"
+    bad.write_text("station_id,name,latitude,longitude,network\nA,a,1,1,n\nB,b,1,200,n\n", encoding="utf-8")
+    # a bad line: one error naming it, exit 2, and no broker contacted (none listens on port 1)
+    assert main(["stations", "load", str(bad), "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{bad}:3: out_of_range: longitude" in err[0]
