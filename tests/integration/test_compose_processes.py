@@ -67,7 +67,7 @@ def test_compose_services_as_processes_carry_forecasts_to_the_viewer(broker, tmp
     servers, embedded = broker
     assert not embedded
     services = {k: v for k, v in _services().items() if not v.get("profiles")}
-    assert {"kafka", "topics", "worker", "producer", "viewer", "dashboard"} <= services.keys()
+    assert {"kafka", "topics", "stations", "worker", "producer", "viewer", "dashboard"} <= services.keys()
     run = f"{int(time.time() * 1000) % 10**8}"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs: dict[str, Path] = {}
@@ -78,7 +78,13 @@ def test_compose_services_as_processes_carry_forecasts_to_the_viewer(broker, tmp
                 continue  # the session's Apache Kafka stands in for it
             env = {k: _interpolate(str(v)) for k, v in (svc.get("environment") or {}).items()}
             env["PM25_BOOTSTRAP_SERVERS"] = servers  # kafka:19092 -> the broker on 127.0.0.1
-            for key in ("PM25_READINGS_TOPIC", "PM25_FORECASTS_TOPIC", "PM25_DLQ_TOPIC", "PM25_SCORES_TOPIC"):
+            for key in (
+                "PM25_READINGS_TOPIC",
+                "PM25_FORECASTS_TOPIC",
+                "PM25_DLQ_TOPIC",
+                "PM25_SCORES_TOPIC",
+                "PM25_STATIONS_TOPIC",
+            ):
                 env[key] = f"{env[key]}-{run}"  # this run's own topics on the shared test broker
             env["PM25_APP_ID"] = f"pm25-compose-{run}"
             port_map: dict[str, str] = {}
@@ -120,6 +126,8 @@ def test_compose_services_as_processes_carry_forecasts_to_the_viewer(broker, tmp
                 break
             time.sleep(1.0)
         report_counts(f"services started as processes: {', '.join(procs)}; forecast lines at the viewer {len(lines)}")
+        assert procs["stations"].wait(timeout=60) == 0, logs["stations"].read_text()[-2000:]
+        assert "published 12 stations" in logs["stations"].read_text()
         assert len(lines) >= 50, logs["viewer"].read_text()[-2000:] + logs["worker"].read_text()[-2000:]
         for name in ("worker", "viewer", "dashboard", "producer"):
             assert procs[name].poll() is None, f"{name} exited: {logs[name].read_text()[-2000:]}"
