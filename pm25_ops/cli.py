@@ -388,6 +388,25 @@ def cmd_eda(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regional(args: argparse.Namespace) -> int:
+    try:
+        from training.regional import RegionalConfig, run_regional
+    except ImportError as err:
+        raise UsageError(f"the regional check needs the training extra (pip install -e '.[training]'): {err}") from err
+    from pm25.stations import StationFileError
+
+    rc = RegionalConfig(split=args.split, neighbours=args.neighbours)
+    if args.stations:
+        rc = RegionalConfig(split=args.split, neighbours=args.neighbours, stations_csv=Path(args.stations))
+    try:
+        report = run_regional(rc, Path(args.out))
+    except StationFileError as err:
+        raise UsageError(str(err)) from err
+    print((Path(args.out) / "regional.md").read_text(encoding="utf-8"))
+    print(f"wrote {args.out}/regional.{{json,md,png}} in {report['seconds']} s")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.bench import BenchConfig, run_bench
 
@@ -542,6 +561,16 @@ def _add_model_commands(sub: Any) -> None:
     s = sub.add_parser("eda", help="exploratory report of the training data (Markdown + PNG plots)")
     s.add_argument("--out", default="reports/eda", help="output folder (default reports/eda)")
     s.set_defaults(func=cmd_eda)
+
+    s = sub.add_parser(
+        "regional",
+        help="measure what neighbour features add (gradient boosting with and without them, per station)",
+    )
+    s.add_argument("--split", choices=["val", "test"], default="test", help="year scored (default test)")
+    s.add_argument("--neighbours", type=_positive_int, default=11, help="k nearest neighbours, at most 16 (default 11)")
+    s.add_argument("--stations", help="stations CSV (default: the shipped data/stations/beijing.csv)")
+    s.add_argument("--out", default="reports", help="output folder (default reports)")
+    s.set_defaults(func=cmd_regional)
 
     s = sub.add_parser("bench", help="inference and end-to-end benchmark on the embedded broker (JSON + plot)")
     s.add_argument("--out", default="reports/bench.json", help="JSON report path (plot beside it)")

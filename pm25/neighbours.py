@@ -1,0 +1,123 @@
+"""Neighbour features: what a station's network says about its next hours, from closed hours.
+
+PM2.5 is carried by the wind, so the readings of the stations around a station, and how they
+changed, tell something about its next hours. These features are computed only from the
+*contents* of closed network hours (pm25.network), which are the same for every arrival order
+within the lateness bound; a station without metadata, or alone in its network, gets NaN for
+every feature (the model's missing value), never an error.
+
+Every feature is scale-free, like the station's own (pm25.features): differences of ``log1p``
+PM2.5, so a network at a quarter of Beijing's levels reads the same way.
+
+* ``nb_rel``: the station's level against its neighbours' (inverse-distance weighted);
+* ``nb_change1``, ``nb_change3``: how the neighbours' level changed over the last 1 and 3 hours;
+* ``nb_upwind_rel``, ``nb_upwind_change3``: the same, weighting each neighbour by how far it lies
+  in the direction the wind at the station comes from (``cos`` of the angle, negative parts
+  dropped): air that is upwind now arrives later;
+* ``nb_share``: the share of the ``k`` nearest neighbours that reported the hour.
+
+>>> from pm25.stations import Station
+>>> from pm25.network import ClosedHour
+>>> a, b = Station("a", "a", 40.0, 116.0, "n"), Station("b", "b", 40.1, 116.0, "n")  # b is north of a
+>>> hour = lambda h, pm: ClosedHour(h, {"b": Reading("b", h, pm25=pm)}, frozenset({"b"}), False)
+>>> f = neighbour_features(Reading("a", 10, pm25=20.0, wind_direction="N"), nearest_of(a, [a, b], 4),
+...                        {9: hour(9, 40.0), 10: hour(10, 80.0), 7: hour(7, 10.0)})
+>>> [round(x, 2) for x in f]   # a is below b; b rose; the wind blows from b to a
+[-1.35, 0.68, 2.0, -1.35, 2.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+from pm25.network import ClosedHour
+from pm25.schema import WIND_DIRECTIONS, Reading
+from pm25.stations import Station, nearest
+
+__all__ = ["MAX_NEIGHBOURS", "NB_FIELDS", "Neighbour", "bearing_deg", "nearest_of", "neighbour_features"]
+
+#: The issue's bound: at most this many neighbours are looked at.
+MAX_NEIGHBOURS = 16
+NB_FIELDS: tuple[str, ...] = ("nb_rel", "nb_change1", "nb_change3", "nb_upwind_rel", "nb_upwind_change3", "nb_share")
+_NAN_ROW = (math.nan,) * len(NB_FIELDS)
+#: a neighbour closer than this still weighs as if it were this far (no infinite weights)
+_MIN_KM = 1.0
+
+
+class Neighbour(NamedTuple):
+    station_id: str
+    weight: float  # 1 / distance in km
+    bearing: float  # degrees clockwise from north, from the station to the neighbour
+
+
+def bearing_deg(a: Station, b: Station) -> float:
+    """Initial great-circle bearing from ``a`` to ``b``, degrees clockwise from north."""
+    lat1, lat2 = math.radians(a.latitude), math.radians(b.latitude)
+    dlon = math.radians(b.longitude - a.longitude)
+    x = math.sin(dlon) * math.cos(lat2)
+    y = math.cos(lat1) * math.sin(lat2) - math.sin(lat1) * math.cos(lat2) * math.cos(dlon)
+    return math.degrees(math.atan2(x, y)) % 360.0
+
+
+def nearest_of(station: Station, stations: Iterable[Station], k: int) -> tuple[Neighbour, ...]:
+    """The station's ``k`` nearest neighbours (same network), as the features need them."""
+    k = min(k, MAX_NEIGHBOURS)
+    return tuple(
+        Neighbour(o.station_id, 1.0 / max(d, _MIN_KM), bearing_deg(station, o))
+        for o, d in nearest(station, stations, k)
+    )
+
+
+def _log(reading: Reading | None) -> float:
+    if reading is None or reading.pm25 is None:
+        return math.nan
+    return math.log1p(reading.pm25)
+
+
+def _weighted(pairs: Sequence[tuple[float, float]]) -> float:
+    total = sum(w for w, _ in pairs)
+    return sum(w * v for w, v in pairs) / total if total > 0 else math.nan
+
+
+def neighbour_features(
+    own: Reading,
+    neighbours: Sequence[Neighbour],
+    contents: Mapping[int, ClosedHour],
+) -> tuple[float, ...]:
+    """The :data:`NB_FIELDS` of ``own``'s station at ``own.hour``, from the closed contents of
+    that hour and the 1 and 3 hours before (missing contents: NaN features, never an error)."""
+    now = contents.get(own.hour)
+    if not neighbours or now is None:
+        return _NAN_ROW
+    before1, before3 = contents.get(own.hour - 1), contents.get(own.hour - 3)
+    wind = WIND_DIRECTIONS.get(own.wind_direction) if own.wind_direction is not None else None
+    level, change1, change3, up_level, up_change3 = [], [], [], [], []
+    present = 0
+    for sid, weight, bearing in neighbours:
+        x = _log(now.readings.get(sid))
+        if math.isnan(x):
+            continue
+        present += 1
+        x1 = _log(before1.readings.get(sid)) if before1 else math.nan
+        x3 = _log(before3.readings.get(sid)) if before3 else math.nan
+        upwind = max(0.0, math.cos(math.radians(bearing - wind))) * weight if wind is not None else 0.0
+        level.append((weight, x))
+        if not math.isnan(x1):
+            change1.append((weight, x - x1))
+        if not math.isnan(x3):
+            change3.append((weight, x - x3))
+            if upwind > 0:
+                up_change3.append((upwind, x - x3))
+        if upwind > 0:
+            up_level.append((upwind, x))
+    mine = _log(own)
+    return (
+        mine - _weighted(level),
+        _weighted(change1),
+        _weighted(change3),
+        mine - _weighted(up_level),
+        _weighted(up_change3),
+        present / len(neighbours),
+    )
