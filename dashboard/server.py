@@ -21,6 +21,7 @@ from dashboard.state import DashboardState
 from pm25.embedded import aiokafka_consumer_overrides
 from pm25.schema import InvalidReading, forecast_from_json, parse_reading
 from pm25.settings import Settings
+from pm25.stations import station_from_json
 
 __all__ = ["create_app", "run_dashboard"]
 
@@ -96,7 +97,7 @@ async def _consume(app: web.Application, settings: Settings) -> None:
     if settings.embedded_broker:
         kwargs.update(aiokafka_consumer_overrides())
     kwargs.update(settings.aiokafka_security())
-    topics = (settings.readings_topic, settings.forecasts_topic, settings.scores_topic)
+    topics = (settings.readings_topic, settings.forecasts_topic, settings.scores_topic, settings.stations_topic)
     while True:
         consumer = AIOKafkaConsumer(*topics, **kwargs)
         try:
@@ -128,6 +129,8 @@ def _apply(state: DashboardState, topic: str, value: bytes | None, settings: Set
             state.add_reading(parse_reading(value))
         elif topic == settings.forecasts_topic:
             state.add_forecast(forecast_from_json(value))
+        elif topic == settings.stations_topic:
+            state.add_station(station_from_json(value))
         else:
             state.add_score(orjson.loads(value))
     except (InvalidReading, ValueError, KeyError, TypeError):

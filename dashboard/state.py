@@ -1,4 +1,5 @@
-"""What the dashboard shows, built from the three topics; pure and bounded (tested without Kafka).
+"""What the dashboard shows, built from the topics (readings, forecasts, scores, station metadata);
+pure and bounded (tested without Kafka).
 
 >>> from pm25.schema import Reading
 >>> s = DashboardState()
@@ -13,12 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pm25.aqi import CATEGORIES, us_aqi
-from pm25.schema import Forecast, Reading, hour_to_iso, iso_to_hour
+from pm25.neighbours import bearing_deg
+from pm25.schema import WIND_DIRECTIONS, Forecast, Reading, hour_to_iso, iso_to_hour
+from pm25.stations import Station, nearest
 
-__all__ = ["LEADS", "DashboardState"]
+__all__ = ["LEADS", "NEIGHBOURS_SHOWN", "DashboardState"]
 
 #: Lead times of the past forecasts drawn against the actual readings on a station page.
 LEADS = (1, 6, 24)
+#: A station page lists this many of its nearest neighbours (same network).
+NEIGHBOURS_SHOWN = 6
+_COMPASS = [name for name in WIND_DIRECTIONS if name != "calm"]
+
+
+def _compass(bearing: float) -> str:
+    return _COMPASS[round(bearing / 22.5) % 16]
 
 
 @dataclass
@@ -34,6 +44,7 @@ class DashboardState:
     def __init__(self, history_hours: int = 72) -> None:
         self.history_hours = history_hours
         self._stations: dict[str, _Station] = {}
+        self._meta: dict[str, Station] = {}  # station metadata (the compacted station topic)
         self.version = 0  # bumped on every change (the pages poll or listen for it)
 
     def _station(self, station_id: str, hour: int) -> _Station:
@@ -52,6 +63,11 @@ class DashboardState:
     def add_forecast(self, f: Forecast) -> None:
         issued = iso_to_hour(f.issued_at)
         self._station(f.station_id, issued).forecasts[issued] = f
+
+    def add_station(self, station: Station) -> None:
+        """Station metadata: the newest record per station wins (as on the compacted topic)."""
+        self._meta[station.station_id] = station
+        self.version += 1
 
     def add_score(self, body: dict[str, Any]) -> None:
         st = self._station(str(body["station_id"]), iso_to_hour(body["target_time"]))
@@ -88,7 +104,34 @@ class DashboardState:
             "past_forecasts": past,
             "skill": st.skill,
             "adaptation": st.adaptation,
+            "neighbours": self._neighbours(station_id),
         }
+
+    def _neighbours(self, station_id: str) -> list[dict[str, Any]]:
+        """The nearest stations of the same network, with where they are and what they read now."""
+        me = self._meta.get(station_id)
+        if me is None:
+            return []
+        out = []
+        for other, km in nearest(me, self._meta.values(), NEIGHBOURS_SHOWN):
+            st = self._stations.get(other.station_id)
+            observed = [h for h, v in st.readings.items() if v is not None] if st else []
+            latest = None
+            if observed:
+                h = max(observed)
+                value = st.readings[h] if st else None
+                assert value is not None
+                latest = {"timestamp": hour_to_iso(h), "pm25": value, "aqi_us_category": us_aqi(value)[1]}
+            out.append(
+                {
+                    "station_id": other.station_id,
+                    "name": other.name,
+                    "distance_km": round(km, 1),
+                    "direction": _compass(bearing_deg(me, other)),
+                    "latest_reading": latest,
+                }
+            )
+        return out
 
     def _summary(self, station_id: str, st: _Station) -> dict[str, Any]:
         latest_reading = None
@@ -122,8 +165,12 @@ class DashboardState:
             w = max(f.horizons, key=lambda x: (CATEGORIES.index(x.aqi_us_category), -x.h))
             worst = {"aqi_us_category": w.aqi_us_category, "aqi_us": w.aqi_us, "h": w.h, "target_time": w.target_time}
         skill_1h = next((s for s in st.skill if s.get("h") == 1), None)
+        meta = self._meta.get(station_id)
         return {
             "station_id": station_id,
+            "location": None
+            if meta is None
+            else {"name": meta.name, "latitude": meta.latitude, "longitude": meta.longitude, "network": meta.network},
             "latest_reading": latest_reading,
             "forecast": forecast,
             "worst_next_24h": worst,

@@ -425,9 +425,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboard.server import run_dashboard
+    from pm25.kafka import ensure_topics
 
     settings = _settings(args)
     _reachable(settings, args.connect_timeout)
+    ensure_topics(settings)  # the station topic may be newer than the deployment's topics
     run_dashboard(settings, args.host, args.port)
     return 0
 

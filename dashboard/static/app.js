@@ -143,6 +143,18 @@ async function renderStation() {
     el("td", {}, `+${k.h} h`), el("td", {}, String(k.n)), el("td", {}, k.rmse.toFixed(1)),
     el("td", {}, k.persistence_rmse.toFixed(1)), el("td", {}, k.mae.toFixed(1)),
     el("td", {}, k.n ? (k.rmse < k.persistence_rmse ? "yes" : "no") : "—"))));
+  const loc = document.getElementById("location");
+  if (s.location) {
+    const deg = (v, pos, neg) => `${Math.abs(v).toFixed(3)}° ${v >= 0 ? pos : neg}`;
+    loc.textContent = `${s.location.name} · ${deg(s.location.latitude, "N", "S")}, ${deg(s.location.longitude, "E", "W")}` +
+      ` · network ${s.location.network}`;
+  }
+  document.querySelector("#neighbours tbody").replaceChildren(...(s.neighbours || []).map((n) => el("tr", {},
+    el("td", {}, el("a", { href: "/station/" + encodeURIComponent(n.station_id) }, `${n.station_id} (${n.name})`)),
+    el("td", {}, `${n.distance_km.toFixed(1)} km`), el("td", {}, n.direction),
+    el("td", {}, n.latest_reading ? n.latest_reading.pm25.toFixed(0) : "—"),
+    el("td", {}, n.latest_reading ? chip(n.latest_reading.aqi_us_category) : "—"),
+    el("td", {}, n.latest_reading ? hhmm(n.latest_reading.timestamp) : "—"))));
   const a = s.adaptation || {};
   const pct = (v) => (v === undefined ? "—" : `${Math.round(v * 100)} %`);
   document.querySelector("#adaptation tbody").replaceChildren(...(a.horizons || []).map((h, i) => el("tr", {},

@@ -116,3 +116,26 @@ def test_pages_load_nothing_from_the_network():
         text = f.read_text()
         urls = [u for u in re.findall(r"https?://[^\s\"')]+", text) if u != "http://www.w3.org/2000/svg"]
         assert urls == [], f"{f.name} references {urls}"
+
+
+def test_station_page_shows_location_and_nearest_neighbours_of_its_network():
+    import orjson
+
+    from pm25.stations import Station, read_stations_csv
+
+    state = filled()
+    for station in read_stations_csv().values():
+        state.add_station(station)
+    state.add_station(Station("Elsewhere", "other network", 39.93, 116.42, "other"))  # next door, not a neighbour
+    state.add_reading(Reading("Nongzhanguan", H0 + 59, pm25=150.0))
+    _, _, body = run(_get("/api/stations/Dongsi", state))
+    d = orjson.loads(body)
+    assert d["location"] == {"name": "Dongsi", "latitude": 39.929, "longitude": 116.417, "network": "beijing"}
+    near = d["neighbours"]
+    assert [n["station_id"] for n in near][:3] == ["Nongzhanguan", "Tiantan", "Aotizhongxin"]
+    assert len(near) == 6 and all(n["station_id"] != "Elsewhere" for n in near)
+    assert near[0]["distance_km"] == 3.9 and near[0]["direction"] == "ENE"
+    assert near[0]["latest_reading"]["pm25"] == 150.0
+    assert near[1]["latest_reading"] is None and near[1]["direction"] == "S"  # Tiantan: no reading yet
+    _, _, body = run(_get("/api/stations/Wanliu", filled()))  # no metadata published: no location
+    assert orjson.loads(body)["location"] is None and orjson.loads(body)["neighbours"] == []

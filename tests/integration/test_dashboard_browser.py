@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from pm25.embedded import free_port
+from pm25.stations import BEIJING_STATIONS
 from producer.replay import load_source
 from tests.integration.conftest import send_readings
 
@@ -59,6 +60,14 @@ def test_dashboard_live_in_headless_chromium(settings_env, settings, start_worke
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    loaded = subprocess.run(
+        [sys.executable, "-m", "pm25_ops.cli", "stations", "load", str(BEIJING_STATIONS)],
+        env={**os.environ, **settings_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert loaded.returncode == 0, loaded.stderr
     try:
         send_readings(settings, first)
         _wait(
@@ -100,6 +109,10 @@ def test_dashboard_live_in_headless_chromium(settings_env, settings, start_worke
             assert rows == 24
             page.wait_for_selector("#adaptation tbody tr")  # the station's current weights
             assert page.locator("#adaptation tbody tr").count() == 5
+            # the station metadata: where it is, and its nearest neighbours with their latest readings
+            page.wait_for_selector("#neighbours tbody tr")
+            assert page.locator("#neighbours tbody tr").count() == 6
+            assert "network beijing" in page.inner_text("#location")
             # new readings -> new forecast, shown without reloading the page
             page.evaluate("window.__noReload = true")
             send_readings(settings, later)
