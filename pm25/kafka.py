@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from pm25.embedded import kafka_consumer_overrides
 from pm25.settings import Settings
+from pm25.stations import Station, station_to_json
 
 __all__ = [
     "TOPIC_CONFIGS",
@@ -17,6 +19,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "partition_counts",
+    "publish_stations",
     "wait_for_broker",
 ]
 
@@ -166,3 +169,19 @@ def make_consumer(settings: Settings, *topics: str, group_id: str | None = None,
         kwargs.update(kafka_consumer_overrides())
     kwargs.update(overrides)
     return KafkaConsumer(*topics, **kwargs)
+
+
+def publish_stations(settings: Settings, stations: Iterable[Station], timeout: float = 30.0) -> int:
+    """Publish station records to the compacted station topic, keyed by station id; returns how
+    many, once the broker acknowledged every one (an error otherwise)."""
+    producer = make_producer(settings)
+    try:
+        sent = [
+            producer.send(settings.stations_topic, key=s.station_id.encode(), value=station_to_json(s))
+            for s in stations
+        ]
+        for future in sent:
+            future.get(timeout=timeout)
+    finally:
+        producer.close()
+    return len(sent)

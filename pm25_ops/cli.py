@@ -184,8 +184,7 @@ def _read_stations(path: str) -> dict[str, Any]:
 def cmd_stations_load(args: argparse.Namespace) -> int:
     """Publish every station of a CSV to the compacted station topic, keyed by station id: the
     file is checked whole first, so a bad line publishes nothing."""
-    from pm25.kafka import ensure_topics, make_producer
-    from pm25.stations import station_to_json
+    from pm25.kafka import ensure_topics, publish_stations
 
     stations = _read_stations(args.file)
     networks = sorted({s.network for s in stations.values()})
@@ -195,16 +194,7 @@ def cmd_stations_load(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _reachable(settings, args.connect_timeout)
     ensure_topics(settings)
-    producer = make_producer(settings)
-    try:
-        sent = [
-            producer.send(settings.stations_topic, key=s.station_id.encode(), value=station_to_json(s))
-            for s in stations.values()
-        ]
-        for future in sent:  # every record acknowledged by the broker, or an error
-            future.get(timeout=args.connect_timeout)
-    finally:
-        producer.close()
+    publish_stations(settings, stations.values(), args.connect_timeout)
     print(
         f"published {len(stations)} stations in {len(networks)} network(s) ({', '.join(networks)}) "
         f"to {settings.stations_topic}"

@@ -83,7 +83,8 @@ def run_demo(
 ) -> int:
     """Broker, worker and dashboard up; the readings replayed; every forecast the offline backtest
     expects awaited; a summary; everything stopped. 0 if every expected forecast arrived."""
-    from pm25.kafka import ensure_topics
+    from pm25.kafka import ensure_topics, publish_stations
+    from pm25.stations import read_stations_csv
     from producer.replay import load_source
     from stream_processor.backtest import make_engine
     from stream_processor.engine import run_offline
@@ -99,6 +100,7 @@ def run_demo(
     print(f"dashboard: http://127.0.0.1:{dash_port}/  (live during the replay)", flush=True)
     try:
         ensure_topics(settings)
+        publish_stations(settings, read_stations_csv().values())  # station pages show the neighbours
         # What the worker must publish: the same readings through the same code, offline.
         invalid: list[RowError] = []
         readings = list(load_source("multisite", invalid, hours=hours))
