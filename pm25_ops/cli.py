@@ -385,6 +385,10 @@ def cmd_regional(args: argparse.Namespace) -> int:
         raise UsageError(f"the regional check needs the training extra (pip install -e '.[training]'): {err}") from err
     from pm25.stations import StationFileError
 
+    from pm25.neighbours import MAX_NEIGHBOURS
+
+    if args.neighbours > MAX_NEIGHBOURS:
+        raise UsageError(f"--neighbours: at most {MAX_NEIGHBOURS}, got {args.neighbours}")
     rc = RegionalConfig(split=args.split, neighbours=args.neighbours)
     if args.stations:
         rc = RegionalConfig(split=args.split, neighbours=args.neighbours, stations_csv=Path(args.stations))

@@ -30,6 +30,12 @@ def test_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert len(err) == 1 and "error" in err[0]
 
 
+def test_regional_refuses_more_than_sixteen_neighbours(capsys):
+    assert main(["regional", "--neighbours", "17"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at most 16" in err[0]
+
+
 def test_missing_readings_file_is_one_line(tmp_path, capsys):
     code = main(["backtest", "--readings", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.jsonl")])
     assert code == 2
