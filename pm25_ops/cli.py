@@ -383,9 +383,8 @@ def cmd_regional(args: argparse.Namespace) -> int:
         from training.regional import RegionalConfig, run_regional
     except ImportError as err:
         raise UsageError(f"the regional check needs the training extra (pip install -e '.[training]'): {err}") from err
-    from pm25.stations import StationFileError
-
     from pm25.neighbours import MAX_NEIGHBOURS
+    from pm25.stations import StationFileError
 
     if args.neighbours > MAX_NEIGHBOURS:
         raise UsageError(f"--neighbours: at most {MAX_NEIGHBOURS}, got {args.neighbours}")
