@@ -40,6 +40,7 @@ from pm25.schema import WIND_DIRECTIONS, Reading
 __all__ = [
     "FEATURES",
     "RAW_FIELDS",
+    "WEATHER_FIELDS",
     "FeatureBatch",
     "encode_reading",
     "make_features",
@@ -184,6 +185,23 @@ _FEATURE_FNS: dict[str, Callable[[_Ctx], Any]] = {
     # a filled column is NaN throughout or nowhere in a window, so a plain mean is the window's
     "temperature_anomaly": lambda c: c.col(_T) - c.col(_T).mean(axis=1, keepdims=True),
     "pressure_change_3h": lambda c: _diff(c.col(_P), 3),
+    # which weather fields the station does not report (a filled column is missing throughout the
+    # window or nowhere): the model tells "not measured" from "average" (imputed as the mean)
+    "temperature_missing": lambda c: np.isnan(c.col(_T)),
+    "dew_point_missing": lambda c: np.isnan(c.col(_TD)),
+    "pressure_missing": lambda c: np.isnan(c.col(_P)),
+    "wind_speed_missing": lambda c: np.isnan(c.col(_WS)),
+    "wind_direction_missing": lambda c: np.isnan(c.col(_WE)),
+    "precipitation_missing": lambda c: np.isnan(c.col(_RAIN)),
+}
+#: The raw columns of each weather field (training hides whole fields: pm25.features users may too).
+WEATHER_FIELDS: dict[str, tuple[int, ...]] = {
+    "temperature_c": (_T,),
+    "dew_point_c": (_TD,),
+    "pressure_hpa": (_P,),
+    "wind_speed_ms": (_WS,),
+    "wind_direction": (_WE, _WN),
+    "precipitation_mm": (_RAIN,),
 }
 FEATURES: tuple[str, ...] = tuple(_FEATURE_FNS)
 

@@ -344,8 +344,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     new_stations = DataConfig().new_stations
     per_station, bounds = shipped_test_year(args.split)
+    if args.stations:
+        wanted = set(args.stations.split(","))
+        per_station = [rs for rs in per_station if rs and rs[0].station_id in wanted]
+        if not per_station:
+            raise UsageError(f"--stations: none of {sorted(wanted)} in the {args.split} year's stations")
+    period_note = ""
+    if args.scenario:
+        from training.scenarios import apply_scenario, shift_hours
+
+        per_station = [apply_scenario(args.scenario, rs) for rs in per_station]
+        bounds = (bounds[0] + shift_hours(args.scenario), bounds[1] + shift_hours(args.scenario))
+        period_note = f", scenario {args.scenario} (training/scenarios.py)"
     yardstick = None
-    if not args.no_yardstick and args.split == "test":
+    if not args.no_yardstick and args.split == "test" and not args.scenario:
         try:
             yardstick = gradient_boosting_yardstick(settings)
         except ImportError as err:
@@ -358,7 +370,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "test year 2016-03-01 to 2017-02-28 (China Standard Time)"
             if args.split == "test"
             else "validation year 2015-03-01 to 2016-02-29 (China Standard Time; tuning only)"
-        ),
+        )
+        + period_note,
         new_stations=new_stations,
         yardstick=yardstick,
         progress=not args.quiet,
@@ -519,6 +532,8 @@ def _add_stream_commands(sub: Any) -> None:
 
 
 def _add_model_commands(sub: Any) -> None:
+    from training.scenarios import SCENARIOS  # pure: no training extra needed
+
     s = sub.add_parser("backtest", help="run the stream's window + inference code offline over a readings file")
     s.add_argument(
         "--readings", required=True, help="canonical readings CSV (or 'multisite' / 'single-site' for the bundled data)"
@@ -548,6 +563,12 @@ def _add_model_commands(sub: Any) -> None:
         default="test",
         help="test: the held-out year, all 12 stations (default); val: the validation year, for tuning",
     )
+    s.add_argument(
+        "--scenario",
+        choices=list(SCENARIOS),
+        help="score stations unlike Beijing's, made from its data (training/scenarios.py; no yardstick)",
+    )
+    s.add_argument("--stations", help="comma-separated station ids to score (default: all of the split)")
     s.add_argument("--out", default="reports", help="folder for evaluation.json/.md/.png (default reports/)")
     s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

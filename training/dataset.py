@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pm25.adapters import CST, RowError, multisite_files, read_multisite, read_single_site, single_site_file
-from pm25.features import RAW_FIELDS, encode_reading, make_features
+from pm25.features import RAW_FIELDS, WEATHER_FIELDS, encode_reading, make_features
 from pm25.schema import Reading
 
 __all__ = [
@@ -77,6 +77,10 @@ class DataConfig:
     #: share of training windows whose newest PM2.5 hours are hidden (a synthetic trailing gap of
     #: 1..max_gap_hours), so the model learns to forecast through gaps as the stream must
     gap_augment: float = 0.15
+    #: share of training windows with weather fields hidden for the whole window (half of them all
+    #: fields, half each field with probability 1/2), so the model learns to forecast for stations
+    #: that do not report them
+    weather_dropout: float = 0.6
 
     def bounds(self) -> dict[str, tuple[int, int]]:
         """Epoch-hour [start, end) of each split's issue and target hours."""
@@ -186,6 +190,19 @@ def _carried(pm: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return pm[idx]
 
 
+def _hide_weather(raw: npt.NDArray[np.float32], share: float, rng: np.random.Generator) -> None:
+    """Hide whole weather fields in ``share`` of the windows (in place): in half of them every
+    field (a PM2.5-only sensor), in the other half each field with probability 1/2."""
+    fields = list(WEATHER_FIELDS.values())
+    picked = np.flatnonzero(rng.random(len(raw)) < share)
+    drop = rng.random((len(picked), len(fields))) < 0.5
+    drop[rng.random(len(picked)) < 0.5] = True
+    for i, row in zip(picked.tolist(), drop, strict=True):
+        for cols, hidden in zip(fields, row.tolist(), strict=True):
+            if hidden:
+                raw[i, :, list(cols)] = np.nan
+
+
 def make_samples(
     series: Series,
     index: npt.NDArray[np.int64],
@@ -196,6 +213,7 @@ def make_samples(
     station: int = 0,
     gap_augment: float = 0.0,
     seed: int = 0,
+    weather_dropout: float = 0.0,
 ) -> Samples:
     """Samples issued at the given series indices (usable windows only, the stream's rule).
 
@@ -209,6 +227,8 @@ def make_samples(
         k = rng.integers(1, max_gap_hours + 1, size=len(hide))
         for i, n in zip(hide.tolist(), k.tolist(), strict=True):
             raw[i, window_hours - n :, 0] = np.nan
+    if weather_dropout > 0 and len(index):
+        _hide_weather(raw, weather_dropout, np.random.default_rng(seed + 1_000_003))
     batch = make_features(raw, series.hours[index], max_gap_hours, names)
     keep = batch.usable
     future = np.lib.stride_tricks.sliding_window_view(series.pm25, horizons)  # [T-H+1, H]
@@ -262,6 +282,9 @@ def split_samples(
             if split == "train":
                 idx = idx[:: cfg.train_stride]
             augment = cfg.gap_augment if split == "train" else 0.0
-            parts.append(make_samples(s, idx, window_hours, horizons, max_gap_hours, names, k, augment, seed + k))
+            dropout = cfg.weather_dropout if split == "train" else 0.0
+            parts.append(
+                make_samples(s, idx, window_hours, horizons, max_gap_hours, names, k, augment, seed + k, dropout)
+            )
         out[split] = concat_samples(parts)
     return out

@@ -60,6 +60,12 @@ MODEL_FEATURES: tuple[str, ...] = (
     "wind_east",
     "wind_north",
     "log_precipitation",
+    "temperature_missing",
+    "dew_point_missing",
+    "pressure_missing",
+    "wind_speed_missing",
+    "wind_direction_missing",
+    "precipitation_missing",
 )
 
 
