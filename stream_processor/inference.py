@@ -98,6 +98,11 @@ class OnnxForecaster:
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # No memory arena: the arena keeps the graph's largest working set for good (measured on
+        # the production ensemble, chunks of 256 windows: +61 MB resident with it, +20 MB without,
+        # for about a fifth more time per graph run, on the inference thread, not the event loop)
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
         try:
             self._session = ort.InferenceSession(bundle.onnx_bytes, opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own untyped errors on a bad graph
