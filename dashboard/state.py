@@ -40,6 +40,16 @@ class _Station:
     newest: int = 0
 
 
+def _latest_reading(st: _Station) -> dict[str, Any] | None:
+    """The station's newest PM2.5 reading with its AQI, or None before its first."""
+    observed = [(h, v) for h, v in st.readings.items() if v is not None]
+    if not observed:
+        return None
+    h, value = max(observed)
+    aqi, cat = us_aqi(value)
+    return {"timestamp": hour_to_iso(h), "pm25": value, "aqi_us": aqi, "aqi_us_category": cat}
+
+
 class DashboardState:
     def __init__(self, history_hours: int = 72) -> None:
         self.history_hours = history_hours
@@ -115,33 +125,19 @@ class DashboardState:
         out = []
         for other, km in nearest(me, self._meta.values(), NEIGHBOURS_SHOWN):
             st = self._stations.get(other.station_id)
-            observed = [h for h, v in st.readings.items() if v is not None] if st else []
-            latest = None
-            if observed:
-                h = max(observed)
-                value = st.readings[h] if st else None
-                assert value is not None
-                latest = {"timestamp": hour_to_iso(h), "pm25": value, "aqi_us_category": us_aqi(value)[1]}
             out.append(
                 {
                     "station_id": other.station_id,
                     "name": other.name,
                     "distance_km": round(km, 1),
                     "direction": _compass(bearing_deg(me, other)),
-                    "latest_reading": latest,
+                    "latest_reading": _latest_reading(st) if st else None,
                 }
             )
         return out
 
     def _summary(self, station_id: str, st: _Station) -> dict[str, Any]:
-        latest_reading = None
-        observed = [h for h, v in st.readings.items() if v is not None]
-        if observed:
-            h = max(observed)
-            value = st.readings[h]
-            assert value is not None
-            aqi, cat = us_aqi(value)
-            latest_reading = {"timestamp": hour_to_iso(h), "pm25": value, "aqi_us": aqi, "aqi_us_category": cat}
+        latest_reading = _latest_reading(st)
         forecast = None
         worst = None
         if st.forecasts:

@@ -194,7 +194,7 @@ _FEATURE_FNS: dict[str, Callable[[_Ctx], Any]] = {
     "wind_direction_missing": lambda c: np.isnan(c.col(_WE)),
     "precipitation_missing": lambda c: np.isnan(c.col(_RAIN)),
 }
-#: The raw columns of each weather field (training hides whole fields: pm25.features users may too).
+#: The raw columns of each weather field (training hides whole fields to teach the missing case).
 WEATHER_FIELDS: dict[str, tuple[int, ...]] = {
     "temperature_c": (_T,),
     "dew_point_c": (_TD,),

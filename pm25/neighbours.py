@@ -6,8 +6,8 @@ changed, tell something about its next hours. These features are computed only f
 within the lateness bound; a station without metadata, or alone in its network, gets NaN for
 every feature (the model's missing value), never an error.
 
-Every feature is scale-free, like the station's own (pm25.features): differences of ``log1p``
-PM2.5, so a network at a quarter of Beijing's levels reads the same way.
+Every feature is a difference of ``log1p`` PM2.5, like the station's own (pm25.features): a ratio,
+the same at any level well above a few µg/m³ (``log1p`` is not ``log`` below that).
 
 * ``nb_rel``: the station's level against its neighbours' (inverse-distance weighted);
 * ``nb_change1``, ``nb_change3``: how the neighbours' level changed over the last 1 and 3 hours;

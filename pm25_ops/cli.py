@@ -316,12 +316,20 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_extra(what: str, *modules: str) -> None:
+    """A one-line usage error, before any work, when a module of the training extra is missing
+    (they are imported lazily, deep inside the work, so an import guard would not see them)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"{what} needs the training extra (pip install -e '.[training]'): no {', '.join(missing)}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    try:
-        from training.train import TrainConfig, train
-    except ImportError as err:
-        raise UsageError(f"training needs the training extra (pip install -e '.[training]'): {err}") from err
+    _training_extra("training", "tensorflow", "keras", "tf2onnx", "sklearn", "matplotlib")
     from model_store import default_store
+    from training.train import TrainConfig, train
 
     store = Path(args.model_store) if args.model_store else default_store()
     cfg = TrainConfig(
@@ -383,27 +391,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_eda(args: argparse.Namespace) -> int:
-    try:
-        from training.eda import write_eda
-    except ImportError as err:
-        raise UsageError(f"the EDA report needs the training extra (pip install -e '.[training]'): {err}") from err
+    _training_extra("the EDA report", "matplotlib")
+    from training.eda import write_eda
+
     print(f"wrote {write_eda(Path(args.out))}")
     return 0
 
 
 def cmd_regional(args: argparse.Namespace) -> int:
-    try:
-        from training.regional import RegionalConfig, run_regional
-    except ImportError as err:
-        raise UsageError(f"the regional check needs the training extra (pip install -e '.[training]'): {err}") from err
     from pm25.neighbours import MAX_NEIGHBOURS
-    from pm25.stations import StationFileError
+    from pm25.stations import BEIJING_STATIONS, StationFileError
 
     if args.neighbours > MAX_NEIGHBOURS:
         raise UsageError(f"--neighbours: at most {MAX_NEIGHBOURS}, got {args.neighbours}")
-    rc = RegionalConfig(split=args.split, neighbours=args.neighbours)
-    if args.stations:
-        rc = RegionalConfig(split=args.split, neighbours=args.neighbours, stations_csv=Path(args.stations))
+    _training_extra("the regional check", "sklearn", "matplotlib")
+    from training.regional import RegionalConfig, run_regional
+
+    stations_csv = Path(args.stations) if args.stations else BEIJING_STATIONS
+    rc = RegionalConfig(split=args.split, neighbours=args.neighbours, stations_csv=stations_csv)
     try:
         report = run_regional(rc, Path(args.out))
     except StationFileError as err:

@@ -116,3 +116,13 @@ def test_stations_load_checks_the_whole_file_first(tmp_path, capsys):
     assert main(["stations", "load", str(bad), "--bootstrap-servers", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{bad}:3: out_of_range: longitude" in err[0]
+
+
+def test_a_missing_training_extra_is_one_line_before_any_work(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    assert main(["regional", "--split", "val"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs the training extra" in err[0] and "no sklearn" in err[0]
