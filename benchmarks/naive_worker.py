@@ -73,10 +73,12 @@ def build(settings: Settings) -> faust.App:
                     present=np.array(stored["present"], dtype=np.uint8),
                     rows=np.array(stored["rows"], dtype=np.float32),
                 )
+            one = {} if state is None else {reading.station_id: state}
             try:
-                state, _, requests = engine.ingest(state, reading)
+                requests = engine.ingest(one, {}, reading).requests
             except TooLate:
                 continue
+            state = one[reading.station_id]
             windows[reading.station_id] = {
                 "newest": state.newest_hour,
                 "present": state.present.tolist(),

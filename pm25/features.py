@@ -39,6 +39,8 @@ from pm25.schema import WIND_DIRECTIONS, Reading
 
 __all__ = [
     "FEATURES",
+    "NB_FIELDS",
+    "OWN_FIELDS",
     "RAW_FIELDS",
     "WEATHER_FIELDS",
     "FeatureBatch",
@@ -47,12 +49,13 @@ __all__ = [
     "postprocess",
     "scale",
     "target_scale",
+    "wind_degrees",
 ]
 
 F32 = npt.NDArray[np.float32]
 
-#: Raw columns kept per hour in the station window (wind direction as a unit vector, calm = 0,0).
-RAW_FIELDS: tuple[str, ...] = (
+#: The station's own raw columns per hour (wind direction as a unit vector, calm = 0,0).
+OWN_FIELDS: tuple[str, ...] = (
     "pm25",
     "temperature_c",
     "dew_point_c",
@@ -62,7 +65,13 @@ RAW_FIELDS: tuple[str, ...] = (
     "wind_north",
     "precipitation_mm",
 )
-_PM, _T, _TD, _P, _WS, _WE, _WN, _RAIN = range(len(RAW_FIELDS))
+#: What the station's network said about the hour (pm25.neighbours), filled when the network's
+#: hour closes (stream_processor.engine); NaN for a station without neighbours.
+NB_FIELDS: tuple[str, ...] = ("nb_rel", "nb_change1", "nb_change3", "nb_upwind_rel", "nb_upwind_change3", "nb_share")
+#: Raw columns kept per hour in the station window: its own, then its network's.
+RAW_FIELDS: tuple[str, ...] = OWN_FIELDS + NB_FIELDS
+_PM, _T, _TD, _P, _WS, _WE, _WN, _RAIN = range(len(OWN_FIELDS))
+_NB = len(OWN_FIELDS)
 
 _WIND_VECTORS: dict[str | None, tuple[float, float]] = {
     name: (0.0, 0.0) if deg is None else (math.sin(math.radians(deg)), math.cos(math.radians(deg)))
@@ -74,7 +83,8 @@ _GAP_CAP = 48.0
 
 
 def encode_reading(r: Reading) -> F32:
-    """One reading -> one raw row (float32, NaN = missing).
+    """One reading -> one raw row (float32, NaN = missing; the network's columns NaN until the
+    network's hour closes).
 
     >>> encode_reading(Reading("s", 0, pm25=10.0, wind_direction="calm"))[[0, 5, 6]].tolist()
     [10.0, 0.0, 0.0]
@@ -90,9 +100,21 @@ def encode_reading(r: Reading) -> F32:
             east,
             north,
             _nan(r.precipitation_mm),
+            *_NB_MISSING,
         ],
         dtype=np.float32,
     )
+
+
+_NB_MISSING = (math.nan,) * len(NB_FIELDS)
+
+
+def wind_degrees(row: F32) -> float | None:
+    """The wind direction (degrees the wind comes from) of a raw row; None when calm or missing."""
+    east, north = float(row[_WE]), float(row[_WN])
+    if math.isnan(east) or math.isnan(north) or (east == 0.0 and north == 0.0):
+        return None
+    return math.degrees(math.atan2(east, north)) % 360.0
 
 
 def _nan(x: float | None) -> float:
@@ -117,7 +139,7 @@ class _Ctx:
     def __init__(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> None:
         self.raw = raw
         self.missing_pm = np.isnan(raw[:, :, _PM])
-        self.filled = _fill(raw)
+        self.filled = _fill(raw[:, :, :_NB])  # the network's columns are never filled
         self.pm = np.clip(self.filled[:, :, _PM], 0.0, None)
         self.log_pm = np.log1p(self.pm)
         w = raw.shape[1]
@@ -193,6 +215,10 @@ _FEATURE_FNS: dict[str, Callable[[_Ctx], Any]] = {
     "wind_speed_missing": lambda c: np.isnan(c.col(_WS)),
     "wind_direction_missing": lambda c: np.isnan(c.col(_WE)),
     "precipitation_missing": lambda c: np.isnan(c.col(_RAIN)),
+    # the network's (pm25.neighbours), as they were when each hour closed: not carried forward
+    # (an hour the network did not report is missing, 0 after scaling, and flagged)
+    **{name: (lambda i: lambda c: c.raw[:, :, i])(_NB + k) for k, name in enumerate(NB_FIELDS)},
+    "nb_missing": lambda c: np.isnan(c.raw[:, :, _NB]),
 }
 #: The raw columns of each weather field (training hides whole fields to teach the missing case).
 WEATHER_FIELDS: dict[str, tuple[int, ...]] = {

@@ -16,31 +16,44 @@ the same at any level well above a few µg/m³ (``log1p`` is not ``log`` below t
   dropped): air that is upwind now arrives later;
 * ``nb_share``: the share of the ``k`` nearest neighbours that reported the hour.
 
+The stream and training compute them with :func:`row_features`, from the station's raw row
+(pm25.features) and the network clock's closed hours, when the hour closes.
+
 >>> from pm25.stations import Station
 >>> from pm25.network import ClosedHour
 >>> a, b = Station("a", "a", 40.0, 116.0, "n"), Station("b", "b", 40.1, 116.0, "n")  # b is north of a
->>> hour = lambda h, pm: ClosedHour(h, {"b": Reading("b", h, pm25=pm)}, frozenset({"b"}), False)
->>> f = neighbour_features(Reading("a", 10, pm25=20.0, wind_direction="N"), nearest_of(a, [a, b], 4),
-...                        {9: hour(9, 40.0), 10: hour(10, 80.0), 7: hour(7, 10.0)})
->>> [round(x, 2) for x in f]   # a is below b; b rose; the wind blows from b to a
+>>> hour = lambda h, pm: ClosedHour(h, {"b": pm}, frozenset({"b"}), False)
+>>> f = neighbour_features(10, 20.0, 0.0, nearest_of(a, [a, b], 4),
+...                        {9: hour(9, 40.0), 10: hour(10, 80.0), 7: hour(7, 10.0)}.get)
+>>> [round(x, 2) for x in f]   # a is below b; b rose; the wind (from the north) blows from b to a
 [-1.35, 0.68, 2.0, -1.35, 2.0, 1.0]
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
+from pm25.features import NB_FIELDS, wind_degrees
 from pm25.network import ClosedHour
-from pm25.schema import WIND_DIRECTIONS, Reading
 from pm25.stations import Station, nearest
 
-__all__ = ["MAX_NEIGHBOURS", "NB_FIELDS", "Neighbour", "bearing_deg", "nearest_of", "neighbour_features"]
+__all__ = [
+    "MAX_NEIGHBOURS",
+    "NB_FIELDS",
+    "Neighbour",
+    "bearing_deg",
+    "nearest_of",
+    "neighbour_features",
+    "row_features",
+]
 
 #: The issue's bound: at most this many neighbours are looked at.
 MAX_NEIGHBOURS = 16
-NB_FIELDS: tuple[str, ...] = ("nb_rel", "nb_change1", "nb_change3", "nb_upwind_rel", "nb_upwind_change3", "nb_share")
 _NAN_ROW = (math.nan,) * len(NB_FIELDS)
 #: a neighbour closer than this still weighs as if it were this far (no infinite weights)
 _MIN_KM = 1.0
@@ -70,10 +83,10 @@ def nearest_of(station: Station, stations: Iterable[Station], k: int) -> tuple[N
     )
 
 
-def _log(reading: Reading | None) -> float:
-    if reading is None or reading.pm25 is None:
+def _log(value: float | None) -> float:
+    if value is None or math.isnan(value):
         return math.nan
-    return math.log1p(reading.pm25)
+    return math.log1p(max(value, 0.0))
 
 
 def _weighted(pairs: Sequence[tuple[float, float]]) -> float:
@@ -81,27 +94,39 @@ def _weighted(pairs: Sequence[tuple[float, float]]) -> float:
     return sum(w * v for w, v in pairs) / total if total > 0 else math.nan
 
 
-def neighbour_features(
-    own: Reading,
+def row_features(
+    row: npt.NDArray[np.float32],
+    hour: int,
     neighbours: Sequence[Neighbour],
-    contents: Mapping[int, ClosedHour],
+    content: Callable[[int], ClosedHour | None],
 ) -> tuple[float, ...]:
-    """The :data:`NB_FIELDS` of ``own``'s station at ``own.hour``, from the closed contents of
-    that hour and the 1 and 3 hours before (missing contents: NaN features, never an error)."""
-    now = contents.get(own.hour)
+    """The :data:`NB_FIELDS` of a station's raw row (pm25.features) at ``hour``."""
+    return neighbour_features(hour, float(row[0]), wind_degrees(row), neighbours, content)
+
+
+def neighbour_features(
+    hour: int,
+    own_pm25: float,
+    wind: float | None,
+    neighbours: Sequence[Neighbour],
+    content: Callable[[int], ClosedHour | None],
+) -> tuple[float, ...]:
+    """The :data:`NB_FIELDS` of a station at ``hour`` (its PM2.5, NaN when missing; the
+    direction its wind comes from, degrees, None when calm or unknown), from the closed contents
+    of that hour and the 1 and 3 hours before (missing contents: NaN features, never an error)."""
+    now = content(hour)
     if not neighbours or now is None:
         return _NAN_ROW
-    before1, before3 = contents.get(own.hour - 1), contents.get(own.hour - 3)
-    wind = WIND_DIRECTIONS.get(own.wind_direction) if own.wind_direction is not None else None
+    before1, before3 = content(hour - 1), content(hour - 3)
     level, change1, change3, up_level, up_change3 = [], [], [], [], []
     present = 0
     for sid, weight, bearing in neighbours:
-        x = _log(now.readings.get(sid))
+        x = _log(now.values.get(sid))
         if math.isnan(x):
             continue
         present += 1
-        x1 = _log(before1.readings.get(sid)) if before1 else math.nan
-        x3 = _log(before3.readings.get(sid)) if before3 else math.nan
+        x1 = _log(before1.values.get(sid)) if before1 else math.nan
+        x3 = _log(before3.values.get(sid)) if before3 else math.nan
         upwind = max(0.0, math.cos(math.radians(bearing - wind))) * weight if wind is not None else 0.0
         level.append((weight, x))
         if not math.isnan(x1):
@@ -112,7 +137,7 @@ def neighbour_features(
                 up_change3.append((upwind, x - x3))
         if upwind > 0:
             up_level.append((upwind, x))
-    mine = _log(own)
+    mine = _log(own_pm25)
     return (
         mine - _weighted(level),
         _weighted(change1),

@@ -8,8 +8,8 @@ order, and an hour's content is fixed when it closes. Hour ``u`` closes at the f
 * **the watermark passed**: a reading for hour ``u + lateness_hours`` or later arrived.
 
 The *members* of ``u`` are the stations with a reading at any hour in
-``[u - active_hours, u - lateness_hours]``, and the *content* of ``u`` is the members' readings
-of ``u`` (the newest arrival wins for a station that sent two). A reading from a station that is
+``[u - active_hours, u - lateness_hours]``, and the *content* of ``u`` is the members' PM2.5
+values of ``u`` (NaN for a reading without one; the newest arrival wins for a station that sent two). A reading from a station that is
 not a member (new, or back after more than ``active_hours``) does not enter the content of its
 hour: it is forecast with the content as context, and becomes a member ``lateness_hours`` later.
 
@@ -40,27 +40,38 @@ True
 >>> [c.hour for c in clock.offer(Reading("a", 12, pm25=6.0)).closed]   # a and b are members of 12 now
 []
 >>> closed = clock.offer(Reading("b", 12, pm25=8.0)).closed
->>> [(c.hour, sorted(c.readings)) for c in closed]
-[(12, ['a', 'b'])]
+>>> [(c.hour, c.values) for c in closed]
+[(12, {'a': 6.0, 'b': 8.0})]
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 from pm25.schema import Reading
 
-__all__ = ["ClosedHour", "NetworkClock", "Offered"]
+__all__ = ["ClockFormatError", "ClosedHour", "NetworkClock", "Offered"]
+
+#: The stored clock's format (see :meth:`NetworkClock.to_bytes`).
+FORMAT = 1
+
+
+class ClockFormatError(ValueError):
+    """Stored clock bytes this code cannot decode."""
 
 
 @dataclass(frozen=True, slots=True)
 class ClosedHour:
-    """An hour whose content is final: the members' readings, by station id (sorted)."""
+    """An hour whose content is final: the members' PM2.5 values (NaN: reported without one), by
+    station id (sorted), and every station that had reported the hour when it closed."""
 
     hour: int
-    readings: dict[str, Reading]
+    values: dict[str, float]
     members: frozenset[str]
     by_watermark: bool  # closed because the watermark passed (some member never reported)
+    reported: tuple[str, ...] = ()  # sorted: members and non-members
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +92,14 @@ class NetworkClock:
     closed_through: int | None = None
     #: the newest event hour seen
     newest_hour: int | None = None
-    #: readings of the open hours, by hour then station
-    pending: dict[int, dict[str, Reading]] = field(default_factory=dict)
+    #: PM2.5 values of the open hours, by hour then station
+    pending: dict[int, dict[str, float]] = field(default_factory=dict)
     #: stations seen per hour, for the hours membership still looks at
     seen: dict[int, set[str]] = field(default_factory=dict)
-    #: closed hours kept for context, newest last (at most ``active_hours``)
+    #: closed hours kept for context, newest last
     recent: dict[int, ClosedHour] = field(default_factory=dict)
+    #: how many closed hours are kept (neighbour features look 3 hours back)
+    keep_hours: int = 4
 
     def __post_init__(self) -> None:
         if self.lateness_hours < 1:
@@ -102,7 +115,7 @@ class NetworkClock:
         return frozenset(out)
 
     def content(self, hour: int) -> ClosedHour | None:
-        """The closed content of ``hour`` if it is still kept (the last ``active_hours`` hours)."""
+        """The closed content of ``hour`` if it is still kept (the last ``keep_hours`` hours)."""
         return self.recent.get(hour)
 
     def offer(self, reading: Reading) -> Offered:
@@ -114,15 +127,16 @@ class NetworkClock:
         self.seen.setdefault(hour, set()).add(reading.station_id)
         self.newest_hour = hour if self.newest_hour is None else max(self.newest_hour, hour)
         late = False
+        value = math.nan if reading.pm25 is None else float(reading.pm25)
         if hour > self.closed_through:
-            self.pending.setdefault(hour, {})[reading.station_id] = reading
+            self.pending.setdefault(hour, {})[reading.station_id] = value
         else:
             kept = self.recent.get(hour)
             # a member's reading the content lacks (an identical duplicate is not late)
             late = (
                 kept is not None
                 and reading.station_id in kept.members
-                and kept.readings.get(reading.station_id) != reading
+                and not _same(kept.values.get(reading.station_id), value)
             )
         closed = self._close_ready()
         self._prune()
@@ -145,7 +159,9 @@ class NetworkClock:
             if not (by_watermark or members <= arrived.keys()):
                 break
             content = {sid: arrived[sid] for sid in sorted(members & arrived.keys())}
-            done = ClosedHour(u, content, members, by_watermark and not members <= arrived.keys())
+            done = ClosedHour(
+                u, content, members, by_watermark and not members <= arrived.keys(), tuple(sorted(arrived))
+            )
             self.pending.pop(u, None)
             self.recent[u] = done
             self.closed_through = u
@@ -157,5 +173,60 @@ class NetworkClock:
         oldest_needed = self.closed_through + 1 - self.active_hours
         for h in [h for h in self.seen if h < oldest_needed]:
             del self.seen[h]
-        for h in [h for h in self.recent if h <= self.closed_through - self.active_hours]:
+        for h in [h for h in self.recent if h <= self.closed_through - self.keep_hours]:
             del self.recent[h]
+
+    # -- stored form ---------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """The clock as a compact value (JSON, NaN as null), for a worker's table."""
+        doc = {
+            "v": FORMAT,
+            "l": self.lateness_hours,
+            "a": self.active_hours,
+            "k": self.keep_hours,
+            "c": self.closed_through,
+            "n": self.newest_hour,
+            "p": {str(h): _nulls(v) for h, v in self.pending.items()},
+            "s": {str(h): sorted(v) for h, v in self.seen.items()},
+            "r": {
+                str(h): [_nulls(c.values), sorted(c.members), c.by_watermark, list(c.reported)]
+                for h, c in self.recent.items()
+            },
+        }
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NetworkClock:
+        try:
+            doc = json.loads(data)
+            if doc.get("v") != FORMAT:
+                raise ClockFormatError(f"clock format {doc.get('v')!r}; this code reads format {FORMAT}")
+            return cls(
+                lateness_hours=doc["l"],
+                active_hours=doc["a"],
+                keep_hours=doc["k"],
+                closed_through=doc["c"],
+                newest_hour=doc["n"],
+                pending={int(h): _nans(v) for h, v in doc["p"].items()},
+                seen={int(h): set(v) for h, v in doc["s"].items()},
+                recent={
+                    int(h): ClosedHour(int(h), _nans(v), frozenset(m), bool(w), tuple(rep))
+                    for h, (v, m, w, rep) in doc["r"].items()
+                },
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            if isinstance(err, ClockFormatError):
+                raise
+            raise ClockFormatError(f"stored clock unreadable: {err}") from err
+
+
+def _same(a: float | None, b: float) -> bool:
+    return a is not None and (a == b or (math.isnan(a) and math.isnan(b)))
+
+
+def _nulls(values: dict[str, float]) -> dict[str, float | None]:
+    return {k: None if math.isnan(v) else v for k, v in values.items()}
+
+
+def _nans(values: dict[str, float | None]) -> dict[str, float]:
+    return {k: math.nan if v is None else float(v) for k, v in values.items()}

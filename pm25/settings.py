@@ -26,6 +26,9 @@ PM25_LATENESS_HOURS            oldest accepted reading, hours behind      24
                                the station's newest
 PM25_BUFFER_HOURS              hours of readings kept per station         72
                                (>= model window + lateness)
+PM25_NETWORK_LATENESS_HOURS    how long a network's hour waits for a      2
+                               silent member (the bound within which
+                               arrival order cannot change a forecast)
 =============================  =========================================  =====================
 """
 
@@ -90,6 +93,9 @@ class Settings:
     web_port: int = 6066
     lateness_hours: int = 24
     buffer_hours: int = 72  # station state: at least model window + lateness (48 + 24)
+    #: a network's hour closes when every member reported it or a reading this many hours newer
+    #: arrived (pm25.network): arrival order within this bound cannot change a forecast
+    network_lateness_hours: int = 2
     #: Faust's liveness check: a partition with unread messages whose stream took no event for this
     #: long is logged as stuck (Faust's stream_processing_timeout)
     stream_timeout_s: int = 300
@@ -108,6 +114,10 @@ class Settings:
             raise SettingsError(f"lateness must be 0..168 hours, got {self.lateness_hours}")
         if self.buffer_hours < self.lateness_hours + 1 or self.buffer_hours > 24 * 30:
             raise SettingsError(f"buffer must be > lateness and at most 720 hours, got {self.buffer_hours}")
+        if not 1 <= self.network_lateness_hours <= min(12, max(self.lateness_hours, 1)):
+            raise SettingsError(
+                f"network lateness must be 1..12 hours and at most the lateness, got {self.network_lateness_hours}"
+            )
         if not 5 <= self.stream_timeout_s <= 3600:
             raise SettingsError(f"stream timeout must be 5..3600 s, got {self.stream_timeout_s}")
         if not 0 < self.web_port < 65536:
@@ -152,6 +162,7 @@ class Settings:
             "web_port": as_int("WEB_PORT", _DEFAULTS["web_port"]),
             "lateness_hours": as_int("LATENESS_HOURS", _DEFAULTS["lateness_hours"]),
             "buffer_hours": as_int("BUFFER_HOURS", _DEFAULTS["buffer_hours"]),
+            "network_lateness_hours": as_int("NETWORK_LATENESS_HOURS", _DEFAULTS["network_lateness_hours"]),
             "stream_timeout_s": as_int("STREAM_TIMEOUT_S", _DEFAULTS["stream_timeout_s"]),
         }
         settings = cls(**values)

@@ -2,9 +2,11 @@
 
 The state is keyed by station in a table. Its bytes are a format version (uint8, ``FORMAT``),
 ``newest_hour`` (int64), ``capacity`` (uint16), ``last_offset`` (int64: the input offset of the
-newest message applied, -1 if unknown), a presence byte per hour, then the float32 rows. A state
-in a format this code does not know raises :class:`StateFormatError` (the version lets a later
-format convert older states instead).
+newest message applied, -1 if unknown), ``partition`` (int32: the input partition of the
+station's readings, -1 if unknown), a presence byte per hour, then the float32 rows. A state
+in a format this code does not know raises :class:`StateFormatError`; a format-1 state (rows of
+the station's own columns only, before the network's columns existed) is read with the network's
+columns missing.
 Row ``capacity - 1`` is ``newest_hour``; row ``i`` is ``newest_hour - (capacity - 1 - i)``.
 
 :func:`apply_reading` is pure: state and reading in, new state and the epoch hours whose
@@ -27,14 +29,18 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pm25.features import RAW_FIELDS, encode_reading
+from pm25.features import OWN_FIELDS, RAW_FIELDS, encode_reading
 from pm25.schema import Reading
 
 __all__ = ["FORMAT", "StateFormatError", "StationWindow", "TooLate", "apply_reading"]
 
-FORMAT = 1
-_HEADER = struct.Struct("<BqHq")
+FORMAT = 2
+_HEADERS = {1: struct.Struct("<BqHq"), 2: struct.Struct("<BqHqi")}
+_HEADER = _HEADERS[FORMAT]
 _N = len(RAW_FIELDS)
+_OWN = len(OWN_FIELDS)
+#: columns per row of each format this code reads
+_COLUMNS = {1: _OWN, 2: _N}
 
 
 class StateFormatError(ValueError):
@@ -51,6 +57,7 @@ class StationWindow:
     present: npt.NDArray[np.uint8]  # [capacity]
     rows: npt.NDArray[np.float32]  # [capacity, len(RAW_FIELDS)]
     last_offset: int = -1
+    partition: int = -1
 
     @property
     def capacity(self) -> int:
@@ -65,7 +72,7 @@ class StationWindow:
         )
 
     def to_bytes(self) -> bytes:
-        header = _HEADER.pack(FORMAT, self.newest_hour, self.capacity, self.last_offset)
+        header = _HEADER.pack(FORMAT, self.newest_hour, self.capacity, self.last_offset, self.partition)
         return header + self.present.tobytes() + self.rows.tobytes()
 
     @classmethod
@@ -79,16 +86,21 @@ class StationWindow:
     def split(cls, data: bytes) -> tuple[StationWindow, bytes]:
         """A stored station state: the window, and the bytes after it (the station's adaptation,
         pm25.adapt, which the worker appends; empty when there is none)."""
-        if len(data) < _HEADER.size or data[0] != FORMAT:
+        if len(data) < 1 or data[0] not in _COLUMNS or len(data) < _HEADERS[data[0]].size:
             raise StateFormatError(f"state format {data[:1]!r} of {len(data)} bytes; this code reads format {FORMAT}")
-        _, newest, cap, last_offset = _HEADER.unpack_from(data)
-        off = _HEADER.size
-        end = off + cap + cap * _N * 4
+        header = _HEADERS[data[0]]
+        fmt, newest, cap, last_offset, *rest = header.unpack_from(data)
+        partition = rest[0] if rest else -1
+        n = _COLUMNS[fmt]
+        off = header.size
+        end = off + cap + cap * n * 4
         if len(data) < end:
             raise StateFormatError(f"state of {len(data)} bytes does not match its capacity {cap}")
         present = np.frombuffer(data, dtype=np.uint8, count=cap, offset=off).copy()
-        rows = np.frombuffer(data, dtype=np.float32, count=cap * _N, offset=off + cap)
-        window = cls(newest_hour=newest, present=present, rows=rows.reshape(cap, _N).copy(), last_offset=last_offset)
+        stored = np.frombuffer(data, dtype=np.float32, count=cap * n, offset=off + cap).reshape(cap, n)
+        rows = np.full((cap, _N), np.nan, dtype=np.float32)
+        rows[:, :n] = stored
+        window = cls(newest_hour=newest, present=present, rows=rows, last_offset=last_offset, partition=partition)
         return window, data[end:]
 
     def index_of(self, hour: int) -> int:
@@ -137,6 +149,7 @@ def apply_reading(
             keep = min(capacity, state.capacity)
             fresh.newest_hour = state.newest_hour
             fresh.last_offset = state.last_offset
+            fresh.partition = state.partition
             fresh.present[-keep:] = state.present[-keep:]
             fresh.rows[-keep:] = state.rows[-keep:]
         state = fresh
@@ -149,8 +162,8 @@ def apply_reading(
         )
     i = state.index_of(hour)
     row = encode_reading(reading)
-    if state.present[i] and np.array_equal(state.rows[i], row, equal_nan=True):
-        return state, False, [hour]
+    if state.present[i] and np.array_equal(state.rows[i, :_OWN], row[:_OWN], equal_nan=True):
+        return state, False, [hour]  # the network's columns stay as they are
     state.present[i] = 1
     state.rows[i] = row
     last = min(state.newest_hour, hour + window_hours - 1)

@@ -42,9 +42,11 @@ from stream_processor.faust_seam import (
 )
 from stream_processor.inference import OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
+from stream_processor.networks import Networks
 from stream_processor.offsets import OffsetGuard, TailWatch, Verdict
 from stream_processor.processor import DeadLetter, Processor
 from stream_processor.sending import BatchSender
+from stream_processor.stations_feed import follow_stations
 
 __all__ = ["BATCH_MAX", "TAKE_WITHIN_S", "Worker"]
 
@@ -115,10 +117,15 @@ class Worker:
         bundle = load_production(self.store)
         self._bundle_key = (bundle.version, bundle.manifest_sha256)
         self.engine = Engine(
-            OnnxForecaster(bundle), lateness_hours=settings.lateness_hours, buffer_hours=settings.buffer_hours
+            OnnxForecaster(bundle),
+            lateness_hours=settings.lateness_hours,
+            buffer_hours=settings.buffer_hours,
+            networks=Networks(lateness_hours=settings.network_lateness_hours),
         )
+        #: set once the station metadata topic was read to its end (the agent waits for it)
+        self.stations_loaded = asyncio.Event()
         self.metrics.set_model(bundle.version)
-        self.processor = Processor(self.engine, self.metrics)
+        self.processor = Processor(self.engine, self.metrics, partitions=settings.partitions)
         self.offsets = OffsetGuard()
         self._tails = TailWatch()
         self._stream: faust.Stream | None = None
@@ -170,6 +177,7 @@ class Worker:
         self.app.timer(TAIL_CHECK_S)(self._watch_tails)
         self.app.timer(BROKER_CHECK_S)(self._watch_broker)
         self.app.task(self._install_task_dump)
+        self.app.task(self._follow_stations)
         self.app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
         self._pages()
 
@@ -179,6 +187,7 @@ class Worker:
         queue is bounded: while it holds a full batch, Faust's buffer (and then the consumer) waits."""
         # take_events lives on the concrete Stream, not on StreamT
         concrete = self._stream = cast(faust.Stream, stream)
+        await self.stations_loaded.wait()  # the first forecasts already see the networks
         _tune_gc()
         self._room.set()
         dispatcher = asyncio.ensure_future(self._dispatch())
@@ -411,6 +420,15 @@ class Worker:
         # The original bytes travel untouched (a too-large value is kept too: nothing is lost).
         producer = self.app.producer
         return await producer.send(self.settings.dlq_topic, msg.key, event.value, None, None, headers)
+
+    async def _follow_stations(self) -> None:
+        await follow_stations(self.settings, self._apply_stations, self.stations_loaded)
+
+    def _apply_stations(self, stations: list[Any]) -> None:
+        """New or changed metadata: applies from each station's next reading (between batches:
+        the event loop runs no intake meanwhile)."""
+        self.engine.networks.update(stations)
+        self.metrics.stations_known.set(len(self.engine.networks))
 
     # -- diagnostics -------------------------------------------------------------------------
     async def _install_task_dump(self) -> None:

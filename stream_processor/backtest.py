@@ -10,19 +10,27 @@ from pathlib import Path
 from model_store import default_store, load_production
 from pm25.schema import Reading
 from pm25.settings import Settings
+from pm25.stations import Station
 from pm25.window import TooLate
 from stream_processor.engine import Engine, run_offline
 from stream_processor.inference import OnnxForecaster
+from stream_processor.networks import Networks
 
 __all__ = ["make_engine", "run_backtest"]
 
 log = logging.getLogger(__name__)
 
 
-def make_engine(settings: Settings) -> Engine:
-    """The production model with the worker's window settings."""
+def make_engine(settings: Settings, stations: Iterable[Station] = ()) -> Engine:
+    """The production model with the worker's window settings; ``stations``: the metadata
+    (stream_processor.networks: none, every station forecast alone)."""
     bundle = load_production(settings.model_store or default_store())
-    return Engine(OnnxForecaster(bundle), lateness_hours=settings.lateness_hours, buffer_hours=settings.buffer_hours)
+    return Engine(
+        OnnxForecaster(bundle),
+        lateness_hours=settings.lateness_hours,
+        buffer_hours=settings.buffer_hours,
+        networks=Networks(stations, lateness_hours=settings.network_lateness_hours),
+    )
 
 
 def run_backtest(

@@ -88,8 +88,8 @@ class Batch:
     requests: list[Request] = field(default_factory=list)
     observed: list[Observation] = field(default_factory=list)
     dead: list[tuple[Input, DeadLetter]] = field(default_factory=list)
-    states: dict[str, bytes] = field(default_factory=dict)  # the newest state per station
-    partition_of: dict[str, int] = field(default_factory=dict)
+    states: dict[str, bytes] = field(default_factory=dict)  # the newest state per key (station, network)
+    partition_of: dict[str, int] = field(default_factory=dict)  # each key's changelog partition
     arrived: list[float] = field(default_factory=list)  # input timestamps of readings forecast
 
 
@@ -116,17 +116,17 @@ class DeliveryCore:
             if isinstance(parsed, DeadLetter):
                 batch.dead.append((item, parsed))
                 continue
-            sid = parsed.station_id
-            result = proc.apply(store.get(sid), parsed, item.offset)
+            result = proc.apply(store, parsed, item.offset, item.partition)
             if isinstance(result, DeadLetter):
                 batch.dead.append((item, result))
                 continue
-            state, reqs, observed = result
+            states, reqs, observed = result
             if observed is not None:
                 batch.observed.append(observed)
-            if state is not None:
-                store[sid] = pending[sid] = state
-            batch.partition_of[sid] = item.partition
+            for key, (partition, state) in states.items():
+                store[key] = pending[key] = state
+                batch.partition_of[key] = partition
+            batch.partition_of[parsed.station_id] = item.partition
             if reqs:
                 batch.requests.extend(reqs)
                 batch.arrived.append(item.timestamp)

@@ -1,8 +1,15 @@
 """The processing core shared by the Faust worker and ``pm25 backtest``.
 
-``ingest`` applies one validated reading to a station's state and returns the forecast requests
-it causes; ``forecast`` runs one batched inference over many requests. The worker calls them per
-micro-batch of Kafka events; the backtest calls them over a file. Same code, same output.
+``ingest`` applies one validated reading to its station's window and, for a station in a network,
+to its network's clock (stream_processor.networks), and returns the forecast requests it causes;
+``forecast`` runs one batched inference over many requests. The worker calls them per micro-batch
+of Kafka events; the backtest calls them over a file. Same code, same output.
+
+A station forecast alone gets its forecast on its reading (and again when an out-of-order reading
+changes its window). A station in a network gets its forecast for hour ``u`` when the network's
+hour ``u`` closes, with the neighbour features of ``u`` written into its window's row at that
+moment: the final forecast of every station and hour is the same for every arrival order within
+the lateness bound (pm25.network).
 """
 
 from __future__ import annotations
@@ -10,17 +17,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from pm25.adapt import Adapter, StationAdaptation
 from pm25.aqi import CATEGORIES, us_aqi_array
+from pm25.features import OWN_FIELDS
+from pm25.neighbours import row_features
+from pm25.network import NetworkClock
 from pm25.schema import Forecast, Reading, encode_forecasts, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
 from stream_processor.inference import Forecaster, ModelInput
+from stream_processor.networks import Networks
 
-__all__ = ["EncodedForecast", "Engine", "Request", "run_offline"]
+__all__ = ["EncodedForecast", "Engine", "Ingested", "Request", "run_offline"]
+
+_NB = len(OWN_FIELDS)
 
 
 @dataclass(slots=True)
@@ -51,13 +65,41 @@ class Request:
 Adaptations = MutableMapping[str, StationAdaptation]
 
 
-class Engine:
-    """Holds the model and the window parameters; the state itself lives with the caller."""
+class Windows(Protocol):
+    """Where the caller keeps the stations' windows (the worker's decodes stored ones on demand)."""
 
-    def __init__(self, model: Forecaster, *, lateness_hours: int, buffer_hours: int) -> None:
+    def get(self, station_id: str) -> StationWindow | None: ...
+
+    def __setitem__(self, station_id: str, window: StationWindow) -> None: ...
+
+
+class Clocks(Protocol):
+    """Where the caller keeps the networks' clocks, by network."""
+
+    def get(self, network: str) -> NetworkClock | None: ...
+
+    def __setitem__(self, network: str, clock: NetworkClock) -> None: ...
+
+
+class Ingested(NamedTuple):
+    """What one reading did."""
+
+    changed: bool  # its station's window changed
+    touched: list[str]  # stations whose network columns were written (their windows changed)
+    requests: list[Request]  # forecasts to issue, in order
+    network: str | None  # the network whose clock it was offered to (the clock changed)
+
+
+class Engine:
+    """Holds the model, the window parameters and the networks; the state lives with the caller."""
+
+    def __init__(
+        self, model: Forecaster, *, lateness_hours: int, buffer_hours: int, networks: Networks | None = None
+    ) -> None:
         self.model = model
         self.lateness_hours = lateness_hours
         self.buffer_hours = buffer_hours
+        self.networks = networks if networks is not None else Networks(lateness_hours=min(2, max(lateness_hours, 1)))
         self._adapters: dict[str, Adapter] = {}
         self.check_model(model)
 
@@ -76,18 +118,67 @@ class Engine:
                 f"the station buffer of {self.buffer_hours} h"
             )
 
-    def ingest(self, state: StationWindow | None, reading: Reading) -> tuple[StationWindow, bool, list[Request]]:
-        """Apply a reading (raises pm25.window.TooLate); return state, changed, requests."""
+    def ingest(
+        self,
+        windows: Windows,
+        clocks: Clocks,
+        reading: Reading,
+        *,
+        replayed: bool = False,
+    ) -> Ingested:
+        """Apply a reading (raises pm25.window.TooLate) to its station's window in ``windows`` and
+        to its network's clock in ``clocks`` (keyed by network). ``replayed``: the window has
+        applied it already (a replay after a restart): only the clock is offered it again, which
+        changes nothing it has seen (the clock may have been saved before the window was)."""
         w = self.model.window_hours
-        state, changed, hours = apply_reading(
-            state,
-            reading,
-            capacity=self.buffer_hours,
-            lateness_hours=self.lateness_hours,
-            window_hours=w,
-        )
-        requests = [Request(reading.station_id, h, state.window(h, w).copy()) for h in hours]
-        return state, changed, requests
+        sid = reading.station_id
+        changed, hours = False, []
+        if not replayed:
+            state, changed, hours = apply_reading(
+                windows.get(sid),
+                reading,
+                capacity=self.buffer_hours,
+                lateness_hours=self.lateness_hours,
+                window_hours=w,
+            )
+            windows[sid] = state
+        network = self.networks.network_of(sid)
+        if network is None:
+            if replayed:
+                return Ingested(False, [], [], None)
+            return Ingested(changed, [], [Request(sid, h, state.window(h, w).copy()) for h in hours], None)
+        clock = clocks.get(network)
+        if clock is None:
+            clock = clocks[network] = self.networks.new_clock()
+        was_closed = clock.closed_through is not None and reading.hour <= clock.closed_through
+        offered = clock.offer(reading)
+        requests: list[Request] = []
+        touched: list[str] = []
+        for closed in offered.closed:  # every station that reported the hour: its features, then its forecast
+            for t in closed.reported:
+                window = windows.get(t)
+                if window is not None and self._fill(window, t, closed.hour, clock):
+                    touched.append(t)
+                    requests.append(Request(t, closed.hour, window.window(closed.hour, w).copy()))
+        if was_closed and not replayed:
+            # its hour closed before it arrived (a new station, or arrivals out of the bound): its
+            # features from the closed content, its forecasts re-issued for the closed hours
+            window = windows.get(sid)
+            assert window is not None
+            if changed:
+                self._fill(window, sid, reading.hour, clock)
+            assert clock.closed_through is not None
+            requests += [Request(sid, h, window.window(h, w).copy()) for h in hours if h <= clock.closed_through]
+        return Ingested(changed, touched, requests, network)
+
+    def _fill(self, window: StationWindow, station_id: str, hour: int, clock: NetworkClock) -> bool:
+        """Write the station's neighbour features of ``hour`` into its row; False when the row is
+        not in the window or not reported (nothing to forecast)."""
+        i = window.index_of(hour)
+        if i < self.model.window_hours - 1 or i >= window.capacity or not window.present[i]:
+            return False
+        window.rows[i, _NB:] = row_features(window.rows[i], hour, self.networks.neighbours(station_id), clock.content)
+        return True
 
     def forecast(
         self, requests: list[Request], adaptations: Adaptations, model: Forecaster | None = None
@@ -173,22 +264,21 @@ def run_offline(
     on_reject: Callable[[Reading, TooLate], None] | None = None,
     adaptations: Adaptations | None = None,
 ) -> Iterator[EncodedForecast]:
-    """The backtest: readings in the given order, state in a dict, one inference per
+    """The backtest: readings in the given order, state in dicts, one inference per
     ``batch_size`` readings, the forecasts exactly as the worker publishes them. ``adaptations``:
     where the stations' adaptation states are kept (a fresh dict by default)."""
-    states: dict[str, StationWindow] = {}
+    windows: dict[str, StationWindow] = {}
+    clocks: dict[str, NetworkClock] = {}
     if adaptations is None:
         adaptations = {}
     pending: list[Request] = []
     for n, reading in enumerate(readings, start=1):
         try:
-            state, _, requests = engine.ingest(states.get(reading.station_id), reading)
+            pending += engine.ingest(windows, clocks, reading).requests
         except TooLate as err:
             if on_reject is not None:
                 on_reject(reading, err)
             continue
-        states[reading.station_id] = state
-        pending.extend(requests)
         if n % batch_size == 0:
             yield from (f for f in engine.forecast(pending, adaptations) if f is not None)
             pending = []

@@ -83,7 +83,8 @@ class OnnxForecaster:
         self.max_gap_hours = int(spec["max_gap_hours"])
         names = list(spec["features"])
         unknown = [n for n in names if n not in FEATURES]
-        if unknown or spec.get("raw_fields", list(RAW_FIELDS)) != list(RAW_FIELDS):
+        raw_fields = list(spec.get("raw_fields", RAW_FIELDS))  # an older bundle's: a prefix of ours
+        if unknown or raw_fields != list(RAW_FIELDS[: len(raw_fields)]):
             raise BundleError(f"bundle {self.version}: features not supported by this code: {unknown}")
         self._names = names
         self._selected = list(range(len(names)))

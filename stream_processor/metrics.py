@@ -27,6 +27,9 @@ class WorkerMetrics:
             "Stored station states in an unknown format (the station restarts afresh)",
             registry=r,
         )
+        self.stations_known = Gauge(
+            "pm25_stations_known", "Stations with metadata (pm25.stations): the networks' members", registry=r
+        )
         self.input_seeks = Counter(
             "pm25_input_seeks", "Times the consumer skipped input offsets and the worker read them again", registry=r
         )

@@ -13,11 +13,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pm25.adapt import AdaptFormatError, StationAdaptation
+from pm25.network import ClockFormatError, NetworkClock
 from pm25.schema import InvalidReading, Reading, parse_reading
 from pm25.window import StateFormatError, StationWindow, TooLate
 from stream_processor.engine import Engine, Request
@@ -35,9 +37,10 @@ def wall_clock_hour() -> int:
 
 
 class Applied(NamedTuple):
-    """What applying one reading to its station gives (the station step's events as data)."""
+    """What applying one reading gives (the station step's events as data)."""
 
-    state: bytes | None  # the station's new state bytes; None when unchanged
+    #: the new states by table key (stations' windows, the network's clock): (partition, bytes)
+    states: dict[str, tuple[int, bytes]]
     requests: list[Request]  # the forecasts to issue
     observed: Observation | None  # the reading, to score earlier forecasts with; None for a replay
 
@@ -48,11 +51,64 @@ class DeadLetter:
     detail: str
 
 
+class _Windows:
+    """The engine's view of the stations' windows: the processor's objects, a stored one decoded
+    from the table on first use."""
+
+    def __init__(self, processor: Processor, table: Mapping[str, bytes]) -> None:
+        self.processor, self.table = processor, table
+        self.tried: set[str] = set()  # decoded (or found unreadable) once per reading
+
+    def get(self, station_id: str) -> StationWindow | None:
+        windows = self.processor.windows
+        window = windows.get(station_id)
+        if window is None and station_id not in self.tried:
+            self.tried.add(station_id)
+            window = self.processor.decode(self.table.get(station_id), station_id)
+            if window is not None:
+                windows[station_id] = window
+        return window
+
+    def __setitem__(self, station_id: str, window: StationWindow) -> None:
+        self.processor.windows[station_id] = window
+
+
+class _Clocks:
+    """The networks' clocks: the processor's objects, a stored one decoded on first use."""
+
+    def __init__(self, processor: Processor, table: Mapping[str, bytes]) -> None:
+        self.processor, self.table = processor, table
+
+    def get(self, network: str) -> NetworkClock | None:
+        clocks = self.processor.clocks
+        clock = clocks.get(network)
+        if clock is None:
+            data = self.table.get(self.processor.engine.networks.key(network))
+            if data is not None:
+                try:
+                    clock = clocks[network] = NetworkClock.from_bytes(data)
+                except ClockFormatError as err:
+                    log.error("network %s: stored clock unreadable (%s); it starts afresh", network, err)
+                    self.processor.metrics.states_unreadable.inc()
+        return clock
+
+    def __setitem__(self, network: str, clock: NetworkClock) -> None:
+        self.processor.clocks[network] = clock
+
+
 class Processor:
-    def __init__(self, engine: Engine, metrics: WorkerMetrics, now_hour: Callable[[], int] = wall_clock_hour) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: WorkerMetrics,
+        now_hour: Callable[[], int] = wall_clock_hour,
+        partitions: int = 1,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.now_hour = now_hour
+        #: the input topic's partition count (a network's clock is stored in a fixed one of them)
+        self.partitions = partitions
         self.scorer = HindcastScorer()
         #: each station's online adaptation (pm25.adapt), authoritative while the worker owns the
         #: station; saved after the window in the station's state value
@@ -60,6 +116,8 @@ class Processor:
         #: each station's window as an object, authoritative while the worker owns the station (the
         #: stored bytes are decoded once, not for every reading)
         self.windows: dict[str, StationWindow] = {}
+        #: each network's clock (pm25.network), authoritative while the worker owns it
+        self.clocks: dict[str, NetworkClock] = {}
         #: the second layer, sharing the adaptations (a batch's encoding records in them, in order)
         self.forecaster = BatchForecaster(engine, metrics, self.adaptations, self.scorer)
 
@@ -74,40 +132,53 @@ class Processor:
             return self._dead("key_mismatch", f"message key {key[:64]!r} != station_id {reading.station_id!r}")
         return reading
 
-    def apply(self, state: bytes | None, reading: Reading, offset: int | None = None) -> Applied | DeadLetter:
-        """The station step: new state bytes (None when unchanged), the forecast requests and the
-        observation to score with, or a DeadLetter.
+    def apply(
+        self, table: Mapping[str, bytes], reading: Reading, offset: int | None = None, partition: int = 0
+    ) -> Applied | DeadLetter:
+        """The station step: the new states (the station's window, the windows of its network's
+        stations whose hour closed, the network's clock), the forecast requests and the observation
+        to score with, or a DeadLetter. ``table``: the stored states, by key.
 
-        ``offset`` is the message's input offset. A message at or before the offset the state has
-        already applied is a replay after a restart (the worker saves a state only after the
-        batch's forecasts were delivered), so it changes nothing and needs no forecast."""
+        ``offset`` is the message's input offset. A message at or before the offset the station's
+        state has already applied is a replay after a restart (the worker saves a state only after
+        the batch's forecasts were delivered): its window does not change and its own forecasts
+        were delivered; only its network's clock is offered it again (idempotent)."""
         sid = reading.station_id
-        window = self.windows.get(sid)
-        if window is None:
-            window = self._decode(state, sid)
-            if window is not None:
-                self.windows[sid] = window
-        if window is not None and offset is not None and offset <= window.last_offset:
-            self.metrics.replayed.inc()
-            return Applied(None, [], None)
+        windows = _Windows(self, table)
+        window = windows.get(sid)
+        replayed = window is not None and offset is not None and offset <= window.last_offset
         newest = window.newest_hour if window is not None else None
         try:
-            window, changed, requests = self.engine.ingest(window, reading)
+            done = self.engine.ingest(windows, _Clocks(self, table), reading, replayed=replayed)
         except TooLate as err:
             return self._dead("too_late", str(err))
-        self.windows[sid] = window
+        states: dict[str, tuple[int, bytes]] = {}
+        for t in done.touched:
+            touched = self.windows[t]
+            states[t] = (max(touched.partition, 0), touched.to_bytes())
+        if done.network is not None:
+            key = self.engine.networks.key(done.network)
+            states[key] = (self.home_partition(done.network), self.clocks[done.network].to_bytes())
+        if replayed:
+            self.metrics.replayed.inc()
+            return Applied(states, done.requests, None)
+        window = self.windows[sid]
         self.metrics.readings_valid.inc()
-        if not changed:
+        if not done.changed:
             self.metrics.duplicates.inc()
         elif newest is not None and reading.hour < newest:
             self.metrics.out_of_order.inc()
         if offset is not None:
             window.last_offset = offset
-            changed = True
-        observed = (sid, reading.hour, reading.pm25)
-        return Applied(window.to_bytes() if changed else None, requests, observed)
+        window.partition = partition
+        states[sid] = (partition, window.to_bytes())
+        return Applied(states, done.requests, (sid, reading.hour, reading.pm25))
 
-    def _decode(self, state: bytes | None, station_id: str) -> StationWindow | None:
+    def home_partition(self, network: str) -> int:
+        """The partition a network's clock is stored in (fixed, so recovery finds its newest)."""
+        return zlib.crc32(network.encode()) % self.partitions
+
+    def decode(self, state: bytes | None, station_id: str) -> StationWindow | None:
         if state is None:
             return None
         try:
@@ -135,6 +206,7 @@ class Processor:
         window bytes."""
         if station_ids is None:
             self.windows.clear()
+            self.clocks.clear()
         else:
             for sid in station_ids:
                 self.windows.pop(sid, None)

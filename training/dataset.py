@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pm25.adapters import CST, RowError, multisite_files, read_multisite, read_single_site, single_site_file
-from pm25.features import RAW_FIELDS, WEATHER_FIELDS, encode_reading, make_features
+from pm25.features import OWN_FIELDS, RAW_FIELDS, WEATHER_FIELDS, encode_reading, make_features
 from pm25.schema import Reading
 
 __all__ = [
@@ -140,7 +140,7 @@ def load_series(path: Path, items: Iterable[Reading | RowError], cfg: DataConfig
     for r in readings:
         raw[r.hour - first] = encode_reading(r)
     duplicates = len(hours_seen) - len(np.unique(hours_seen))
-    missing = {name: float(np.isnan(raw[:, i]).mean()) for i, name in enumerate(RAW_FIELDS)}
+    missing = {name: float(np.isnan(raw[:, i]).mean()) for i, name in enumerate(OWN_FIELDS)}
     report = DataReport(
         rows=len(readings) + len(errors),
         bad_rows=len(errors),

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from pm25.features import RAW_FIELDS
 
 from model_store import (
     BundleError,
@@ -34,7 +35,7 @@ def _flip_byte(path, offset=100):
 
 def test_committed_production_bundle_loads_and_forecasts(production_bundle):
     model = OnnxForecaster(production_bundle)
-    raw = np.full((3, model.window_hours, 8), np.nan, dtype=np.float32)
+    raw = np.full((3, model.window_hours, len(RAW_FIELDS)), np.nan, dtype=np.float32)
     raw[:, :, 0] = [[40.0], [120.0], [5.0]]
     pred = model.predict(raw, np.array([380_000, 380_001, 380_002]))
     assert pred.usable.all() and pred.point.shape == (3, 24)
@@ -90,7 +91,7 @@ def test_graph_in_chunks_equals_one_run(production_bundle, monkeypatch):
 
     model = OnnxForecaster(production_bundle)
     rng = np.random.default_rng(3)
-    raw = rng.uniform(5, 300, size=(23, model.window_hours, 8)).astype(np.float32)
+    raw = rng.uniform(5, 300, size=(23, model.window_hours, len(RAW_FIELDS))).astype(np.float32)
     ends = np.arange(380_000, 380_023)
     whole = model.predict(raw, ends)
     monkeypatch.setattr(inference, "GRAPH_ROWS_MAX", 5)  # 23 rows -> chunks of 5, 5, 5, 5, 3

@@ -8,9 +8,10 @@ import random
 
 import pytest
 
-from pm25.neighbours import MAX_NEIGHBOURS, NB_FIELDS, bearing_deg, nearest_of, neighbour_features
+from pm25.neighbours import MAX_NEIGHBOURS, NB_FIELDS, Neighbour, bearing_deg, nearest_of
+from pm25.neighbours import neighbour_features as features_of
 from pm25.network import ClosedHour, NetworkClock
-from pm25.schema import Reading
+from pm25.schema import WIND_DIRECTIONS, Reading
 from pm25.stations import Station, read_stations_csv
 
 CENTRE = Station("c", "centre", 40.0, 116.0, "n")
@@ -19,8 +20,13 @@ SOUTH = Station("s", "south", 39.9, 116.0, "n")
 
 
 def content(hour: int, values: dict[str, float]) -> ClosedHour:
-    readings = {sid: Reading(sid, hour, pm25=v) for sid, v in sorted(values.items())}
-    return ClosedHour(hour, readings, frozenset(values), False)
+    return ClosedHour(hour, dict(sorted(values.items())), frozenset(values), False)
+
+
+def neighbour_features(own: Reading, near: tuple[Neighbour, ...], contents: dict[int, ClosedHour]) -> tuple:
+    pm = math.nan if own.pm25 is None else own.pm25
+    wind = WIND_DIRECTIONS.get(own.wind_direction) if own.wind_direction else None
+    return features_of(own.hour, pm, wind, near, contents.get)
 
 
 def test_bearings():

@@ -11,16 +11,17 @@ H0 = 378_360
 
 def test_replayed_offsets_are_skipped_and_new_ones_applied():
     proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: H0 + 10_000)
-    state = None
+    table: dict[str, bytes] = {}
     for i in range(5):
         reading = proc.parse(reading_to_json(Reading("s", H0 + i, pm25=10.0 + i)), b"s")
-        state, requests, _ = proc.apply(state, reading, offset=100 + i)
-        assert state is not None and len(requests) == 1
+        states, requests, _ = proc.apply(table, reading, offset=100 + i, partition=3)
+        assert list(states) == ["s"] and states["s"][0] == 3 and len(requests) == 1
+        table["s"] = states["s"][1]
     replay = proc.parse(reading_to_json(Reading("s", H0 + 2, pm25=12.0)), b"s")
-    assert proc.apply(state, replay, offset=102) == (None, [], None)  # applied before a restart
+    assert proc.apply(table, replay, offset=102) == ({}, [], None)  # applied before a restart
     assert proc.metrics.replayed._value.get() == 1
-    late_new = proc.apply(state, replay, offset=200)  # a genuinely new (duplicate) message
-    assert not isinstance(late_new, DeadLetter) and late_new[0] is not None
+    late_new = proc.apply(table, replay, offset=200)  # a genuinely new (duplicate) message
+    assert not isinstance(late_new, DeadLetter) and "s" in late_new[0]
 
 
 def test_wrong_key_and_bad_json_are_dead_letters():
@@ -33,30 +34,32 @@ def test_wrong_key_and_bad_json_are_dead_letters():
 def test_unreadable_state_restarts_the_station_instead_of_crashing():
     proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: H0 + 10_000)
     reading = proc.parse(reading_to_json(Reading("s", H0, pm25=10.0)), b"s")
-    state, _, _ = proc.apply(b"\x00garbage", reading, offset=7)
-    assert state is not None and proc.metrics.states_unreadable._value.get() == 1
-    assert proc.apply(state, reading, offset=7) == (None, [], None)  # the fresh state works as usual
+    states, _, _ = proc.apply({"s": b"\x00garbage"}, reading, offset=7)
+    assert "s" in states and proc.metrics.states_unreadable._value.get() == 1
+    table = {"s": states["s"][1]}
+    assert proc.apply(table, reading, offset=7) == ({}, [], None)  # the fresh state works as usual
 
 
-def _worker_like_run(readings, restart_at=None, batch=50):
+def _worker_like_run(readings, restart_at=None, batch=50, stations=()):
     """The worker's path without a broker: intake (parse + apply into a table), the batch's graph
-    and finish, then the saved value (window + adaptation) per station. ``restart_at``: after that
-    many readings a new Processor starts from the saved values only (what a kill -9 leaves)."""
-    proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: 10**9)
+    and finish, then the saved value (window + adaptation; a network's clock) per key.
+    ``restart_at``: after that many readings a new Processor starts from the saved values only
+    (what a kill -9 leaves)."""
+    proc = Processor(make_engine(Settings(), stations), WorkerMetrics(), now_hour=lambda: 10**9, partitions=4)
     table: dict[str, bytes] = {}  # what the worker keeps in memory
     saved: dict[str, bytes] = {}  # what the changelog holds (written after the batch is delivered)
     out = []
     assert restart_at is None or restart_at % batch == 0
     for i in range(0, len(readings), batch):
         if i == restart_at:
-            proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: 10**9)
+            proc = Processor(make_engine(Settings(), stations), WorkerMetrics(), now_hour=lambda: 10**9, partitions=4)
             table = dict(saved)
         requests, windows, observed = [], {}, []
         for offset, r in enumerate(readings[i : i + batch], start=i):
-            state, reqs, seen = proc.apply(table.get(r.station_id), r, offset)
+            states, reqs, seen = proc.apply(table, r, offset)
             observed.append(seen)
-            if state is not None:
-                table[r.station_id] = windows[r.station_id] = state
+            for key, (_, state) in states.items():
+                table[key] = windows[key] = state
             requests.extend(reqs)
         job = proc.forecaster.start(requests)
         forecasts = proc.forecaster.complete(job, job.run())
@@ -75,4 +78,26 @@ def test_adaptation_survives_a_restart_from_saved_states_and_equals_the_backtest
     restarted = _worker_like_run(readings, restart_at=350)  # day 5: learned weights in use
     assert len(whole) == len(readings) and whole == restarted
     offline = [(f.station_id.encode(), f.value) for f in run_offline(make_engine(Settings()), readings, batch_size=77)]
+    assert offline == whole
+
+
+def test_a_network_survives_a_restart_from_saved_states_and_equals_the_backtest():
+    """Twelve stations in one network (the shipped metadata): forecasts wait for the network's
+    hours, carry the neighbour columns, and a restart from the saved windows and clock changes
+    nothing."""
+    from pm25.stations import read_stations_csv
+    from stream_processor.engine import run_offline
+
+    meta = read_stations_csv()
+    readings = [
+        Reading(sid, H0 + h, pm25=20.0 + (h * 7 + i * 13) % 90, wind_direction="NW")
+        for h in range(60)
+        for i, sid in enumerate(sorted(meta))
+    ]
+    stations = list(meta.values())
+    whole = _worker_like_run(readings, stations=stations, batch=48)
+    restarted = _worker_like_run(readings, restart_at=384, stations=stations, batch=48)
+    assert len(whole) >= len(readings) - 12 and whole == restarted
+    engine = make_engine(Settings(), stations)
+    offline = [(f.station_id.encode(), f.value) for f in run_offline(engine, readings, batch_size=77)]
     assert offline == whole

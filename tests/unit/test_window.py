@@ -79,7 +79,19 @@ def test_bytes_round_trip_and_size():
     data = state.to_bytes()
     back = StationWindow.from_bytes(data)
     assert back.to_bytes() == data and back.newest_hour == 129
-    assert len(data) == 30 * (8 * 4 + 1) + 19  # version, newest hour, capacity, last offset
+    # version, newest hour, capacity, last offset, partition; 8 own and 6 network columns per hour
+    assert len(data) == 30 * (14 * 4 + 1) + 23
+
+
+def test_a_format_1_state_is_read_with_the_network_columns_missing():
+    import struct
+
+    state, _ = feed(range(100, 130))
+    own = state.rows[:, :8].copy()
+    old = struct.pack("<BqHq", 1, state.newest_hour, state.capacity, 41) + state.present.tobytes() + own.tobytes()
+    back = StationWindow.from_bytes(old)
+    assert back.last_offset == 41 and back.partition == -1
+    assert np.array_equal(back.rows[:, :8], own, equal_nan=True) and np.isnan(back.rows[:, 8:]).all()
 
 
 def test_big_jump_resets_buffer():

@@ -1,0 +1,86 @@
+"""The network step: which stations form a network, their neighbours, and one clock per network.
+
+A station with metadata (pm25.stations) in a network of at least two stations is forecast when
+its network's hour closes (pm25.network), with the neighbour features of that hour written into
+its window row (pm25.neighbours); a station without metadata, or alone in its network, is forecast
+on its own reading as before (its neighbour columns stay missing). The engine
+(stream_processor.engine) drives this for the worker and the backtest alike; the clocks are state
+that the caller keeps, like the stations' windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from pm25.neighbours import MAX_NEIGHBOURS, Neighbour, nearest_of
+from pm25.network import NetworkClock
+from pm25.stations import Station
+
+__all__ = ["ACTIVE_HOURS", "NEIGHBOURS", "NETWORK_KEY_PREFIX", "Networks"]
+
+#: How many nearest stations of its network a station's features look at.
+NEIGHBOURS = 11
+#: A station that reported within this many hours is a member its network's hours wait for.
+ACTIVE_HOURS = 24
+#: The table key of a network's clock (station ids cannot contain a NUL).
+NETWORK_KEY_PREFIX = "\x00network:"
+
+
+class Networks:
+    """The station metadata as the step needs it; replaced whole when the metadata changes."""
+
+    def __init__(
+        self,
+        stations: Iterable[Station] = (),
+        *,
+        lateness_hours: int,
+        neighbours: int = NEIGHBOURS,
+        active_hours: int = ACTIVE_HOURS,
+    ) -> None:
+        if not 1 <= neighbours <= MAX_NEIGHBOURS:
+            raise ValueError(f"neighbours must be 1..{MAX_NEIGHBOURS}")
+        self.lateness_hours = lateness_hours
+        self.k = neighbours
+        self.active_hours = active_hours
+        self.stations: dict[str, Station] = {}
+        self._members: dict[str, list[Station]] = {}
+        self._near: dict[str, tuple[Neighbour, ...]] = {}
+        self.update(stations)
+
+    def update(self, stations: Iterable[Station]) -> None:
+        """Add or replace stations' metadata (the newest record of a station wins)."""
+        for s in stations:
+            self.stations[s.station_id] = s
+        self._members = {}
+        for s in sorted(self.stations.values(), key=lambda s: s.station_id):
+            self._members.setdefault(s.network, []).append(s)
+        self._near = {}
+
+    def __len__(self) -> int:
+        return len(self.stations)
+
+    def network_of(self, station_id: str) -> str | None:
+        """The station's network, or None when it is forecast alone (no metadata, or no other
+        station in its network)."""
+        meta = self.stations.get(station_id)
+        if meta is None or len(self._members.get(meta.network, ())) < 2:
+            return None
+        return meta.network
+
+    def neighbours(self, station_id: str) -> tuple[Neighbour, ...]:
+        near = self._near.get(station_id)
+        if near is None:
+            meta = self.stations[station_id]
+            near = self._near[station_id] = nearest_of(meta, self._members[meta.network], self.k)
+        return near
+
+    def new_clock(self) -> NetworkClock:
+        # the features look 3 hours back from an hour up to ``lateness`` behind the newest
+        return NetworkClock(self.lateness_hours, self.active_hours, keep_hours=self.lateness_hours + 4)
+
+    @staticmethod
+    def key(network: str) -> str:
+        return NETWORK_KEY_PREFIX + network
+
+    def groups(self) -> Mapping[str, list[Station]]:
+        return self._members
