@@ -14,7 +14,8 @@ the same at any level well above a few µg/m³ (``log1p`` is not ``log`` below t
 * ``nb_upwind_rel``, ``nb_upwind_change3``: the same, weighting each neighbour by how far it lies
   in the direction the wind at the station comes from (``cos`` of the angle, negative parts
   dropped): air that is upwind now arrives later;
-* ``nb_share``: the share of the ``k`` nearest neighbours that reported the hour.
+* ``nb_share``: the share of the ``k`` nearest neighbours that reported the hour (when none did,
+  every feature is missing).
 
 The stream and training compute them with :func:`row_features`, from the station's raw row
 (pm25.features) and the network clock's closed hours, when the hour closes.
@@ -137,6 +138,8 @@ def neighbour_features(
                 up_change3.append((upwind, x - x3))
         if upwind > 0:
             up_level.append((upwind, x))
+    if not present:  # no neighbour reported the hour: as if there were no content
+        return _NAN_ROW
     mine = _log(own_pm25)
     return (
         mine - _weighted(level),

@@ -100,6 +100,9 @@ class NetworkClock:
     recent: dict[int, ClosedHour] = field(default_factory=dict)
     #: how many closed hours are kept (neighbour features look 3 hours back)
     keep_hours: int = 4
+    #: hours closed so far, and how many of them by the watermark (some member never reported)
+    closed_hours: int = 0
+    closed_by_watermark: int = 0
 
     def __post_init__(self) -> None:
         if self.lateness_hours < 1:
@@ -118,7 +121,11 @@ class NetworkClock:
         """The closed content of ``hour`` if it is still kept (the last ``keep_hours`` hours)."""
         return self.recent.get(hour)
 
-    def offer(self, reading: Reading) -> Offered:
+    def offer(self, reading: Reading, watermark: int | None = None) -> Offered:
+        """Take a reading; close what is ready. ``watermark``: the event hour every source of
+        readings has reached (a worker reading several partitions passes the least of their newest
+        hours, so a partition that lags behind the others does not make its readings late); by
+        default the newest hour this network has seen (one ordered source, as a file)."""
         hour = reading.hour
         if self.closed_through is None:
             # Nothing before the first reading can have members, so starting the clock just before
@@ -138,21 +145,21 @@ class NetworkClock:
                 and reading.station_id in kept.members
                 and not _same(kept.values.get(reading.station_id), value)
             )
-        closed = self._close_ready()
+        closed = self._close_ready(self.newest_hour if watermark is None else watermark)
         self._prune()
         return Offered(closed, hour <= self.closed_through, late)
 
-    def _close_ready(self) -> list[ClosedHour]:
+    def _close_ready(self, watermark: int) -> list[ClosedHour]:
         assert self.closed_through is not None and self.newest_hour is not None
         closed = []
         while self.closed_through < self.newest_hour:
             u = self.closed_through + 1
-            by_watermark = self.newest_hour >= u + self.lateness_hours
+            by_watermark = watermark >= u + self.lateness_hours
             if by_watermark and u not in self.pending:
                 # hours nobody reported: their content is empty whoever the members are; skip
                 # them at once (a jump in event time costs nothing per hour)
                 following = min((h for h in self.pending if h > u), default=self.newest_hour + 1)
-                self.closed_through = min(following, self.newest_hour - self.lateness_hours + 1) - 1
+                self.closed_through = min(following, watermark - self.lateness_hours + 1, self.newest_hour + 1) - 1
                 continue
             members = self.members(u)
             arrived = self.pending.get(u, {})
@@ -165,6 +172,8 @@ class NetworkClock:
             self.pending.pop(u, None)
             self.recent[u] = done
             self.closed_through = u
+            self.closed_hours += 1
+            self.closed_by_watermark += done.by_watermark
             closed.append(done)
         return closed
 
@@ -186,6 +195,7 @@ class NetworkClock:
             "k": self.keep_hours,
             "c": self.closed_through,
             "n": self.newest_hour,
+            "h": [self.closed_hours, self.closed_by_watermark],
             "p": {str(h): _nulls(v) for h, v in self.pending.items()},
             "s": {str(h): sorted(v) for h, v in self.seen.items()},
             "r": {
@@ -207,6 +217,8 @@ class NetworkClock:
                 keep_hours=doc["k"],
                 closed_through=doc["c"],
                 newest_hour=doc["n"],
+                closed_hours=doc["h"][0],
+                closed_by_watermark=doc["h"][1],
                 pending={int(h): _nans(v) for h, v in doc["p"].items()},
                 seen={int(h): set(v) for h, v in doc["s"].items()},
                 recent={

@@ -309,11 +309,24 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from stream_processor.backtest import run_backtest
 
     settings = _settings(args)
+    stations = _station_metadata(args.stations)
     invalid: list[Any] = []
     readings = load_source(args.readings, invalid)
-    n, rejected = run_backtest(settings, readings, Path(args.out), progress=not args.quiet)
+    n, rejected = run_backtest(settings, readings, Path(args.out), progress=not args.quiet, stations=stations)
     print(f"{n} forecasts written to {args.out}; invalid rows {len(invalid)}, rejected readings {rejected}")
     return 0
+
+
+def _station_metadata(value: str | None) -> list[Any]:
+    """``--stations``: a station metadata CSV, 'none' (every station alone), or the shipped one."""
+    from pm25.stations import BEIJING_STATIONS, StationFileError, read_stations_csv
+
+    if value is not None and value.lower() == "none":
+        return []
+    try:
+        return list(read_stations_csv(Path(value) if value else BEIJING_STATIONS).values())
+    except (StationFileError, OSError) as err:
+        raise UsageError(f"--stations: {err}") from err
 
 
 def _training_extra(what: str, *modules: str) -> None:
@@ -383,9 +396,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         new_stations=new_stations,
         yardstick=yardstick,
         progress=not args.quiet,
+        stations_meta=_station_metadata(None) if args.network else None,
     )
     print(ev.table())
-    for path in write_report(ev, Path(args.out)):
+    out = args.out or ("reports/network" if args.network else "reports")
+    for path in write_report(ev, Path(out)):
         print(f"wrote {path}", file=sys.stderr)
     return 0 if ev.passed() else 1
 
@@ -544,6 +559,10 @@ def _add_model_commands(sub: Any) -> None:
         "--readings", required=True, help="canonical readings CSV (or 'multisite' / 'single-site' for the bundled data)"
     )
     s.add_argument("--out", required=True, help="output JSON lines, one forecast per line")
+    s.add_argument(
+        "--stations",
+        help="station metadata CSV giving the networks (default: the shipped Beijing stations; 'none': each alone)",
+    )
     s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_backtest)
@@ -574,7 +593,14 @@ def _add_model_commands(sub: Any) -> None:
         help="score stations unlike Beijing's, made from its data (training/scenarios.py; no yardstick)",
     )
     s.add_argument("--stations", help="comma-separated station ids to score (default: all of the split)")
-    s.add_argument("--out", default="reports", help="folder for evaluation.json/.md/.png (default reports/)")
+    s.add_argument(
+        "--network",
+        action="store_true",
+        help="replay the stations together, in one file, with the shipped station metadata (regional targets)",
+    )
+    s.add_argument(
+        "--out", help="folder for evaluation.json/.md/.png (default reports/, with --network reports/network/)"
+    )
     s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_evaluate)

@@ -100,11 +100,14 @@ def run_demo(
     print(f"dashboard: http://127.0.0.1:{dash_port}/  (live during the replay)", flush=True)
     try:
         ensure_topics(settings)
-        publish_stations(settings, read_stations_csv().values())  # station pages show the neighbours
-        # What the worker must publish: the same readings through the same code, offline.
+        stations = list(read_stations_csv().values())
+        publish_stations(settings, stations)  # the worker's networks; the station pages' neighbours
+        # What the worker must publish: the same readings through the same code, offline (the
+        # final forecast of each station and hour: re-issues replace earlier ones).
         invalid: list[RowError] = []
         readings = list(load_source("multisite", invalid, hours=hours))
-        expected = {(f.station_id, f.issued_at): f.value for f in run_offline(make_engine(settings), readings)}
+        engine = make_engine(settings, stations)
+        expected = {(f.station_id, f.issued_at): f.value for f in run_offline(engine, readings)}
         worker.start()
         ready_s = worker.wait_ready()
         print(f"worker ready in {ready_s:.1f} s; metrics at http://127.0.0.1:{web_port}/metrics", flush=True)

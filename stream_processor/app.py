@@ -238,6 +238,7 @@ class Worker:
         """
         inputs: list[Input] = []
         seeks: dict[int, int] = {}
+        self.processor.lagging = self._lagging_partitions()  # before this batch: its partitions lag
         committed = self._committed_offsets()
         for event in events:
             msg = event.message
@@ -256,6 +257,23 @@ class Worker:
             self.metrics.input_seeks.inc()
             await self.app.consumer.seek(TP(self.settings.readings_topic, partition), offset)
         await self.core.submit(batch)
+
+    def _lagging_partitions(self) -> set[int]:
+        """The input partitions with messages not taken into a batch yet (or not known to have
+        none): the networks' watermark waits for them (Processor.watermark)."""
+        consumer = self.app.consumer
+        committed = self._committed_offsets()
+        out = set()
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.readings_topic:
+                continue
+            expected = self.offsets.expected(tp.partition)
+            if expected is None:  # nothing delivered yet: from where the group left it
+                expected = committed.get(tp) or 0
+            high = consumer.highwater(tp)
+            if high is None or expected < high:
+                out.add(tp.partition)
+        return out
 
     # -- the delivery core's port (stream_processor.delivery.Port) ----------------------------
     async def send_outputs(self, outputs: Outputs) -> list[Awaitable[Any]]:
@@ -471,7 +489,8 @@ class Worker:
     # -- HTTP ------------------------------------------------------------------------------
     def ready(self) -> bool:
         recovery = cast(Any, self.app.tables).recovery
-        return bool(recovery.completed.is_set() and not recovery.in_recovery and not self.app.rebalancing)
+        recovered = recovery.completed.is_set() and not recovery.in_recovery and not self.app.rebalancing
+        return bool(recovered and self.stations_loaded.is_set())
 
     def _pages(self) -> None:
         worker = self

@@ -34,13 +34,19 @@ def make_engine(settings: Settings, stations: Iterable[Station] = ()) -> Engine:
 
 
 def run_backtest(
-    settings: Settings, readings: Iterable[Reading], out: Path, *, progress: bool = True
+    settings: Settings,
+    readings: Iterable[Reading],
+    out: Path,
+    *,
+    progress: bool = True,
+    stations: Iterable[Station] = (),
 ) -> tuple[int, int]:
-    """Write one forecast per line (the exact bytes the worker would publish); returns
-    (forecasts written, readings rejected as too late)."""
+    """Write one forecast per line (the exact bytes the worker would publish, re-issues included:
+    the last line of a station and hour is its final forecast); returns (forecasts written,
+    readings rejected as too late). ``stations``: the metadata giving the networks."""
     from tqdm import tqdm
 
-    engine = make_engine(settings)
+    engine = make_engine(settings, stations)
     rejected = 0
 
     def reject(reading: Reading, err: TooLate) -> None:

@@ -24,17 +24,14 @@ import numpy.typing as npt
 
 from pm25.adapt import Adapter, StationAdaptation
 from pm25.aqi import CATEGORIES, us_aqi_array
-from pm25.features import OWN_FIELDS
-from pm25.neighbours import row_features
 from pm25.network import NetworkClock
 from pm25.schema import Forecast, Reading, encode_forecasts, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
 from stream_processor.inference import Forecaster, ModelInput
-from stream_processor.networks import Networks
+from stream_processor.networks import Networks, fill_row
 
 __all__ = ["EncodedForecast", "Engine", "Ingested", "Request", "run_offline"]
 
-_NB = len(OWN_FIELDS)
 
 
 @dataclass(slots=True)
@@ -125,11 +122,14 @@ class Engine:
         reading: Reading,
         *,
         replayed: bool = False,
+        watermark: int | None = None,
     ) -> Ingested:
         """Apply a reading (raises pm25.window.TooLate) to its station's window in ``windows`` and
         to its network's clock in ``clocks`` (keyed by network). ``replayed``: the window has
         applied it already (a replay after a restart): only the clock is offered it again, which
-        changes nothing it has seen (the clock may have been saved before the window was)."""
+        changes nothing it has seen (the clock may have been saved before the window was).
+        ``watermark``: the event hour every source of readings has reached (pm25.network; by
+        default the network's newest hour: one ordered source)."""
         w = self.model.window_hours
         sid = reading.station_id
         changed, hours = False, []
@@ -151,7 +151,7 @@ class Engine:
         if clock is None:
             clock = clocks[network] = self.networks.new_clock()
         was_closed = clock.closed_through is not None and reading.hour <= clock.closed_through
-        offered = clock.offer(reading)
+        offered = clock.offer(reading, watermark)
         requests: list[Request] = []
         touched: list[str] = []
         for closed in offered.closed:  # every station that reported the hour: its features, then its forecast
@@ -177,7 +177,7 @@ class Engine:
         i = window.index_of(hour)
         if i < self.model.window_hours - 1 or i >= window.capacity or not window.present[i]:
             return False
-        window.rows[i, _NB:] = row_features(window.rows[i], hour, self.networks.neighbours(station_id), clock.content)
+        fill_row(window.rows[i], station_id, hour, self.networks, clock)
         return True
 
     def forecast(

@@ -10,13 +10,20 @@ that the caller keeps, like the stations' windows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from pm25.neighbours import MAX_NEIGHBOURS, Neighbour, nearest_of
+import numpy as np
+import numpy.typing as npt
+
+from pm25.features import OWN_FIELDS
+from pm25.neighbours import MAX_NEIGHBOURS, Neighbour, nearest_of, row_features
 from pm25.network import NetworkClock
+from pm25.schema import Reading
 from pm25.stations import Station
 
-__all__ = ["ACTIVE_HOURS", "NEIGHBOURS", "NETWORK_KEY_PREFIX", "Networks"]
+__all__ = ["ACTIVE_HOURS", "NEIGHBOURS", "NETWORK_KEY_PREFIX", "Networks", "fill_row", "network_columns"]
+
+_NB = len(OWN_FIELDS)
 
 #: How many nearest stations of its network a station's features look at.
 NEIGHBOURS = 11
@@ -84,3 +91,40 @@ class Networks:
 
     def groups(self) -> Mapping[str, list[Station]]:
         return self._members
+
+
+def fill_row(row: npt.NDArray[np.float32], station_id: str, hour: int, networks: Networks, clock: NetworkClock) -> None:
+    """Write a station's network columns of ``hour`` into its raw row (in place), from the
+    clock's closed hours: what the engine does when the hour closes."""
+    row[_NB:] = row_features(row, hour, networks.neighbours(station_id), clock.content)
+
+
+def network_columns(
+    readings: Iterable[Reading],
+    row_of: Callable[[str, int], npt.NDArray[np.float32] | None],
+    networks: Networks,
+) -> dict[str, NetworkClock]:
+    """Training's side of the engine's network step: offer the readings, in the given order, to
+    their networks' clocks and fill each reported row's network columns when the engine would
+    (when its hour closes, or on arrival for an hour closed already). ``row_of(station, hour)``:
+    the station's raw row of that hour (a view written in place), None when it has none. Returns
+    the clocks. A test compares the rows with the engine's windows (tests/contract)."""
+    clocks: dict[str, NetworkClock] = {}
+    for r in readings:
+        network = networks.network_of(r.station_id)
+        if network is None:
+            continue
+        clock = clocks.get(network)
+        if clock is None:
+            clock = clocks[network] = networks.new_clock()
+        was_closed = clock.closed_through is not None and r.hour <= clock.closed_through
+        for closed in clock.offer(r).closed:
+            for t in closed.reported:
+                row = row_of(t, closed.hour)
+                if row is not None:
+                    fill_row(row, t, closed.hour, networks, clock)
+        if was_closed:
+            row = row_of(r.station_id, r.hour)
+            if row is not None:
+                fill_row(row, r.station_id, r.hour, networks, clock)
+    return clocks

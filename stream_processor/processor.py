@@ -32,6 +32,10 @@ __all__ = ["Applied", "DeadLetter", "Observation", "Processor", "wall_clock_hour
 log = logging.getLogger(__name__)
 
 
+#: A watermark no hour reaches (nothing closes by the watermark).
+NO_WATERMARK = -(2**62)
+
+
 def wall_clock_hour() -> int:
     return int(time.time()) // 3600
 
@@ -118,6 +122,10 @@ class Processor:
         self.windows: dict[str, StationWindow] = {}
         #: each network's clock (pm25.network), authoritative while the worker owns it
         self.clocks: dict[str, NetworkClock] = {}
+        #: the newest event hour read from each input partition, and the partitions with messages
+        #: not read yet (None: unknown; the worker sets it per batch): the networks' watermark
+        self.newest_by_partition: dict[int, int] = {}
+        self.lagging: set[int] | None = None
         #: the second layer, sharing the adaptations (a batch's encoding records in them, in order)
         self.forecaster = BatchForecaster(engine, metrics, self.adaptations, self.scorer)
 
@@ -148,8 +156,13 @@ class Processor:
         window = windows.get(sid)
         replayed = window is not None and offset is not None and offset <= window.last_offset
         newest = window.newest_hour if window is not None else None
+        seen = self.newest_by_partition.get(partition)
+        if seen is None or reading.hour > seen:
+            self.newest_by_partition[partition] = reading.hour
         try:
-            done = self.engine.ingest(windows, _Clocks(self, table), reading, replayed=replayed)
+            done = self.engine.ingest(
+                windows, _Clocks(self, table), reading, replayed=replayed, watermark=self.watermark()
+            )
         except TooLate as err:
             return self._dead("too_late", str(err))
         states: dict[str, tuple[int, bytes]] = {}
@@ -173,6 +186,21 @@ class Processor:
         window.partition = partition
         states[sid] = (partition, window.to_bytes())
         return Applied(states, done.requests, (sid, reading.hour, reading.pm25))
+
+    def watermark(self) -> int:
+        """The event hour every input partition has reached: the least newest hour of the
+        partitions still behind (each partition is in event-time order within the bound, so what
+        is older than this minus the lateness has arrived); when none is behind, the newest hour
+        read. A partition behind that has delivered nothing yet holds it back entirely."""
+        hours = self.newest_by_partition
+        if not hours:
+            return NO_WATERMARK
+        if self.lagging is None:
+            return min(hours.values())
+        behind = [hours.get(p) for p in self.lagging]
+        if any(h is None for h in behind):
+            return NO_WATERMARK
+        return min(h for h in behind if h is not None) if behind else max(hours.values())
 
     def home_partition(self, network: str) -> int:
         """The partition a network's clock is stored in (fixed, so recovery finds its newest)."""
@@ -207,6 +235,7 @@ class Processor:
         if station_ids is None:
             self.windows.clear()
             self.clocks.clear()
+            self.newest_by_partition.clear()
         else:
             for sid in station_ids:
                 self.windows.pop(sid, None)

@@ -51,7 +51,7 @@ async def follow_stations(
                 await consumer.seek_to_beginning(*tps)
                 end = await consumer.end_offsets(tps)
                 total = 0
-                while any(await consumer.position(tp) < end[tp] for tp in tps):
+                while await _behind(consumer, tps, end):
                     total += _apply(await consumer.getmany(timeout_ms=500), apply)
                 log.info("station metadata: %d records read from %s", total, topic)
             caught_up.set()
@@ -66,6 +66,13 @@ async def follow_stations(
             await asyncio.sleep(retry_s)
         finally:
             await consumer.stop()
+
+
+async def _behind(consumer: AIOKafkaConsumer, tps: list[TopicPartition], end: dict[TopicPartition, int]) -> bool:
+    for tp in tps:
+        if await consumer.position(tp) < end[tp]:
+            return True
+    return False
 
 
 def _apply(batches: dict, apply: Callable[[list[Station]], None]) -> int:

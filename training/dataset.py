@@ -22,6 +22,7 @@ import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import date, datetime
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy.typing as npt
 from pm25.adapters import CST, RowError, multisite_files, read_multisite, read_single_site, single_site_file
 from pm25.features import OWN_FIELDS, RAW_FIELDS, WEATHER_FIELDS, encode_reading, make_features
 from pm25.schema import Reading
+from pm25.stations import BEIJING_STATIONS, read_stations_csv
 
 __all__ = [
     "DataConfig",
@@ -81,6 +83,13 @@ class DataConfig:
     #: fields, half each field with probability 1/2), so the model learns to forecast for stations
     #: that do not report them
     weather_dropout: float = 0.6
+    #: the station metadata whose networks give the multi-site stations their network columns
+    #: (stream_processor.networks; None: every station alone)
+    stations_csv: Path | None = field(default_factory=lambda: BEIJING_STATIONS)
+    network_lateness_hours: int = 2
+    network_neighbours: int = 11
+    #: share of training windows with the network columns hidden (a station forecast alone)
+    network_dropout: float = 0.3
 
     def bounds(self) -> dict[str, tuple[int, int]]:
         """Epoch-hour [start, end) of each split's issue and target hours."""
@@ -163,12 +172,42 @@ def load_series(path: Path, items: Iterable[Reading | RowError], cfg: DataConfig
 
 
 def load_all(cfg: DataConfig) -> list[Series]:
-    """Every station of the configuration: the single-site file first, then the multi-site files."""
+    """Every station of the configuration: the single-site file first, then the multi-site files,
+    whose network columns are filled as the stream fills them (:func:`fill_networks`)."""
     out = []
     if cfg.single_site is not None:
         out.append(load_series(cfg.single_site, read_single_site(cfg.single_site), cfg))
-    out += [load_series(p, read_multisite(p), cfg) for p in cfg.multisite]
+    readings: list[Reading] = []
+    for path in cfg.multisite:
+        items = list(read_multisite(path))
+        out.append(load_series(path, items, cfg))
+        readings += [r for r in items if not isinstance(r, RowError)]
+    if cfg.stations_csv is not None:
+        fill_networks(out, readings, cfg)
     return out
+
+
+def fill_networks(series: Sequence[Series], readings: list[Reading], cfg: DataConfig) -> dict[str, Any]:
+    """The network columns of every series (in place): the readings replayed hour by hour (each
+    hour's in station order, as the replay producer sends them) through the engine's network step."""
+    from stream_processor.networks import Networks, network_columns
+
+    assert cfg.stations_csv is not None
+    networks = Networks(
+        read_stations_csv(cfg.stations_csv).values(),
+        lateness_hours=cfg.network_lateness_hours,
+        neighbours=cfg.network_neighbours,
+    )
+    by_id = {s.station_id: s for s in series}
+
+    def row_of(station_id: str, hour: int) -> npt.NDArray[np.float32] | None:
+        s = by_id.get(station_id)
+        if s is None or not s.hours[0] <= hour <= s.hours[-1]:
+            return None
+        return s.raw[hour - s.hours[0]]
+
+    log.info("data: network columns of %d stations (%d readings) ...", len(networks), len(readings))
+    return network_columns(sorted(readings, key=lambda r: (r.hour, r.station_id)), row_of, networks)
 
 
 @dataclass(frozen=True)
@@ -214,6 +253,7 @@ def make_samples(
     gap_augment: float = 0.0,
     seed: int = 0,
     weather_dropout: float = 0.0,
+    network_dropout: float = 0.0,
 ) -> Samples:
     """Samples issued at the given series indices (usable windows only, the stream's rule).
 
@@ -229,6 +269,9 @@ def make_samples(
             raw[i, window_hours - n :, 0] = np.nan
     if weather_dropout > 0 and len(index):
         _hide_weather(raw, weather_dropout, np.random.default_rng(seed + 1_000_003))
+    if network_dropout > 0 and len(index):
+        alone = np.random.default_rng(seed + 2_000_003).random(len(index)) < network_dropout
+        raw[np.ix_(alone, np.arange(raw.shape[1]), np.arange(len(OWN_FIELDS), raw.shape[2]))] = np.nan
     batch = make_features(raw, series.hours[index], max_gap_hours, names)
     keep = batch.usable
     future = np.lib.stride_tricks.sliding_window_view(series.pm25, horizons)  # [T-H+1, H]
@@ -283,8 +326,11 @@ def split_samples(
                 idx = idx[:: cfg.train_stride]
             augment = cfg.gap_augment if split == "train" else 0.0
             dropout = cfg.weather_dropout if split == "train" else 0.0
+            alone = cfg.network_dropout if split == "train" else 0.0
             parts.append(
-                make_samples(s, idx, window_hours, horizons, max_gap_hours, names, k, augment, seed + k, dropout)
+                make_samples(
+                    s, idx, window_hours, horizons, max_gap_hours, names, k, augment, seed + k, dropout, alone
+                )
             )
         out[split] = concat_samples(parts)
     return out

@@ -32,7 +32,8 @@ from pm25.adapters import RowError, multisite_files, read_multisite
 from pm25.schema import Reading
 from pm25.settings import Settings
 from stream_processor.backtest import make_engine
-from stream_processor.engine import Engine, run_offline
+from pm25.stations import Station
+from stream_processor.engine import EncodedForecast, Engine, run_offline
 from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics, json_safe
 
 __all__ = ["Evaluation", "StationResult", "evaluate_stations", "shipped_test_year", "write_report"]
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 COVERAGE_TARGET = (0.75, 0.85)
 SKILL_24H_TARGET = 0.10
+#: A station forecast with its network (issue 18): at least this much better than persistence.
+NETWORK_SKILL_TARGETS = {6: 0.10, 12: 0.10, 24: 0.15}
 FORECAST_SHARE_TARGET = 0.99
 WARMUP_HOURS = 14 * 24
 
@@ -56,6 +59,7 @@ class StationResult:
     yardstick: dict[str, list[float]] | None
     coverage: list[float]
     weights: dict[str, list[float]] = field(default_factory=dict)  # the adaptation's final weights
+    network: bool = False  # replayed with its network (the regional targets apply)
 
     @property
     def share(self) -> float:
@@ -79,8 +83,10 @@ class StationResult:
         bad = [h for h in range(1, len(self.model["rmse"]) + 1) if self.skill(h) < 0]
         if bad:
             out.append(f"worse than persistence at {bad} h")
-        if self.skill(24) < SKILL_24H_TARGET:
-            out.append(f"24 h skill {self.skill(24):.1%} < {SKILL_24H_TARGET:.0%}")
+        targets = NETWORK_SKILL_TARGETS if self.network else {24: SKILL_24H_TARGET}
+        for h, target in targets.items():
+            if self.skill(h) < target:
+                out.append(f"{h} h skill {self.skill(h):.1%} < {target:.0%}")
         lo, hi = COVERAGE_TARGET
         cov = [h for h in REPORT_HORIZONS if not lo <= self.coverage[h - 1] <= hi]
         if cov:
@@ -100,8 +106,14 @@ class Evaluation:
         return not any(s.misses() for s in self.stations)
 
     def table(self) -> str:
+        network = any(s.network for s in self.stations)
+        how = (
+            "all stations replayed together in one file, with their network (station metadata), "
+            if network
+            else "each station replayed alone "
+        )
         lines = [
-            f"Backtest of {self.model_version}, {self.period}: each station replayed alone through the stream's "
+            f"Backtest of {self.model_version}, {self.period}: {how}through the stream's "
             "code path (online adaptation included)",
             "",
             "| station | skill vs persistence 1 / 3 / 6 / 12 / 24 h | skill vs yardstick 6 / 12 / 24 h "
@@ -120,10 +132,15 @@ class Evaluation:
                 f"{'met' if not misses else 'MISSED: ' + '; '.join(misses)} |"
             )
         verdict = "every target met" if self.passed() else "targets NOT met (see the last column)"
+        below = (
+            ", ".join(f"{t:.0%} at {h} h" for h, t in NETWORK_SKILL_TARGETS.items())
+            if network
+            else f"{SKILL_24H_TARGET:.0%} at 24 h"
+        )
         lines += [
             "",
-            f"{verdict}. Targets: RMSE at or below persistence's at every horizon, at least "
-            f"{SKILL_24H_TARGET:.0%} below at 24 h; 80 % coverage within {COVERAGE_TARGET[0]:.0%}-"
+            f"{verdict}. Targets: RMSE at or below persistence's at every horizon, skill at least "
+            f"{below}; 80 % coverage within {COVERAGE_TARGET[0]:.0%}-"
             f"{COVERAGE_TARGET[1]:.0%} at 1, 3, 6, 12 and 24 h; forecasts for at least {FORECAST_SHARE_TARGET:.0%} "
             "of hours with a reading.",
         ]
@@ -172,8 +189,15 @@ def shipped_test_year(split: str = "test") -> tuple[list[list[Reading]], tuple[i
 
 
 def _score_station(
-    engine: Engine, readings: list[Reading], start: int, end: int, yardstick: Callable[..., Any] | None
+    engine: Engine,
+    readings: list[Reading],
+    start: int,
+    end: int,
+    yardstick: Callable[..., Any] | None,
+    run: tuple[list[EncodedForecast], dict[str, Any]] | None = None,
 ) -> tuple[StationResult, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Score one station's forecasts: from its own replay, or from ``run`` (the forecasts of a
+    replay of the whole network, and its adaptations)."""
     actual = {r.hour: (math.nan if r.pm25 is None else r.pm25) for r in readings}
     last_obs, last_by_hour = math.nan, {}
     for r in readings:
@@ -183,7 +207,13 @@ def _score_station(
     horizons = len(engine.model.horizons)
     issued, pred, lo, hi, act, pers = [], [], [], [], [], []
     adaptations: dict[str, Any] = {}
-    for f in run_offline(engine, (r for r in readings if r.hour < end), adaptations=adaptations):
+    if run is None:
+        forecasts: Iterable[EncodedForecast] = run_offline(
+            engine, (r for r in readings if r.hour < end), adaptations=adaptations
+        )
+    else:
+        forecasts, adaptations = run
+    for f in _final(forecasts):
         if not start <= f.end_hour < end:
             continue
         d = f.decode()
@@ -220,6 +250,14 @@ def _score_station(
     return result, np.array(issued, dtype=np.int64), p
 
 
+def _final(forecasts: Iterable[EncodedForecast]) -> list[EncodedForecast]:
+    """The final forecast of each issue hour (a re-issue replaces an earlier one), in hour order."""
+    last: dict[int, EncodedForecast] = {}
+    for f in forecasts:
+        last[f.end_hour] = f
+    return [last[h] for h in sorted(last)]
+
+
 def evaluate_stations(
     settings: Settings,
     per_station: Iterable[list[Reading]],
@@ -229,14 +267,28 @@ def evaluate_stations(
     new_stations: Sequence[str] = (),
     yardstick: Callable[..., Any] | None = None,
     progress: bool = True,
+    stations_meta: Sequence[Station] | None = None,
 ) -> Evaluation:
-    engine = make_engine(settings)
+    """Score each station's replay; ``stations_meta``: replay all stations together in one file
+    (hour by hour, in station order) with this metadata, as ``pm25 backtest`` does."""
+    engine = make_engine(settings, stations_meta or ())
     start, end = bounds
     results = []
     stations = [s for s in per_station if s]
+    together: dict[str, tuple[list[EncodedForecast], dict[str, Any]]] = {}
+    if stations_meta is not None:
+        merged = sorted((r for rs in stations for r in rs if r.hour < end), key=lambda r: (r.hour, r.station_id))
+        adaptations: dict[str, Any] = {}
+        log.info("replaying %d readings of %d stations together ...", len(merged), len(stations))
+        for f in run_offline(engine, merged, adaptations=adaptations):
+            together.setdefault(f.station_id, ([], adaptations))[0].append(f)
     for k, readings in enumerate(stations, start=1):
-        res, _, _ = _score_station(engine, readings, start, end, yardstick)
-        res = StationResult(**{**res.__dict__, "new_station": res.station_id in new_stations})
+        sid = readings[0].station_id
+        run = together.get(sid, ([], {})) if stations_meta is not None else None
+        res, _, _ = _score_station(engine, readings, start, end, yardstick, run)
+        res = StationResult(
+            **{**res.__dict__, "new_station": sid in new_stations, "network": engine.networks.network_of(sid) is not None}
+        )
         results.append(res)
         if progress:
             log.info(

@@ -9,8 +9,8 @@ hour of every model feature); the second also reads the neighbour features of th
 Both are fitted on the training split (stations and hours of the skill issue's split, the three
 new stations kept out) and scored on validation or test against persistence on the same pairs.
 
-This measures the information in the neighbour features with a simple learner; the shipped
-model does not read them yet (the stream has no network-keyed step: see docs/regional.md).
+This measures the information in the neighbour features with a simple learner, apart from the
+shipped model (which reads them too: ``pm25 evaluate --network``).
 Writes ``reports/regional.{json,md,png}``.
 """
 
@@ -27,11 +27,10 @@ import numpy as np
 import numpy.typing as npt
 
 from pm25.adapters import RowError, read_multisite
-from pm25.neighbours import NB_FIELDS, nearest_of, neighbour_features
-from pm25.network import ClosedHour, NetworkClock
+from pm25.features import NB_FIELDS, OWN_FIELDS
 from pm25.schema import KEY_HORIZONS, Reading
-from pm25.stations import BEIJING_STATIONS, Station, read_stations_csv
-from training.dataset import DataConfig, Samples, Series, load_series, split_samples
+from pm25.stations import BEIJING_STATIONS
+from training.dataset import DataConfig, Samples, Series, fill_networks, load_series, split_samples
 from training.metrics import json_safe
 
 __all__ = ["RegionalConfig", "run_regional"]
@@ -61,36 +60,6 @@ def _readings(cfg: DataConfig) -> tuple[list[Series], list[Reading]]:
         readings += [r for r in items if not isinstance(r, RowError)]
     readings.sort(key=lambda r: (r.hour, r.station_id))  # in order: the bound holds trivially
     return series, readings
-
-
-def network_contents(readings: list[Reading], rc: RegionalConfig) -> dict[int, ClosedHour]:
-    """Every closed hour's content, from the network clock fed in event-time order."""
-    clock = NetworkClock(rc.lateness_hours, rc.active_hours)
-    contents: dict[int, ClosedHour] = {}
-    for r in readings:
-        for c in clock.offer(r).closed:
-            contents[c.hour] = c
-    return contents
-
-
-def neighbour_matrix(
-    series: Series,
-    readings: dict[int, Reading],
-    station: Station | None,
-    meta: dict[str, Station],
-    contents: dict[int, ClosedHour],
-    k: int,
-) -> npt.NDArray[np.float32]:
-    """[T, len(NB_FIELDS)] neighbour features of one station at each hour of its series."""
-    out = np.full((len(series.hours), len(NB_FIELDS)), np.nan, dtype=np.float32)
-    if station is None:
-        return out
-    near = nearest_of(station, meta.values(), k)
-    for i, h in enumerate(series.hours.tolist()):
-        own = readings.get(h)
-        if own is not None:
-            out[i] = neighbour_features(own, near, contents)
-    return out
 
 
 def _features(s: Samples, nb: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
@@ -152,22 +121,19 @@ def run_regional(rc: RegionalConfig, out_dir: Path) -> dict[str, Any]:
     from training.train import MODEL_FEATURES
 
     started = time.monotonic()
-    cfg = DataConfig(single_site=None)
-    meta = read_stations_csv(rc.stations_csv)
+    cfg = DataConfig(
+        single_site=None,
+        stations_csv=rc.stations_csv,
+        network_lateness_hours=rc.lateness_hours,
+        network_neighbours=rc.neighbours,
+    )
     series, readings = _readings(cfg)
-    log.info("regional: %d readings of %d stations; network clock ...", len(readings), len(series))
-    contents = network_contents(readings, rc)
-    by_station: dict[str, dict[int, Reading]] = {}
-    for r in readings:
-        by_station.setdefault(r.station_id, {})[r.hour] = r
-    nb = []
-    for k, ser in enumerate(series):
-        log.info("regional: neighbour features %d/%d (%s)", k + 1, len(series), ser.station_id)
-        nb.append(
-            neighbour_matrix(ser, by_station[ser.station_id], meta.get(ser.station_id), meta, contents, rc.neighbours)
-        )
+    log.info("regional: %d readings of %d stations; the network step ...", len(readings), len(series))
+    clocks = fill_networks(series, readings, cfg)  # the stream's network columns, in each series
+    nb = [s.raw[:, len(OWN_FIELDS) :] for s in series]
+    own_features = [n for n in MODEL_FEATURES if not n.startswith("nb_")]
     samples = split_samples(
-        series, cfg, rc.window_hours, 24, rc.max_gap_hours, MODEL_FEATURES, splits=("train", rc.split), seed=rc.seed
+        series, cfg, rc.window_hours, 24, rc.max_gap_hours, own_features, splits=("train", rc.split), seed=rc.seed
     )
     train, ev = samples["train"], samples[rc.split]
     nb_train, nb_eval = _nb_of(train, series, nb), _nb_of(ev, series, nb)
@@ -181,8 +147,8 @@ def run_regional(rc: RegionalConfig, out_dir: Path) -> dict[str, Any]:
         "split": rc.split,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in rc.__dict__.items()},
         "neighbour_features": list(NB_FIELDS),
-        "closed_hours": len(contents),
-        "closed_by_watermark": sum(c.by_watermark for c in contents.values()),
+        "closed_hours": sum(c.closed_hours for c in clocks.values()),
+        "closed_by_watermark": sum(c.closed_by_watermark for c in clocks.values()),
         "samples": {"train": len(train.y), rc.split: len(ev.y)},
         "stations": rows,
         "seconds": round(time.monotonic() - started, 1),

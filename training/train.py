@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from model_store import BundleError, load_production, promote, write_bundle
 from pm25.features import RAW_FIELDS, postprocess, scale, target_scale
+from stream_processor.networks import ACTIVE_HOURS, NEIGHBOURS
 from training.dataset import DataConfig, Samples, Series, load_all, split_samples
 from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics, json_safe
 from training.models import ModelConfig
@@ -66,6 +67,14 @@ MODEL_FEATURES: tuple[str, ...] = (
     "wind_speed_missing",
     "wind_direction_missing",
     "precipitation_missing",
+    # the network's, written when each hour closed (pm25.neighbours; missing for a lone station)
+    "nb_rel",
+    "nb_change1",
+    "nb_change3",
+    "nb_upwind_rel",
+    "nb_upwind_change3",
+    "nb_share",
+    "nb_missing",
 )
 
 
@@ -432,6 +441,13 @@ def _spec(
         "horizons": list(range(1, HORIZONS + 1)),
         "raw_fields": list(RAW_FIELDS),
         "features": list(MODEL_FEATURES),
+        "network": {
+            "stations": str(d.stations_csv.name) if d.stations_csv else None,
+            "lateness_hours": d.network_lateness_hours,
+            "neighbours": NEIGHBOURS,
+            "active_hours": ACTIVE_HOURS,
+            "dropout": d.network_dropout,
+        },
         "max_gap_hours": tc.max_gap_hours,
         "scaler": {
             "kind": "standardisation (mean, std) fitted on the training split, missing values ignored",

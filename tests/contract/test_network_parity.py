@@ -1,0 +1,80 @@
+"""The network step: training's network columns are the stream's, and the final forecasts of a
+network do not depend on the arrival order of its readings within the lateness bound."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from pm25.adapters import RowError, multisite_files, read_multisite
+from pm25.features import OWN_FIELDS
+from pm25.schema import Reading
+from pm25.settings import Settings
+from pm25.stations import read_stations_csv
+from stream_processor.backtest import make_engine
+from stream_processor.engine import run_offline
+from training.dataset import DataConfig, fill_networks, load_series
+
+HOURS = 240
+
+
+@pytest.fixture(scope="module")
+def beijing() -> list[Reading]:
+    """The 12 stations' first HOURS hours (from 2013-03-01), hour by hour in station order."""
+    out = []
+    for path in multisite_files():
+        rows = [r for _, r in zip(range(HOURS), read_multisite(path), strict=False) if not isinstance(r, RowError)]
+        out += rows
+    return sorted(out, key=lambda r: (r.hour, r.station_id))
+
+
+def test_training_network_columns_equal_the_stream_windows(beijing):
+    cfg = DataConfig()
+    series = [load_series(p, iter([r for r in beijing if r.station_id in p.name]), cfg) for p in multisite_files()]
+    fill_networks(series, beijing, cfg)
+    engine = make_engine(Settings(), read_stations_csv().values())
+    windows, clocks = {}, {}
+    for r in beijing:
+        engine.ingest(windows, clocks, r)
+    filled = 0
+    for s in series:
+        w = windows[s.station_id]
+        hours = range(w.newest_hour - w.capacity + 1, w.newest_hour + 1)
+        stream = np.stack([w.rows[w.index_of(h)] for h in hours])
+        train = s.raw[[h - s.hours[0] for h in hours]]
+        np.testing.assert_array_equal(stream, train, err_msg=s.station_id)
+        filled += int((~np.isnan(stream[:, len(OWN_FIELDS)])).sum())
+    assert filled > 12 * 60  # the comparison covers real network columns, not only missing ones
+
+
+def _final(forecasts) -> dict[tuple[str, int], bytes]:
+    return {(f.station_id, f.end_hour): f.value for f in forecasts}
+
+
+def test_final_forecasts_do_not_depend_on_arrival_order_within_the_bound(beijing):
+    settings = Settings()
+    meta = read_stations_csv().values()
+    lateness = settings.network_lateness_hours
+    readings = beijing[: 12 * 120]
+    reference = _final(run_offline(make_engine(settings, meta), readings, batch_size=100))
+    assert len(reference) >= len(readings) - 12 * lateness  # the last hours may still be open
+    rng = random.Random(3)
+    for seed in range(4):
+        g = random.Random(seed)
+        noisy = readings + [r for r in readings if rng.random() < 0.03]  # at-least-once duplicates
+        keyed = sorted((r.hour + g.uniform(0, lateness - 1e-9), i, r) for i, r in enumerate(noisy))
+        order = [r for _, _, r in keyed]
+        assert order != readings
+        got = _final(run_offline(make_engine(settings, meta), order, batch_size=37))
+        assert got == reference, f"order {seed}"
+
+
+def test_a_station_without_metadata_is_forecast_alone_on_its_reading(beijing):
+    engine = make_engine(Settings(), read_stations_csv().values())
+    lone = [Reading("Elsewhere", r.hour, pm25=r.pm25) for r in beijing if r.station_id == "Dongsi"][:60]
+    windows, clocks = {}, {}
+    issued = [engine.ingest(windows, clocks, r).requests for r in lone]
+    assert all(len(reqs) == 1 and reqs[0].end_hour == r.hour for reqs, r in zip(issued, lone, strict=True))
+    assert clocks == {} and np.isnan(windows["Elsewhere"].rows[:, len(OWN_FIELDS) :]).all()
