@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from pm25.embedded import EmbeddedBroker, free_port
-from pm25.kafka import ensure_topics, make_consumer, make_producer
+from pm25.kafka import ensure_topics, make_consumer, make_producer, publish_stations
 from pm25.schema import Reading, forecast_from_json, reading_to_json
 from pm25.settings import Settings
+from pm25.stations import Station
 from pm25_ops.processes import WorkerProcess
 
 __all__ = ["BenchConfig", "run_bench"]
@@ -58,6 +60,9 @@ class BenchConfig:
     repeats: int = 5  # production throughput runs; the median is reported (the machine is noisy)
     keras_calls: int = 60
     apache_kafka: bool = True  # also run the production, naive and latency figures on Apache Kafka
+    #: the stations form this many networks (station k in network k % networks, so a network's
+    #: readings are spread over each hour's sends); 0: no station metadata, every station alone
+    networks: int = 50
 
 
 def _say(msg: str) -> None:
@@ -79,6 +84,20 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def synthetic_stations(stations: int, networks: int) -> list[Station]:
+    """Metadata of the synthetic stations: ``networks`` networks on a grid 2 degrees apart, each
+    network's stations on a grid 0.05 degrees (about 5 km) apart around its centre."""
+    if networks <= 0:
+        return []
+    out = []
+    for k in range(stations):
+        n, j = k % networks, k // networks
+        lat = 30.0 + 2.0 * (n // 10) + 0.05 * (j // 5)
+        lon = 100.0 + 2.0 * (n % 10) + 0.05 * (j % 5)
+        out.append(Station(f"S{k:05d}", f"synthetic {k}", round(lat, 4), round(lon, 4), f"N{n:02d}"))
+    return out
 
 
 def synthetic_readings(stations: int, hours: int, offset_hours: int = 0) -> list[Reading]:
@@ -220,6 +239,8 @@ class Workload:
     timed: list[Reading]
     warm_expected: int  # forecasts the warm-up hours give (offline backtest)
     expected: int  # forecasts of both (offline backtest)
+    #: the final forecast of each station and hour in the offline backtest (sha256 of its bytes)
+    final_sha256: dict[tuple[str, str], bytes] = field(default_factory=dict)
 
     @property
     def timed_keys(self) -> set[tuple[str, str]]:
@@ -287,7 +308,13 @@ def _timed_phase(settings: Settings, load: Workload, distinct: bool) -> dict[str
     keys = load.timed_keys
     timed = [t for k, t in first_out.items() if k in keys]
     span = max(timed) - first_in if timed else float("nan")
+    final = {_key(m.value): hashlib.sha256(m.value).digest() for m in msgs}  # the last one wins
+    exact = {
+        "final_forecasts_compared": len(load.final_sha256),
+        "final_forecasts_differing_from_backtest": sum(final.get(k) != v for k, v in load.final_sha256.items()),
+    }
     return {
+        **({} if distinct else exact),
         "timed_readings": len(load.timed),
         "forecasts_expected": load.expected,
         "distinct_forecasts_received" if distinct else "forecasts_received": len(first_out) if distinct else len(msgs),
@@ -435,11 +462,13 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
     base = Settings.from_env()
     report["inference"] = bench_inference(cfg, base)
     _say(json.dumps(report["inference"]))
-    load, next_hour = _workload(cfg, make_engine(base))
+    stations = synthetic_stations(cfg.stations, cfg.networks)
+    load, next_hour = _workload(cfg, make_engine(base, stations))
     workdir = Path(tempfile.mkdtemp(prefix="pm25-bench-"))
     broker = EmbeddedBroker().start()
     try:
-        report["e2e"] = _suite(cfg, _Target(broker.bootstrap_servers, True, "embedded"), load, next_hour, workdir)
+        target = _Target(broker.bootstrap_servers, True, "embedded", stations=stations)
+        report["e2e"] = _suite(cfg, target, load, next_hour, workdir)
         report["e2e"]["broker"] = "embedded Tansu 0.6 (latency bounded by its fetch wait; not Apache Kafka figures)"
     finally:
         broker.stop()
@@ -448,7 +477,7 @@ def run_bench(cfg: BenchConfig, out_path: Path) -> dict[str, Any]:
 
         kafka = ApacheKafka(partitions=Settings().partitions).start()
         try:
-            target = _Target(kafka.bootstrap_servers, False, "apache", kafka=kafka)
+            target = _Target(kafka.bootstrap_servers, False, "apache", kafka=kafka, stations=stations)
             report["apache_kafka"] = _suite(cfg, target, load, next_hour, workdir, full=False)
             report["apache_kafka"]["broker_version"] = f"Apache Kafka {kafka.version} (KRaft, one node, 512 MB heap)"
         finally:
@@ -469,10 +498,12 @@ class _Target:
     embedded: bool
     tag: str
     kafka: Any = None  # the ApacheKafka process (for its RSS)
+    stations: list[Station] = field(default_factory=list)  # the metadata (networks) every app gets
 
     def env(self, tag: str, readings_topic: str) -> dict[str, str]:
         tag = f"{self.tag}-{tag}"
         return {
+            "PM25_STATIONS_TOPIC": f"stations-{tag}",
             "PM25_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "PM25_EMBEDDED_BROKER": "1" if self.embedded else "0",
             "PM25_APP_ID": f"bench-{tag}",
@@ -483,11 +514,14 @@ class _Target:
             "PM25_WEB_PORT": str(free_port()),
         }
 
-    def app(self, tag: str) -> tuple[dict[str, str], Settings]:
-        """A fresh application with its own topics (created), for one throughput run."""
+    def app(self, tag: str, networks: bool = True) -> tuple[dict[str, str], Settings]:
+        """A fresh application with its own topics (created) and, with ``networks``, the station
+        metadata published, for one throughput run."""
         env = self.env(tag, f"readings-{tag}")
         settings = Settings.from_env({**os.environ, **env})
         ensure_topics(settings)
+        if networks and self.stations:
+            publish_stations(settings, self.stations)
         return env, settings
 
 
@@ -504,11 +538,17 @@ def _workload(cfg: BenchConfig, engine: Any) -> tuple[Workload, list[Reading]]:
         f"end to end: {cfg.stations} stations, {warm_hours} warm-up hours then {cfg.hours} timed hours "
         f"({len(timed)} timed readings); offline backtest for the expected counts"
     )
+    final: dict[tuple[str, str], bytes] = {}
+    n = 0
+    for f in run_offline(engine, readings, batch_size=512):
+        final[(f.station_id, f.issued_at)] = hashlib.sha256(f.value).digest()
+        n += 1
     load = Workload(
         warm=warm,
         timed=timed,
         warm_expected=sum(1 for _ in run_offline(engine, warm, batch_size=512)),
-        expected=sum(1 for _ in run_offline(engine, readings, batch_size=512)),
+        expected=n,
+        final_sha256=final,
     )
     return load, next_hour
 
@@ -549,7 +589,7 @@ def _suite(
     )
     if full:
         _say(f"[{target.tag}] scale-out: {cfg.scale_out_workers} worker processes in one group, same readings")
-        env_c, settings_c = target.app("scale")
+        env_c, settings_c = target.app("scale", networks=False)  # a network's stations need one worker
         out["scale_out"] = _scale_out_run(env_c, settings_c, load, workdir, cfg.scale_out_workers)
         _say(json.dumps(out["scale_out"]))
         _say(f"[{target.tag}] restart of the production worker (state recovered from the changelog), one new hour")
@@ -560,31 +600,44 @@ def _suite(
         out["cold_start"] = _cold_start(target.env("cold", "readings-cold"), workdir / f"{target.tag}-cold.log")
         _say(json.dumps(out["cold_start"]))
     _say(f"[{target.tag}] latency: {cfg.latency_rate:.0f} readings/s for {cfg.latency_seconds:.0f} s")
-    latency = _latency_run(cfg, target.env("latency", "readings-latency"), workdir / f"{target.tag}-latency.log")
+    networks = synthetic_stations(int(cfg.latency_rate), cfg.networks)
+    latency = _latency_run(
+        cfg, target.env("latency", "readings-latency"), workdir / f"{target.tag}-latency.log", networks
+    )
     _say(json.dumps(latency))
     out["latency_ms"] = latency["latency_ms"]
     out["latency"] = latency
+    if networks:  # what waiting for a network's hour costs: the same run with every station alone
+        _say(f"[{target.tag}] latency, every station alone (no metadata): the cost of the networks")
+        alone = _latency_run(cfg, target.env("latency-alone", "readings-latency-alone"), workdir / "alone.log", [])
+        _say(json.dumps(alone))
+        out["latency_alone_ms"] = alone["latency_ms"]
+        out["latency_alone"] = alone
     if target.kafka is not None:
         out["broker_rss_mb"] = round(target.kafka.rss_bytes() / 2**20, 1)
     return out
 
 
-def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path) -> dict[str, Any]:
+def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: list[Station]) -> dict[str, Any]:
+    """Readings offered at a fixed rate, one hour of every station per second; with ``stations``
+    (their networks) a forecast waits for the last member of its network to report the hour."""
     from stream_processor.backtest import make_engine
     from stream_processor.engine import run_offline
 
     settings = Settings.from_env({**os.environ, **env})
     ensure_topics(settings)
+    if stations:
+        publish_stations(settings, stations)
     worker = WorkerProcess(env, log).start()
     try:
         worker.wait_ready()
-        stations = max(1, int(cfg.latency_rate))  # one reading per station per second of offered load
+        count = max(1, int(cfg.latency_rate))  # one reading per station per second of offered load
         seconds = int(cfg.latency_seconds)
-        readings = synthetic_readings(stations, seconds + 45)
+        readings = synthetic_readings(count, seconds + 45)
         # fill every station's window first (not timed), then one hour per second at the fixed rate
-        warm, timed = readings[: stations * 45], readings[stations * 45 :]
-        expected = sum(1 for _ in run_offline(make_engine(settings), readings, batch_size=512))
-        expected_warm = sum(1 for _ in run_offline(make_engine(settings), warm, batch_size=512))
+        warm, timed = readings[: count * 45], readings[count * 45 :]
+        expected = sum(1 for _ in run_offline(make_engine(settings, stations), readings, batch_size=512))
+        expected_warm = sum(1 for _ in run_offline(make_engine(settings, stations), warm, batch_size=512))
         producer = make_producer(settings)
         for r in warm:
             producer.send(settings.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))

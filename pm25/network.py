@@ -5,13 +5,16 @@ order in which those readings arrive, a network *closes* its hours one by one, i
 order, and an hour's content is fixed when it closes. Hour ``u`` closes at the first of:
 
 * **all members reported**: every *member* of ``u`` has a reading for ``u``; or
-* **the watermark passed**: a reading for hour ``u + lateness_hours`` or later arrived.
+* **the watermark passed**: the watermark reached ``u + lateness_hours`` (by default the newest
+  hour the network has seen; a worker reading several partitions passes the least newest hour of
+  the partitions still behind, stream_processor.processor).
 
 The *members* of ``u`` are the stations with a reading at any hour in
 ``[u - active_hours, u - lateness_hours]``, and the *content* of ``u`` is the members' PM2.5
-values of ``u`` (NaN for a reading without one; the newest arrival wins for a station that sent two). A reading from a station that is
-not a member (new, or back after more than ``active_hours``) does not enter the content of its
-hour: it is forecast with the content as context, and becomes a member ``lateness_hours`` later.
+values of ``u`` (NaN for a reading without one; the newest arrival wins for a station that sent
+two). A reading from a station that is not a member (new, or back after more than
+``active_hours``) does not enter the content of its hour: it is forecast with the content as
+context, and becomes a member ``lateness_hours`` later.
 
 **The guarantee.** Call arrivals *within the lateness bound* when every reading for hour ``h``
 arrives before any reading for hour ``h + lateness_hours`` or later. Then the content of every

@@ -40,14 +40,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from err
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"must be >= {lowest}, got {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def _port(text: str) -> int:
@@ -442,6 +450,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds,
         repeats=args.repeats,
+        networks=args.networks,
     )
     report = run_bench(cfg, Path(args.out))
     print(json.dumps(report, indent=2))
@@ -628,6 +637,12 @@ def _add_model_commands(sub: Any) -> None:
     )
     s.add_argument("--latency-seconds", type=_positive_float, default=20.0, help="duration of the latency run")
     s.add_argument("--repeats", type=_positive_int, default=5, help="production throughput runs (median reported)")
+    s.add_argument(
+        "--networks",
+        type=_non_negative_int,
+        default=50,
+        help="the stations form this many networks (station metadata published; default 50; 0: every station alone)",
+    )
     s.set_defaults(func=cmd_bench)
 
 

@@ -120,16 +120,16 @@ class DeliveryCore:
             if isinstance(result, DeadLetter):
                 batch.dead.append((item, result))
                 continue
-            states, reqs, observed = result
+            _, reqs, observed = result
             if observed is not None:
                 batch.observed.append(observed)
-            for key, (partition, state) in states.items():
-                store[key] = pending[key] = state
-                batch.partition_of[key] = partition
             batch.partition_of[parsed.station_id] = item.partition
             if reqs:
                 batch.requests.extend(reqs)
                 batch.arrived.append(item.timestamp)
+        for key, (partition, state) in proc.take_states().items():  # serialised once per batch
+            store[key] = pending[key] = state
+            batch.partition_of[key] = partition
         return batch
 
     async def submit(self, batch: Batch) -> None:

@@ -33,7 +33,6 @@ from stream_processor.networks import Networks, fill_row
 __all__ = ["EncodedForecast", "Engine", "Ingested", "Request", "run_offline"]
 
 
-
 @dataclass(slots=True)
 class EncodedForecast:
     """A forecast as published: its key fields, the message bytes and the point values."""
@@ -132,7 +131,7 @@ class Engine:
         default the network's newest hour: one ordered source)."""
         w = self.model.window_hours
         sid = reading.station_id
-        changed, hours = False, []
+        changed, hours = False, list[int]()
         if not replayed:
             state, changed, hours = apply_reading(
                 windows.get(sid),

@@ -26,6 +26,7 @@ from stream_processor.engine import Engine, Request
 from stream_processor.forecaster import BatchForecaster, Observation
 from stream_processor.hindcast import HindcastScorer
 from stream_processor.metrics import WorkerMetrics
+from stream_processor.networks import NETWORK_KEY_PREFIX
 
 __all__ = ["Applied", "DeadLetter", "Observation", "Processor", "wall_clock_hour"]
 
@@ -43,8 +44,9 @@ def wall_clock_hour() -> int:
 class Applied(NamedTuple):
     """What applying one reading gives (the station step's events as data)."""
 
-    #: the new states by table key (stations' windows, the network's clock): (partition, bytes)
-    states: dict[str, tuple[int, bytes]]
+    #: the table keys whose state changed (stations' windows, a network's clock): their bytes
+    #: come from :meth:`Processor.take_states`, once per batch
+    changed: list[str]
     requests: list[Request]  # the forecasts to issue
     observed: Observation | None  # the reading, to score earlier forecasts with; None for a replay
 
@@ -126,6 +128,7 @@ class Processor:
         #: not read yet (None: unknown; the worker sets it per batch): the networks' watermark
         self.newest_by_partition: dict[int, int] = {}
         self.lagging: set[int] | None = None
+        self._dirty: dict[str, None] = {}  # keys whose state changed since take_states (ordered)
         #: the second layer, sharing the adaptations (a batch's encoding records in them, in order)
         self.forecaster = BatchForecaster(engine, metrics, self.adaptations, self.scorer)
 
@@ -165,16 +168,13 @@ class Processor:
             )
         except TooLate as err:
             return self._dead("too_late", str(err))
-        states: dict[str, tuple[int, bytes]] = {}
-        for t in done.touched:
-            touched = self.windows[t]
-            states[t] = (max(touched.partition, 0), touched.to_bytes())
+        changed = list(done.touched)
         if done.network is not None:
-            key = self.engine.networks.key(done.network)
-            states[key] = (self.home_partition(done.network), self.clocks[done.network].to_bytes())
+            changed.append(self.engine.networks.key(done.network))
         if replayed:
             self.metrics.replayed.inc()
-            return Applied(states, done.requests, None)
+            self._dirty.update(dict.fromkeys(changed))
+            return Applied(changed, done.requests, None)
         window = self.windows[sid]
         self.metrics.readings_valid.inc()
         if not done.changed:
@@ -184,8 +184,24 @@ class Processor:
         if offset is not None:
             window.last_offset = offset
         window.partition = partition
-        states[sid] = (partition, window.to_bytes())
-        return Applied(states, done.requests, (sid, reading.hour, reading.pm25))
+        changed.append(sid)
+        self._dirty.update(dict.fromkeys(changed))
+        return Applied(changed, done.requests, (sid, reading.hour, reading.pm25))
+
+    def take_states(self) -> dict[str, tuple[int, bytes]]:
+        """The states changed since the last call, by table key: (changelog partition, bytes). A
+        station's goes to its readings' partition, a network's clock to a fixed one."""
+        out: dict[str, tuple[int, bytes]] = {}
+        prefix = len(NETWORK_KEY_PREFIX)
+        for key in self._dirty:
+            if key.startswith(NETWORK_KEY_PREFIX):
+                network = key[prefix:]
+                out[key] = (self.home_partition(network), self.clocks[network].to_bytes())
+            else:
+                window = self.windows[key]
+                out[key] = (max(window.partition, 0), window.to_bytes())
+        self._dirty.clear()
+        return out
 
     def watermark(self) -> int:
         """The event hour every input partition has reached: the least newest hour of the
@@ -236,6 +252,7 @@ class Processor:
             self.windows.clear()
             self.clocks.clear()
             self.newest_by_partition.clear()
+            self._dirty.clear()
         else:
             for sid in station_ids:
                 self.windows.pop(sid, None)

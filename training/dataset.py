@@ -22,9 +22,9 @@ import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -328,9 +328,7 @@ def split_samples(
             dropout = cfg.weather_dropout if split == "train" else 0.0
             alone = cfg.network_dropout if split == "train" else 0.0
             parts.append(
-                make_samples(
-                    s, idx, window_hours, horizons, max_gap_hours, names, k, augment, seed + k, dropout, alone
-                )
+                make_samples(s, idx, window_hours, horizons, max_gap_hours, names, k, augment, seed + k, dropout, alone)
             )
         out[split] = concat_samples(parts)
     return out

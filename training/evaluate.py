@@ -31,8 +31,8 @@ import numpy.typing as npt
 from pm25.adapters import RowError, multisite_files, read_multisite
 from pm25.schema import Reading
 from pm25.settings import Settings
-from stream_processor.backtest import make_engine
 from pm25.stations import Station
+from stream_processor.backtest import make_engine
 from stream_processor.engine import EncodedForecast, Engine, run_offline
 from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics, json_safe
 
@@ -286,9 +286,8 @@ def evaluate_stations(
         sid = readings[0].station_id
         run = together.get(sid, ([], {})) if stations_meta is not None else None
         res, _, _ = _score_station(engine, readings, start, end, yardstick, run)
-        res = StationResult(
-            **{**res.__dict__, "new_station": sid in new_stations, "network": engine.networks.network_of(sid) is not None}
-        )
+        in_network = engine.networks.network_of(sid) is not None
+        res = StationResult(**{**res.__dict__, "new_station": sid in new_stations, "network": in_network})
         results.append(res)
         if progress:
             log.info(

@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-from pm25.features import RAW_FIELDS
 
 from model_store import (
     BundleError,
@@ -16,6 +15,7 @@ from model_store import (
     promote,
     write_bundle,
 )
+from pm25.features import RAW_FIELDS
 from stream_processor.inference import OnnxForecaster
 
 

@@ -26,8 +26,21 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 STATIONS = {"Dongsi", "Wanliu", "Huairou", "Gucheng", "Tiantan", "Shunyi"}
 
 
-def expected_forecasts(settings, readings):
-    return {(f.station_id, f.issued_at): f.value for f in run_offline(make_engine(settings), readings)}
+def network(settings) -> list:
+    """Publish the six stations' metadata (one network) before the worker starts; returns it."""
+    from pm25.kafka import ensure_topics, publish_stations
+    from pm25.stations import read_stations_csv
+
+    meta = [s for s in read_stations_csv().values() if s.station_id in STATIONS]
+    ensure_topics(settings)
+    publish_stations(settings, meta)
+    return meta
+
+
+def expected_forecasts(settings, readings, stations=()):
+    """The final forecast of each station and hour that pm25 backtest gives (re-issues replace)."""
+    engine = make_engine(settings, stations)
+    return {(f.station_id, f.issued_at): f.value for f in run_offline(engine, readings)}
 
 
 def by_key(msgs):
@@ -47,7 +60,7 @@ def _get(port, path):
 
 def test_bad_messages_go_to_dead_letters_and_valid_ones_are_forecast(settings, start_worker, report_counts):
     readings = list(load_source("multisite", [], stations=STATIONS, hours=72))
-    expected = expected_forecasts(settings, readings)
+    expected = expected_forecasts(settings, readings, network(settings))  # the six stations: one network
     bad = bad_messages(10_000)
     rng = random.Random(3)
     # interleave: bad messages at random places, valid readings keep their order
@@ -79,7 +92,7 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_are_forecast(settings, s
 @pytest.mark.parametrize("broker", ["apache", "embedded"], indirect=True)
 def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker, report_counts):
     readings = list(load_source("multisite", [], stations=STATIONS, hours=720))
-    expected = expected_forecasts(settings, readings)
+    expected = expected_forecasts(settings, readings, network(settings))  # the six stations: one network
     worker = start_worker()
     # the replay is paced (about 800 readings/s) so the kill lands in the middle of it
     sender = threading.Thread(target=_paced_send, args=(settings, readings, 800.0))
@@ -211,16 +224,20 @@ def _wait_metric(worker, line, timeout=30.0):
     raise AssertionError(f"metric {line!r} not seen; worker log:\n{worker.tail()}")
 
 
-def test_out_of_order_and_duplicates_give_the_clean_forecasts(settings, start_worker, report_counts):
+@pytest.mark.parametrize("networked", [False, True], ids=["alone", "network"])
+def test_out_of_order_and_duplicates_give_the_clean_forecasts(settings, start_worker, report_counts, networked):
+    """Alone, a station's readings may arrive within its 24 h lateness in any order (shuffled in
+    blocks of 6 hours); in a network, within the network's bound (2 h: blocks of 2 hours)."""
     clean = list(load_source("multisite", [], stations=STATIONS, hours=96))
-    expected = expected_forecasts(settings, clean)  # pm25 backtest on the clean sequence
+    stations = network(settings) if networked else ()
+    expected = expected_forecasts(settings, clean, stations)  # pm25 backtest on the clean sequence
     rng = random.Random(11)
     messy = list(clean)
-    # shuffle within blocks of 6 hours (inside the 24 h lateness bound) and duplicate 20 %
-    for i in range(0, len(messy), 6 * len(STATIONS)):
-        block = messy[i : i + 6 * len(STATIONS)]
+    block_hours = settings.network_lateness_hours if networked else 6
+    for i in range(0, len(messy), block_hours * len(STATIONS)):
+        block = messy[i : i + block_hours * len(STATIONS)]
         rng.shuffle(block)
-        messy[i : i + 6 * len(STATIONS)] = block
+        messy[i : i + block_hours * len(STATIONS)] = block
     # duplicate 20 % of the readings, each re-sent up to 12 hours after its first copy
     span = 12 * len(STATIONS)
     dups = rng.sample(range(len(clean)), len(clean) // 5)
@@ -236,7 +253,8 @@ def test_out_of_order_and_duplicates_give_the_clean_forecasts(settings, start_wo
     msgs = collect(settings, settings.forecasts_topic, complete, timeout=120)
     latest, seen = by_key(msgs)
     report_counts(
-        f"clean readings {len(clean)}, messy sent {len(messy)} ({len(dups)} duplicates), "
+        f"{'network' if networked else 'alone'}: clean readings {len(clean)}, messy sent {len(messy)} "
+        f"({len(dups)} duplicates, shuffled in blocks of {block_hours} h), "
         f"forecasts expected {len(expected)}, messages received {len(msgs)}"
     )
     assert latest == expected

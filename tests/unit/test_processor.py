@@ -14,14 +14,16 @@ def test_replayed_offsets_are_skipped_and_new_ones_applied():
     table: dict[str, bytes] = {}
     for i in range(5):
         reading = proc.parse(reading_to_json(Reading("s", H0 + i, pm25=10.0 + i)), b"s")
-        states, requests, _ = proc.apply(table, reading, offset=100 + i, partition=3)
-        assert list(states) == ["s"] and states["s"][0] == 3 and len(requests) == 1
+        changed, requests, _ = proc.apply(table, reading, offset=100 + i, partition=3)
+        assert changed == ["s"] and len(requests) == 1
+        states = proc.take_states()
+        assert states["s"][0] == 3
         table["s"] = states["s"][1]
     replay = proc.parse(reading_to_json(Reading("s", H0 + 2, pm25=12.0)), b"s")
-    assert proc.apply(table, replay, offset=102) == ({}, [], None)  # applied before a restart
+    assert proc.apply(table, replay, offset=102) == ([], [], None)  # applied before a restart
     assert proc.metrics.replayed._value.get() == 1
     late_new = proc.apply(table, replay, offset=200)  # a genuinely new (duplicate) message
-    assert not isinstance(late_new, DeadLetter) and "s" in late_new[0]
+    assert not isinstance(late_new, DeadLetter) and late_new[0] == ["s"]
 
 
 def test_wrong_key_and_bad_json_are_dead_letters():
@@ -34,10 +36,10 @@ def test_wrong_key_and_bad_json_are_dead_letters():
 def test_unreadable_state_restarts_the_station_instead_of_crashing():
     proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: H0 + 10_000)
     reading = proc.parse(reading_to_json(Reading("s", H0, pm25=10.0)), b"s")
-    states, _, _ = proc.apply({"s": b"\x00garbage"}, reading, offset=7)
-    assert "s" in states and proc.metrics.states_unreadable._value.get() == 1
-    table = {"s": states["s"][1]}
-    assert proc.apply(table, reading, offset=7) == ({}, [], None)  # the fresh state works as usual
+    changed, _, _ = proc.apply({"s": b"\x00garbage"}, reading, offset=7)
+    assert changed == ["s"] and proc.metrics.states_unreadable._value.get() == 1
+    table = {"s": proc.take_states()["s"][1]}
+    assert proc.apply(table, reading, offset=7) == ([], [], None)  # the fresh state works as usual
 
 
 def _worker_like_run(readings, restart_at=None, batch=50, stations=()):
@@ -56,11 +58,11 @@ def _worker_like_run(readings, restart_at=None, batch=50, stations=()):
             table = dict(saved)
         requests, windows, observed = [], {}, []
         for offset, r in enumerate(readings[i : i + batch], start=i):
-            states, reqs, seen = proc.apply(table, r, offset)
+            _, reqs, seen = proc.apply(table, r, offset)
             observed.append(seen)
-            for key, (_, state) in states.items():
-                table[key] = windows[key] = state
             requests.extend(reqs)
+        for key, (_, state) in proc.take_states().items():
+            table[key] = windows[key] = state
         job = proc.forecaster.start(requests)
         forecasts = proc.forecaster.complete(job, job.run())
         proc.score([o for o in observed if o is not None])
