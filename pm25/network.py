@@ -4,7 +4,8 @@ Neighbour features need the network's readings of an hour. To make the result in
 order in which those readings arrive, a network *closes* its hours one by one, in event-time
 order, and an hour's content is fixed when it closes. Hour ``u`` closes at the first of:
 
-* **all members reported**: every *member* of ``u`` has a reading for ``u``; or
+* **all members reported**: every *member* of ``u`` has a reading for ``u`` (and the watermark
+  reached ``u``, so the members are known); or
 * **the watermark passed**: the watermark reached ``u + lateness_hours`` (by default the newest
   hour the network has seen; a worker reading several partitions passes the least newest hour of
   the partitions still behind, stream_processor.processor).
@@ -152,6 +153,15 @@ class NetworkClock:
         self._prune()
         return Offered(closed, hour <= self.closed_through, late)
 
+    def advance(self, watermark: int) -> list[ClosedHour]:
+        """Close what the watermark now allows without a new reading of this network (the worker's
+        watermark moves with every partition's readings)."""
+        if self.closed_through is None or self.newest_hour is None or self.closed_through >= self.newest_hour:
+            return []
+        closed = self._close_ready(watermark)
+        self._prune()
+        return closed
+
     def _close_ready(self, watermark: int) -> list[ClosedHour]:
         assert self.closed_through is not None and self.newest_hour is not None
         closed = []
@@ -164,6 +174,11 @@ class NetworkClock:
                 following = min((h for h in self.pending if h > u), default=self.newest_hour + 1)
                 self.closed_through = min(following, watermark - self.lateness_hours + 1, self.newest_hour + 1) - 1
                 continue
+            # the members of u are known once every reading for hours <= u - lateness is in: with
+            # one ordered source as soon as a reading for u arrived; with several, once every
+            # source reached u (the watermark)
+            if watermark < u:
+                break
             members = self.members(u)
             arrived = self.pending.get(u, {})
             if not (by_watermark or members <= arrived.keys()):

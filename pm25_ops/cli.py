@@ -496,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_broker_commands(sub)
     _add_stream_commands(sub)
     _add_model_commands(sub)
+    _add_measurement_commands(sub)
     _add_dashboard_and_demo(sub)
     return p
 
@@ -618,6 +619,8 @@ def _add_model_commands(sub: Any) -> None:
     s.add_argument("--out", default="reports/eda", help="output folder (default reports/eda)")
     s.set_defaults(func=cmd_eda)
 
+
+def _add_measurement_commands(sub: Any) -> None:
     s = sub.add_parser(
         "regional",
         help="measure what neighbour features add (gradient boosting with and without them, per station)",

@@ -12,6 +12,7 @@ bundle after verifying it. HTTP: ``/health`` (liveness), ``/ready`` (after table
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -28,6 +29,7 @@ from faust.types import TP, EventT, StreamT
 
 from model_store import BundleError, default_store, load_production, production_version
 from pm25.embedded import CHANGELOG_END_KEY, WORKER_FETCH_MAX_WAIT_MS, faust_overrides
+from pm25.schema import Reading
 from pm25.settings import Settings
 from pm25.window import StationWindow
 from stream_processor.delivery import DeliveryCore, Input, Outputs
@@ -74,6 +76,9 @@ FETCH_BYTES_PER_PARTITION = 256 * 1024
 #: sends about 50 small fetches a second instead of one.
 FETCH_MAX_WAIT_MS = 20
 MODEL_POLL_S = 2.0
+#: How often readings held back, or a watermark held by partitions behind, are looked at again
+#: when no new event arrives.
+HELD_RETRY_S = 0.05
 #: How often the worker checks that it can reach a broker (for /ready and its log).
 BROKER_CHECK_S = 2.0
 #: How often the input partitions are checked for a hole at their end (see TailWatch).
@@ -132,6 +137,8 @@ class Worker:
         self._waiting = True  # no micro-batch is being taken in
         self.broker_ok = True  # a broker answered the last check (see _watch_broker)
         self._queue: deque[EventT] = deque()  # events taken from Faust, not yet in a batch
+        #: readings a batch held back (a partition too far ahead of another; DeliveryCore.intake)
+        self._held: list[tuple[Input, Reading]] = []
         self._queued = asyncio.Event()  # set while the queue holds events
         self._room = asyncio.Event()  # set while the queue holds fewer than BATCH_MAX events
         self._taken = 0  # input messages taken in so far
@@ -191,6 +198,7 @@ class Worker:
         _tune_gc()
         self._room.set()
         dispatcher = asyncio.ensure_future(self._dispatch())
+        dispatcher.add_done_callback(_log_failure)
         try:
             async for events in concrete.take_events(BATCH_MAX, within=TAKE_WITHIN_S):
                 for event in events:  # take_events acknowledges them when this loop comes back:
@@ -211,7 +219,13 @@ class Worker:
         """Cut micro-batches from the queue: the next one once the previous batch's graph has run."""
         queue = self._queue
         while True:
-            await self._queued.wait()
+            if self._held or self.processor.lagging:
+                # readings held back, or a watermark held by partitions that were behind: look
+                # again soon even if nothing arrives (their messages may all be in by now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queued.wait(), HELD_RETRY_S)
+            else:
+                await self._queued.wait()
             graph = self.core.graph
             if graph is not None and not graph.done():
                 await asyncio.wait([graph])  # its failure is raised by the batch's own stages
@@ -219,7 +233,7 @@ class Worker:
             if not queue:
                 self._queued.clear()
             self._room.set()
-            if not events:
+            if not events and not self._held and not self.processor.lagging:
                 continue
             self._waiting = False
             await self.handle_batch(events)
@@ -238,7 +252,8 @@ class Worker:
         """
         inputs: list[Input] = []
         seeks: dict[int, int] = {}
-        self.processor.lagging = self._lagging_partitions()  # before this batch: its partitions lag
+        # before this batch: the partitions it reads from, and those with readings held back, lag
+        self.processor.lagging = self._lagging_partitions() | {item.partition for item, _ in self._held}
         committed = self._committed_offsets()
         for event in events:
             msg = event.message
@@ -249,9 +264,11 @@ class Worker:
             withhold_ack(self.app, event)  # it will be read again
             if verdict is Verdict.SEEK:
                 seeks[msg.partition] = self.offsets.seek_target(msg.partition)
-        batch = self.core.intake(inputs, self.engine.model)
+        batch = self.core.intake(inputs, self.engine.model, self._held)
+        self._held = batch.deferred  # unacknowledged until a later batch applies them
         self._taken += len(events)
-        self.metrics.batch_size.observe(len(events))
+        if events:
+            self.metrics.batch_size.observe(len(events))
         for partition, offset in seeks.items():
             log.warning("partition %d: the consumer skipped offsets from %d; reading them again", partition, offset)
             self.metrics.input_seeks.inc()
@@ -336,6 +353,7 @@ class Worker:
             self._room.set()
         await self.core.drain()  # what is already taken in is delivered before the partitions go
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.readings_topic}
+        self._held = [(item, r) for item, r in self._held if item.partition not in partitions]  # never acked
         # the adaptations go back into the table beside their windows: the table is what a
         # station's next owner (this worker again, or another after the changelog) starts from
         store = self.windows.data
@@ -508,6 +526,13 @@ class Worker:
         @self.app.page("/metrics")
         async def metrics(view: Any, request: Any) -> Any:
             return view.text(worker.metrics.render().decode(), content_type="text/plain; version=0.0.4")
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    """A failed batch fails the agent when it takes its next events; say so at once (the worker
+    may be idle, with no next events)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("batch processing failed: %r", task.exception(), exc_info=task.exception())
 
 
 def _tune_gc() -> None:

@@ -31,6 +31,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pm25.schema import Reading
 from stream_processor.engine import Request
 from stream_processor.forecaster import Inference, Observation
 from stream_processor.inference import Forecaster
@@ -91,6 +92,8 @@ class Batch:
     states: dict[str, bytes] = field(default_factory=dict)  # the newest state per key (station, network)
     partition_of: dict[str, int] = field(default_factory=dict)  # each key's changelog partition
     arrived: list[float] = field(default_factory=list)  # input timestamps of readings forecast
+    #: readings held back (too far ahead of a partition still behind): for a later batch
+    deferred: list[tuple[Input, Reading]] = field(default_factory=list)
 
 
 class DeliveryCore:
@@ -103,30 +106,46 @@ class DeliveryCore:
         self._computing: asyncio.Future[list[Awaitable[Any]]] | None = None
         self._in_flight: deque[asyncio.Future[None]] = deque()
 
-    def intake(self, inputs: Sequence[Input], model: Forecaster) -> Batch:
+    def intake(
+        self, inputs: Sequence[Input], model: Forecaster, held: Sequence[tuple[Input, Reading]] = ()
+    ) -> Batch:
         """Stage 1, on the event loop: parse and apply every input; the new states go into the
-        port's table at once (the next batch builds on them) and are saved by :meth:`_release`."""
+        port's table at once (the next batch builds on them) and are saved by :meth:`_release`.
+
+        The readings are applied in event-time order across partitions (each partition's own
+        order kept), and a network station's reading that runs too far ahead of the partitions
+        still behind is held back (``batch.deferred``, with the rest of its partition): the caller
+        passes it again as ``held`` with a later batch, unacknowledged meanwhile
+        (Processor.aligned)."""
         proc = self.processor
         store = self.port.table
         batch = Batch(model=model)
         pending = batch.states
+        readings: list[tuple[Input, Reading]] = list(held)
         for item in inputs:
-            batch.held.append(item)
             parsed = proc.parse(item.value, item.key)
             if isinstance(parsed, DeadLetter):
+                batch.held.append(item)
                 batch.dead.append((item, parsed))
                 continue
-            result = proc.apply(store, parsed, item.offset, item.partition)
+            readings.append((item, parsed))
+        for item, reading, hold in proc.aligned(readings):
+            if hold:
+                batch.deferred.append((item, reading))
+                continue
+            batch.held.append(item)
+            result = proc.apply(store, reading, item.offset, item.partition)
             if isinstance(result, DeadLetter):
                 batch.dead.append((item, result))
                 continue
             _, reqs, observed = result
             if observed is not None:
                 batch.observed.append(observed)
-            batch.partition_of[parsed.station_id] = item.partition
+            batch.partition_of[reading.station_id] = item.partition
             if reqs:
                 batch.requests.extend(reqs)
                 batch.arrived.append(item.timestamp)
+        batch.requests.extend(proc.advance(store))  # hours the batch's watermark closed elsewhere
         for key, (partition, state) in proc.take_states().items():  # serialised once per batch
             store[key] = pending[key] = state
             batch.partition_of[key] = partition

@@ -15,7 +15,7 @@ the lateness bound (pm25.network).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from pm25.adapt import Adapter, StationAdaptation
 from pm25.aqi import CATEGORIES, us_aqi_array
-from pm25.network import NetworkClock
+from pm25.network import ClosedHour, NetworkClock
 from pm25.schema import Forecast, Reading, encode_forecasts, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
 from stream_processor.inference import Forecaster, ModelInput
@@ -153,12 +153,7 @@ class Engine:
         offered = clock.offer(reading, watermark)
         requests: list[Request] = []
         touched: list[str] = []
-        for closed in offered.closed:  # every station that reported the hour: its features, then its forecast
-            for t in closed.reported:
-                window = windows.get(t)
-                if window is not None and self._fill(window, t, closed.hour, clock):
-                    touched.append(t)
-                    requests.append(Request(t, closed.hour, window.window(closed.hour, w).copy()))
+        self._issue(offered.closed, windows, clock, requests, touched)
         if was_closed and not replayed:
             # its hour closed before it arrived (a new station, or arrivals out of the bound): its
             # features from the closed content, its forecasts re-issued for the closed hours
@@ -169,6 +164,40 @@ class Engine:
             assert clock.closed_through is not None
             requests += [Request(sid, h, window.window(h, w).copy()) for h in hours if h <= clock.closed_through]
         return Ingested(changed, touched, requests, network)
+
+    def advance(
+        self, windows: Windows, clocks: Mapping[str, NetworkClock], watermark: int
+    ) -> tuple[Ingested, list[str]]:
+        """Close the hours a moved watermark allows in every network of ``clocks`` (the worker
+        calls it after each batch: a network whose own readings are all in would otherwise wait
+        for its next reading); what ingest gives, for all of them, and the networks whose clock
+        changed."""
+        requests: list[Request] = []
+        touched: list[str] = []
+        changed = []
+        for network, clock in clocks.items():
+            closed = clock.advance(watermark)
+            if closed:
+                changed.append(network)
+                self._issue(closed, windows, clock, requests, touched)
+        return Ingested(False, touched, requests, None), changed
+
+    def _issue(
+        self,
+        closed_hours: list[ClosedHour],
+        windows: Windows,
+        clock: NetworkClock,
+        requests: list[Request],
+        touched: list[str],
+    ) -> None:
+        """Every station that reported a closed hour: its network columns, then its forecast."""
+        w = self.model.window_hours
+        for closed in closed_hours:
+            for t in closed.reported:
+                window = windows.get(t)
+                if window is not None and self._fill(window, t, closed.hour, clock):
+                    touched.append(t)
+                    requests.append(Request(t, closed.hour, window.window(closed.hour, w).copy()))
 
     def _fill(self, window: StationWindow, station_id: str, hour: int, clock: NetworkClock) -> bool:
         """Write the station's neighbour features of ``hour`` into its row; False when the row is

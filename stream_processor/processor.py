@@ -11,10 +11,11 @@ one model for the whole batch; stream_processor.delivery drives both.
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -188,6 +189,16 @@ class Processor:
         self._dirty.update(dict.fromkeys(changed))
         return Applied(changed, done.requests, (sid, reading.hour, reading.pm25))
 
+    def advance(self, table: Mapping[str, bytes]) -> list[Request]:
+        """After a batch: close the networks' hours the watermark now allows (their forecast
+        requests; the states they change are taken with :meth:`take_states`)."""
+        if not self.clocks:
+            return []
+        done, networks = self.engine.advance(_Windows(self, table), self.clocks, self.watermark())
+        self._dirty.update(dict.fromkeys(done.touched))
+        self._dirty.update(dict.fromkeys(self.engine.networks.key(n) for n in networks))
+        return done.requests
+
     def take_states(self) -> dict[str, tuple[int, bytes]]:
         """The states changed since the last call, by table key: (changelog partition, bytes). A
         station's goes to its readings' partition, a network's clock to a fixed one."""
@@ -202,6 +213,40 @@ class Processor:
                 out[key] = (max(window.partition, 0), window.to_bytes())
         self._dirty.clear()
         return out
+
+    def aligned(self, items: list[tuple[Any, Reading]]) -> Iterator[tuple[Any, Reading, bool]]:
+        """The batch's readings in event-time order across input partitions (a merge: each
+        partition's own order is kept), each with whether to hold it back: a network station's
+        reading more than ``align_hours`` ahead of a partition still behind (its newest applied
+        hour, or its first reading in the batch; one that has neither holds every network reading
+        back), and everything after it in its partition. Evaluated lazily: the readings applied
+        meanwhile move the partitions on. Items: (input with a ``partition``, reading)."""
+        by_partition: dict[int, list[tuple[Any, Reading]]] = {}
+        for item in items:
+            by_partition.setdefault(item[0].partition, []).append(item)
+        merged = heapq.merge(*by_partition.values(), key=lambda item: item[1].hour)
+        blocked: set[int] = set()
+        networks = self.engine.networks
+        # where a partition that has applied nothing yet starts: its first reading in the batch
+        first = {p: min(r.hour for _, r in rows) for p, rows in by_partition.items()}
+        for item, reading in merged:
+            p = item.partition
+            if p not in blocked and self.lagging and networks.network_of(reading.station_id) is not None:
+                behind = [self.newest_by_partition.get(q, first.get(q)) for q in self.lagging if q != p]
+                # a partition behind with nothing applied nor in the batch may hold any hour: wait
+                if any(h is None for h in behind):
+                    blocked.add(p)
+                elif behind and reading.hour > min(h for h in behind if h is not None) + self.align_hours:
+                    blocked.add(p)
+            yield item, reading, p in blocked
+
+    @property
+    def align_hours(self) -> int:
+        """How far a network station's readings may run ahead of the partitions still behind: the
+        station buffer must still hold the window of every hour its network has not closed."""
+        engine = self.engine
+        spare = engine.buffer_hours - engine.model.window_hours - engine.networks.lateness_hours - 2
+        return max(spare, 1)
 
     def watermark(self) -> int:
         """The event hour every input partition has reached: the least newest hour of the

@@ -22,12 +22,16 @@ __all__ = ["follow_stations"]
 
 log = logging.getLogger(__name__)
 
+#: How long the worker waits at start for the metadata topic's partitions to be known.
+TOPIC_WAIT_S = 5.0
+
 
 async def follow_stations(
     settings: Settings, apply: Callable[[list[Station]], None], caught_up: asyncio.Event, retry_s: float = 2.0
 ) -> None:
     """Read the topic to its end (then set ``caught_up``) and keep following it; ``apply`` gets
-    each batch of valid stations. Broker errors are retried; an absent topic means no metadata."""
+    each batch of valid stations. Broker errors are retried; a topic still unknown after
+    ``TOPIC_WAIT_S`` means no metadata for now (it is followed once it appears)."""
     kwargs = {
         "bootstrap_servers": settings.bootstrap_servers,
         "group_id": None,
@@ -41,23 +45,21 @@ async def follow_stations(
         consumer = AIOKafkaConsumer(**kwargs)
         try:
             await consumer.start()
-            known = await consumer.topics()  # fetches the cluster's metadata
-            partitions = consumer.partitions_for_topic(topic) if topic in known else None
-            tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+            consumer.subscribe([topic])  # no group: every partition, assigned once the topic is known
+            deadline = asyncio.get_running_loop().time() + TOPIC_WAIT_S
+            total = 0
+            while not consumer.assignment() and asyncio.get_running_loop().time() < deadline:
+                total += _apply(await consumer.getmany(timeout_ms=200), apply)
+            tps = sorted(consumer.assignment())
             if not tps:
-                log.info("no station metadata topic %s: every station is forecast alone", topic)
+                log.info("no station metadata topic %s yet: every station is forecast alone until it appears", topic)
             else:
-                consumer.assign(tps)
-                await consumer.seek_to_beginning(*tps)
                 end = await consumer.end_offsets(tps)
-                total = 0
                 while await _behind(consumer, tps, end):
                     total += _apply(await consumer.getmany(timeout_ms=500), apply)
                 log.info("station metadata: %d records read from %s", total, topic)
             caught_up.set()
-            if not tps:
-                return  # topics are created before the readings flow (pm25 topics); restart to pick it up
-            while True:
+            while True:  # follow it (a topic created later is picked up by the subscription)
                 _apply(await consumer.getmany(timeout_ms=1000), apply)
         except asyncio.CancelledError:
             raise

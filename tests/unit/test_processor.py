@@ -103,3 +103,68 @@ def test_a_network_survives_a_restart_from_saved_states_and_equals_the_backtest(
     engine = make_engine(Settings(), stations)
     offline = [(f.station_id.encode(), f.value) for f in run_offline(engine, readings, batch_size=77)]
     assert offline == whole
+
+
+def _skewed_run(readings, stations, claim_lagging: bool):
+    """Two input partitions, the first delivered four times as fast as the second (partition 0
+    runs ever further ahead), through the worker's intake rules: the readings of a batch in
+    event-time order, the ones too far ahead held back for a later batch. ``claim_lagging``: the
+    worker tells the processor which partitions still hold messages (Worker._lagging_partitions);
+    False pretends none does."""
+    from collections import namedtuple
+
+    from pm25.schema import forecast_from_json
+
+    Item = namedtuple("Item", "partition offset")
+    part = {sid: i % 2 for i, sid in enumerate(sorted({r.station_id for r in readings}))}
+    queues = {p: [r for r in readings if part[r.station_id] == p] for p in (0, 1)}
+    proc = Processor(make_engine(Settings(), stations), WorkerMetrics(), now_hour=lambda: 10**9, partitions=2)
+    table: dict[str, bytes] = {}
+    offsets = {0: 0, 1: 0}
+    out, held, most_held = [], [], 0
+    while queues[0] or queues[1] or held:
+        lagging = {p for p in (0, 1) if queues[p]} | {item.partition for item, _ in held}
+        proc.lagging = lagging if claim_lagging else set()
+        batch, held = held, []
+        for p, n in ((0, 40), (1, 10)):
+            for r in queues[p][:n]:
+                offsets[p] += 1
+                batch.append((Item(p, offsets[p]), r))
+            queues[p] = queues[p][n:]
+        requests = []
+        for item, r, hold in proc.aligned(batch):
+            if hold:
+                held.append((item, r))
+            else:
+                requests += proc.apply(table, r, item.offset, item.partition).requests
+        most_held = max(most_held, len(held))
+        requests += proc.advance(table)
+        table.update({key: state for key, (_, state) in proc.take_states().items()})
+        job = proc.forecaster.start(requests)
+        out += proc.forecaster.complete(job, job.run())
+    final = {}
+    for _, value in out:
+        f = forecast_from_json(value)
+        final[(f.station_id, f.issued_at)] = value
+    return final, most_held
+
+
+def test_a_partition_running_hours_ahead_does_not_change_a_network_s_forecasts():
+    """The networks' watermark is the least newest hour of the partitions still behind, and a
+    partition running too far ahead is held back: the worker's final forecasts equal the
+    backtest's though one partition is delivered four times as fast; without knowing which
+    partitions are behind they do not (the test can fail)."""
+    from pm25.stations import read_stations_csv
+    from stream_processor.engine import run_offline
+
+    meta = read_stations_csv()
+    readings = [
+        Reading(sid, H0 + h, pm25=20.0 + (h * 7 + i * 13) % 90, wind_direction="NW")
+        for h in range(60)
+        for i, sid in enumerate(sorted(meta))
+    ]
+    stations = list(meta.values())
+    offline = {(f.station_id, f.issued_at): f.value for f in run_offline(make_engine(Settings(), stations), readings)}
+    aligned, most_held = _skewed_run(readings, stations, claim_lagging=True)
+    assert aligned == offline and most_held > 0  # partition 0 was held back, and nothing changed
+    assert _skewed_run(readings, stations, claim_lagging=False)[0] != offline
