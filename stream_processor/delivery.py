@@ -106,9 +106,7 @@ class DeliveryCore:
         self._computing: asyncio.Future[list[Awaitable[Any]]] | None = None
         self._in_flight: deque[asyncio.Future[None]] = deque()
 
-    def intake(
-        self, inputs: Sequence[Input], model: Forecaster, held: Sequence[tuple[Input, Reading]] = ()
-    ) -> Batch:
+    def intake(self, inputs: Sequence[Input], model: Forecaster, held: Sequence[tuple[Input, Reading]] = ()) -> Batch:
         """Stage 1, on the event loop: parse and apply every input; the new states go into the
         port's table at once (the next batch builds on them) and are saved by :meth:`_release`.
 

@@ -231,14 +231,23 @@ class Processor:
         first = {p: min(r.hour for _, r in rows) for p, rows in by_partition.items()}
         for item, reading in merged:
             p = item.partition
-            if p not in blocked and self.lagging and networks.network_of(reading.station_id) is not None:
-                behind = [self.newest_by_partition.get(q, first.get(q)) for q in self.lagging if q != p]
-                # a partition behind with nothing applied nor in the batch may hold any hour: wait
-                if any(h is None for h in behind):
-                    blocked.add(p)
-                elif behind and reading.hour > min(h for h in behind if h is not None) + self.align_hours:
-                    blocked.add(p)
+            if (
+                p not in blocked
+                and networks.network_of(reading.station_id) is not None
+                and self._ahead(p, reading, first)
+            ):
+                blocked.add(p)
             yield item, reading, p in blocked
+
+    def _ahead(self, partition: int, reading: Reading, first: dict[int, int]) -> bool:
+        """Whether the reading is too far ahead of a partition still behind (one with nothing
+        applied nor in the batch may hold any hour: wait for it)."""
+        if not self.lagging:
+            return False
+        behind = [self.newest_by_partition.get(q, first.get(q)) for q in self.lagging if q != partition]
+        if any(h is None for h in behind):
+            return True
+        return bool(behind) and reading.hour > min(h for h in behind if h is not None) + self.align_hours
 
     @property
     def align_hours(self) -> int:
