@@ -76,6 +76,9 @@ FETCH_BYTES_PER_PARTITION = 256 * 1024
 #: sends about 50 small fetches a second instead of one.
 FETCH_MAX_WAIT_MS = 20
 MODEL_POLL_S = 2.0
+#: A partition that delivered a message within this many seconds counts for the networks'
+#: watermark even when it looks caught up (Processor.watermark).
+ACTIVE_S = 2.0
 #: How often readings held back, or a watermark held by partitions behind, are looked at again
 #: when no new event arrives.
 HELD_RETRY_S = 0.05
@@ -139,6 +142,7 @@ class Worker:
         self._queue: deque[EventT] = deque()  # events taken from Faust, not yet in a batch
         #: readings a batch held back (a partition too far ahead of another; DeliveryCore.intake)
         self._held: list[tuple[Input, Reading]] = []
+        self._delivered_at: dict[int, float] = {}  # input partition -> when it last delivered (monotonic)
         self._queued = asyncio.Event()  # set while the queue holds events
         self._room = asyncio.Event()  # set while the queue holds fewer than BATCH_MAX events
         self._taken = 0  # input messages taken in so far
@@ -219,7 +223,7 @@ class Worker:
         """Cut micro-batches from the queue: the next one once the previous batch's graph has run."""
         queue = self._queue
         while True:
-            if self._held or self.processor.lagging:
+            if self._held or self.processor.lagging or self.processor.active:
                 # readings held back, or a watermark held by partitions that were behind: look
                 # again soon even if nothing arrives (their messages may all be in by now)
                 with contextlib.suppress(TimeoutError):
@@ -233,7 +237,7 @@ class Worker:
             if not queue:
                 self._queued.clear()
             self._room.set()
-            if not events and not self._held and not self.processor.lagging:
+            if not events and not self._held and not self.processor.lagging and not self.processor.active:
                 continue
             self._waiting = False
             await self.handle_batch(events)
@@ -252,8 +256,14 @@ class Worker:
         """
         inputs: list[Input] = []
         seeks: dict[int, int] = {}
-        # before this batch: the partitions it reads from, and those with readings held back, lag
+        # before this batch: the partitions it reads from, and those with readings held back, lag;
+        # those that delivered lately are active (a partition may look caught up while messages
+        # produced before another partition's are still on their way)
+        now = time.monotonic()
+        for event in events:
+            self._delivered_at[event.message.partition] = now
         self.processor.lagging = self._lagging_partitions() | {item.partition for item, _ in self._held}
+        self.processor.active = {p for p, t in self._delivered_at.items() if now - t < ACTIVE_S}
         committed = self._committed_offsets()
         for event in events:
             msg = event.message
@@ -354,6 +364,8 @@ class Worker:
         await self.core.drain()  # what is already taken in is delivered before the partitions go
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.readings_topic}
         self._held = [(item, r) for item, r in self._held if item.partition not in partitions]  # never acked
+        for partition in partitions:
+            self._delivered_at.pop(partition, None)
         # the adaptations go back into the table beside their windows: the table is what a
         # station's next owner (this worker again, or another after the changelog) starts from
         store = self.windows.data

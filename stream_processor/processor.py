@@ -129,6 +129,8 @@ class Processor:
         #: not read yet (None: unknown; the worker sets it per batch): the networks' watermark
         self.newest_by_partition: dict[int, int] = {}
         self.lagging: set[int] | None = None
+        #: the partitions that delivered a message lately (the worker sets it per batch)
+        self.active: set[int] = set()
         self._dirty: dict[str, None] = {}  # keys whose state changed since take_states (ordered)
         #: the second layer, sharing the adaptations (a batch's encoding records in them, in order)
         self.forecaster = BatchForecaster(engine, metrics, self.adaptations, self.scorer)
@@ -259,15 +261,18 @@ class Processor:
 
     def watermark(self) -> int:
         """The event hour every input partition has reached: the least newest hour of the
-        partitions still behind (each partition is in event-time order within the bound, so what
-        is older than this minus the lateness has arrived); when none is behind, the newest hour
-        read. A partition behind that has delivered nothing yet holds it back entirely."""
+        partitions still behind or still receiving readings (each partition is in event-time order
+        within the bound, so what is older than this minus the lateness has arrived from it; a
+        partition that looks caught up may have messages on their way); when every partition is
+        caught up and idle, the newest hour read. A partition behind that has applied nothing yet
+        holds it back entirely."""
         hours = self.newest_by_partition
         if not hours:
             return NO_WATERMARK
         if self.lagging is None:
             return min(hours.values())
-        behind = [hours.get(p) for p in self.lagging]
+        counted = self.lagging | self.active
+        behind = [hours.get(p) for p in counted if p in self.lagging or p in hours]
         if any(h is None for h in behind):
             return NO_WATERMARK
         return min(h for h in behind if h is not None) if behind else max(hours.values())
