@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from model_store import load_bundle, load_production
+from pm25.features import RAW_FIELDS
 from pm25_ops.cli import main
 from stream_processor.inference import OnnxForecaster
 
@@ -27,7 +28,7 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
     first = load_production(store)
     assert first.version == "q1"
     model = OnnxForecaster(first)
-    raw = np.full((2, model.window_hours, 8), 30.0, dtype=np.float32)
+    raw = np.full((2, model.window_hours, len(RAW_FIELDS)), 30.0, dtype=np.float32)
     assert model.predict(raw, np.array([380_000, 380_001])).point.shape == (2, 24)
     spec = first.spec
     for key in ("data", "packages", "code_sha256", "seed", "metrics", "intervals", "scaler", "train_config"):
@@ -71,7 +72,7 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
     assert second.spec["metrics"] == spec["metrics"]
     # the same function (graph node names may differ with what else the process built before)
     rng = np.random.default_rng(5)
-    probe = rng.uniform(0, 300, size=(16, model.window_hours, 8)).astype(np.float32)
+    probe = rng.uniform(0, 300, size=(16, model.window_hours, len(RAW_FIELDS))).astype(np.float32)
     ends = np.arange(380_000, 380_016)
     np.testing.assert_array_equal(OnnxForecaster(second).predict(probe, ends).point, model.predict(probe, ends).point)
     assert load_production(store).version == "q1"
