@@ -140,8 +140,9 @@ def bench_inference(cfg: BenchConfig, settings: Settings) -> dict[str, Any]:
     bundle = load_production(settings.model_store or default_store())
     model = OnnxForecaster(bundle)
     readings = synthetic_readings(600, model.window_hours)
-    raw = np.zeros((600, model.window_hours, 8), dtype=np.float32)
-    from pm25.features import encode_reading
+    from pm25.features import RAW_FIELDS, encode_reading
+
+    raw = np.zeros((600, model.window_hours, len(RAW_FIELDS)), dtype=np.float32)
 
     for i, r in enumerate(readings):
         raw[i % 600, i // 600] = encode_reading(r)
