@@ -102,7 +102,8 @@ def synthetic_stations(stations: int, networks: int) -> list[Station]:
 
 def synthetic_readings(stations: int, hours: int, offset_hours: int = 0) -> list[Reading]:
     """``stations`` stations x ``hours`` hours from the 12 real multi-site series: station k
-    replays real station k % 12 from a different starting day; all stations report each hour."""
+    replays real station k % 12 from a different starting day, stamped with the common hour (a
+    network's stations report the same hours); all stations report each hour."""
     from producer.replay import load_source
 
     per_source = -(-stations // 12)
@@ -113,13 +114,14 @@ def synthetic_readings(stations: int, hours: int, offset_hours: int = 0) -> list
     sources = sorted(by_source)
     out: list[Reading] = []
     for t in range(offset_hours, offset_hours + hours):
+        hour = by_source[sources[0]][t].hour
         for k in range(stations):
             series = by_source[sources[k % 12]]
             r = series[(k // 12) * 24 + t]
             out.append(
                 Reading(
                     f"S{k:05d}",
-                    r.hour,
+                    hour,
                     r.pm25,
                     r.temperature_c,
                     r.dew_point_c,

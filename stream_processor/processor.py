@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 NO_WATERMARK = -(2**62)
 
 
+def _latest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
 def wall_clock_hour() -> int:
     return int(time.time()) // 3600
 
@@ -246,7 +250,10 @@ class Processor:
         applied nor in the batch may hold any hour: wait for it)."""
         if not self.lagging:
             return False
-        behind = [self.newest_by_partition.get(q, first.get(q)) for q in self.lagging if q != partition]
+        # a partition's position: the newest hour it applied, or the hour of its next reading in
+        # the batch if that is later (it holds nothing older back: the batch's earliest reading
+        # always goes through, so the worker never holds everything)
+        behind = [_latest(self.newest_by_partition.get(q), first.get(q)) for q in self.lagging if q != partition]
         if any(h is None for h in behind):
             return True
         return bool(behind) and reading.hour > min(h for h in behind if h is not None) + self.align_hours
