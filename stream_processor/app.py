@@ -79,6 +79,9 @@ MODEL_POLL_S = 2.0
 #: A partition that delivered a message within this many seconds counts for the networks'
 #: watermark even when it looks caught up (Processor.watermark).
 ACTIVE_S = 2.0
+#: When partitions have counted as behind for this long without a pause, the worker stops waiting
+#: for them (a partition that never catches up must not stop the others' forecasts).
+BEHIND_MAX_S = 60.0
 #: How often readings held back, or a watermark held by partitions behind, are looked at again
 #: when no new event arrives.
 HELD_RETRY_S = 0.05
@@ -143,6 +146,7 @@ class Worker:
         #: readings a batch held back (a partition too far ahead of another; DeliveryCore.intake)
         self._held: list[tuple[Input, Reading]] = []
         self._delivered_at: dict[int, float] = {}  # input partition -> when it last delivered (monotonic)
+        self._behind_since = time.monotonic()  # since when some partition counts as behind
         self._queued = asyncio.Event()  # set while the queue holds events
         self._room = asyncio.Event()  # set while the queue holds fewer than BATCH_MAX events
         self._taken = 0  # input messages taken in so far
@@ -262,7 +266,22 @@ class Worker:
         now = time.monotonic()
         for event in events:
             self._delivered_at[event.message.partition] = now
-        self.processor.lagging = self._lagging_partitions() | {item.partition for item, _ in self._held}
+        lagging = self._lagging_partitions() | {item.partition for item, _ in self._held}
+        if not lagging:
+            self._behind_since = now
+        elif now - self._behind_since > BEHIND_MAX_S:
+            # partitions have counted as behind for this long: forecast rather than wait (the final
+            # forecasts of the hours they delay may then differ from the backtest's)
+            log.warning(
+                "partitions %s behind for over %.0f s (%d readings held back): not waiting for them",
+                sorted(lagging),
+                BEHIND_MAX_S,
+                len(self._held),
+            )
+            self.metrics.held_released.inc()
+            self._behind_since = now
+            lagging = set()
+        self.processor.lagging = lagging
         self.processor.active = {p for p, t in self._delivered_at.items() if now - t < ACTIVE_S}
         committed = self._committed_offsets()
         for event in events:
