@@ -202,7 +202,6 @@ class Worker:
         queue is bounded: while it holds a full batch, Faust's buffer (and then the consumer) waits."""
         # take_events lives on the concrete Stream, not on StreamT
         concrete = self._stream = cast(faust.Stream, stream)
-        await self.stations_loaded.wait()  # the first forecasts already see the networks
         _tune_gc()
         self._room.set()
         dispatcher = asyncio.ensure_future(self._dispatch())
@@ -226,6 +225,7 @@ class Worker:
     async def _dispatch(self) -> None:
         """Cut micro-batches from the queue: the next one once the previous batch's graph has run."""
         queue = self._queue
+        await self.stations_loaded.wait()  # the first forecasts already see the networks
         while True:
             if self._held or self.processor.lagging or self.processor.active:
                 # readings held back, or a watermark held by partitions that were behind: look
