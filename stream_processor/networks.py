@@ -10,7 +10,7 @@ that the caller keeps, like the stations' windows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -88,9 +88,6 @@ class Networks:
     @staticmethod
     def key(network: str) -> str:
         return NETWORK_KEY_PREFIX + network
-
-    def groups(self) -> Mapping[str, list[Station]]:
-        return self._members
 
 
 def fill_row(row: npt.NDArray[np.float32], station_id: str, hour: int, networks: Networks, clock: NetworkClock) -> None:

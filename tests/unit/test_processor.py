@@ -83,12 +83,9 @@ def test_adaptation_survives_a_restart_from_saved_states_and_equals_the_backtest
     assert offline == whole
 
 
-def test_a_network_survives_a_restart_from_saved_states_and_equals_the_backtest():
-    """Twelve stations in one network (the shipped metadata): forecasts wait for the network's
-    hours, carry the neighbour columns, and a restart from the saved windows and clock changes
-    nothing."""
+def _beijing_network():
+    """Sixty hours of the 12 shipped stations (one network), hour by hour in station order."""
     from pm25.stations import read_stations_csv
-    from stream_processor.engine import run_offline
 
     meta = read_stations_csv()
     readings = [
@@ -96,7 +93,16 @@ def test_a_network_survives_a_restart_from_saved_states_and_equals_the_backtest(
         for h in range(60)
         for i, sid in enumerate(sorted(meta))
     ]
-    stations = list(meta.values())
+    return readings, list(meta.values())
+
+
+def test_a_network_survives_a_restart_from_saved_states_and_equals_the_backtest():
+    """Twelve stations in one network (the shipped metadata): forecasts wait for the network's
+    hours, carry the neighbour columns, and a restart from the saved windows and clock changes
+    nothing."""
+    from stream_processor.engine import run_offline
+
+    readings, stations = _beijing_network()
     whole = _worker_like_run(readings, stations=stations, batch=48)
     restarted = _worker_like_run(readings, restart_at=384, stations=stations, batch=48)
     assert len(whole) >= len(readings) - 12 and whole == restarted
@@ -154,16 +160,9 @@ def test_a_partition_running_hours_ahead_does_not_change_a_network_s_forecasts()
     partition running too far ahead is held back: the worker's final forecasts equal the
     backtest's though one partition is delivered four times as fast; without knowing which
     partitions are behind they do not (the test can fail)."""
-    from pm25.stations import read_stations_csv
     from stream_processor.engine import run_offline
 
-    meta = read_stations_csv()
-    readings = [
-        Reading(sid, H0 + h, pm25=20.0 + (h * 7 + i * 13) % 90, wind_direction="NW")
-        for h in range(60)
-        for i, sid in enumerate(sorted(meta))
-    ]
-    stations = list(meta.values())
+    readings, stations = _beijing_network()
     offline = {(f.station_id, f.issued_at): f.value for f in run_offline(make_engine(Settings(), stations), readings)}
     aligned, most_held = _skewed_run(readings, stations, claim_lagging=True)
     assert aligned == offline and most_held > 0  # partition 0 was held back, and nothing changed
