@@ -46,7 +46,7 @@ from stream_processor.inference import OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.networks import Networks
 from stream_processor.offsets import OffsetGuard, TailWatch, Verdict
-from stream_processor.processor import DeadLetter, Processor
+from stream_processor.processor import DeadLetter, PartitionActivity, Processor
 from stream_processor.sending import BatchSender
 from stream_processor.stations_feed import follow_stations
 
@@ -77,7 +77,8 @@ FETCH_BYTES_PER_PARTITION = 256 * 1024
 FETCH_MAX_WAIT_MS = 20
 MODEL_POLL_S = 2.0
 #: A partition that delivered a message within this many seconds counts for the networks'
-#: watermark even when it looks caught up (Processor.watermark).
+#: watermark even when it looks caught up, and so does every partition for this long after the
+#: stream starts moving after a pause (Processor.watermark, PartitionActivity).
 ACTIVE_S = 2.0
 #: When partitions have counted as behind for this long without a pause, the worker stops waiting
 #: for them (a partition that never catches up must not stop the others' forecasts).
@@ -145,7 +146,7 @@ class Worker:
         self._queue: deque[EventT] = deque()  # events taken from Faust, not yet in a batch
         #: readings a batch held back (a partition too far ahead of another; DeliveryCore.intake)
         self._held: list[tuple[Input, Reading]] = []
-        self._delivered_at: dict[int, float] = {}  # input partition -> when it last delivered (monotonic)
+        self._activity = PartitionActivity(ACTIVE_S)  # the input partitions counted as active
         self._behind_since = time.monotonic()  # since when some partition counts as behind
         self._queued = asyncio.Event()  # set while the queue holds events
         self._room = asyncio.Event()  # set while the queue holds fewer than BATCH_MAX events
@@ -234,6 +235,8 @@ class Worker:
                     await asyncio.wait_for(self._queued.wait(), HELD_RETRY_S)
             else:
                 await self._queued.wait()
+            if self.app.rebalancing:
+                self._give_back_held()
             graph = self.core.graph
             if graph is not None and not graph.done():
                 await asyncio.wait([graph])  # its failure is raised by the batch's own stages
@@ -246,6 +249,21 @@ class Worker:
             self._waiting = False
             await self.handle_batch(events)
             self._waiting = not queue
+            if self.app.rebalancing:
+                self._give_back_held()
+
+    def _give_back_held(self) -> None:
+        """A rebalance began: Faust waits for every message taken to be acknowledged before it
+        revokes partitions, and the partitions held back cannot catch up while the consumer is
+        paused. The held readings are given back unacknowledged instead: after the rebalance Faust
+        seeks every partition to its committed offset, so they are read again (applied readings
+        among them are recognised as replays)."""
+        if not self._held:
+            return
+        log.info("rebalance: %d readings held back are given back to be read again", len(self._held))
+        for item, _ in self._held:
+            withhold_ack(self.app, item.handle)
+        self._held = []
 
     async def handle_batch(self, events: Sequence[EventT]) -> None:
         """One micro-batch: the offset guard, then the delivery core (stream_processor.delivery:
@@ -264,8 +282,7 @@ class Worker:
         # those that delivered lately are active (a partition may look caught up while messages
         # produced before another partition's are still on their way)
         now = time.monotonic()
-        for event in events:
-            self._delivered_at[event.message.partition] = now
+        self._activity.delivered({event.message.partition for event in events}, now)
         lagging = self._lagging_partitions() | {item.partition for item, _ in self._held}
         if not lagging:
             self._behind_since = now
@@ -282,7 +299,7 @@ class Worker:
             self._behind_since = now
             lagging = set()
         self.processor.lagging = lagging
-        self.processor.active = {p for p, t in self._delivered_at.items() if now - t < ACTIVE_S}
+        self.processor.active = self._activity.active(self._input_partitions(), now)
         committed = self._committed_offsets()
         for event in events:
             msg = event.message
@@ -303,6 +320,10 @@ class Worker:
             self.metrics.input_seeks.inc()
             await self.app.consumer.seek(TP(self.settings.readings_topic, partition), offset)
         await self.core.submit(batch)
+
+    def _input_partitions(self) -> set[int]:
+        topic = self.settings.readings_topic
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
 
     def _lagging_partitions(self) -> set[int]:
         """The input partitions with messages not taken into a batch yet (or not known to have
@@ -383,8 +404,7 @@ class Worker:
         await self.core.drain()  # what is already taken in is delivered before the partitions go
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.readings_topic}
         self._held = [(item, r) for item, r in self._held if item.partition not in partitions]  # never acked
-        for partition in partitions:
-            self._delivered_at.pop(partition, None)
+        self._activity.forget(partitions)
         # the adaptations go back into the table beside their windows: the table is what a
         # station's next owner (this worker again, or another after the changelog) starts from
         store = self.windows.data

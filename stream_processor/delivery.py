@@ -35,6 +35,7 @@ from pm25.schema import Reading
 from stream_processor.engine import Request
 from stream_processor.forecaster import Inference, Observation
 from stream_processor.inference import Forecaster
+from stream_processor.networks import NETWORK_KEY_PREFIX
 from stream_processor.processor import DeadLetter, Processor
 
 __all__ = ["Batch", "DeliveryCore", "Input", "Outputs", "Port"]
@@ -202,7 +203,17 @@ class DeliveryCore:
         if after is not None:
             await after
         states = [(sid, batch.partition_of[sid], state) for sid, state in batch.states.items()]
-        await asyncio.gather(*await self.port.send_states(states))  # 2. ... then the states
+        # 2. ... then the states: the stations' windows, and once they are acknowledged the
+        # networks' clocks. A restart may find a window newer than its network's clock (the
+        # replayed readings are offered to the clock again) but never a clock newer than a window:
+        # that clock has closed hours the window must apply again, and every later forecast of the
+        # station would differ from the backtest.
+        windows = [s for s in states if not s[0].startswith(NETWORK_KEY_PREFIX)]
+        clocks = [s for s in states if s[0].startswith(NETWORK_KEY_PREFIX)]
+        if windows:
+            await asyncio.gather(*await self.port.send_states(windows))
+        if clocks:
+            await asyncio.gather(*await self.port.send_states(clocks))
         self.port.release(batch.held)  # 3. ... then the input offsets may be committed
         now = time.time()
         observe = self.processor.metrics.reading_to_forecast_seconds.observe

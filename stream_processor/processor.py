@@ -29,7 +29,7 @@ from stream_processor.hindcast import HindcastScorer
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.networks import NETWORK_KEY_PREFIX
 
-__all__ = ["Applied", "DeadLetter", "Observation", "Processor", "wall_clock_hour"]
+__all__ = ["Applied", "DeadLetter", "Observation", "PartitionActivity", "Processor", "wall_clock_hour"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,38 @@ def _latest(a: int | None, b: int | None) -> int | None:
 
 def wall_clock_hour() -> int:
     return int(time.time()) // 3600
+
+
+class PartitionActivity:
+    """Which input partitions count as active for the networks' watermark (Processor.watermark):
+    those that delivered within ``active_s`` seconds, and every assigned partition for
+    ``active_s`` seconds after the stream starts moving again after a pause of ``active_s`` (an
+    idle timeout, as event-time watermarks across partitions need: the producers' writes to the
+    partitions do not land at once, so a partition that has delivered nothing yet this time, or
+    nothing ever, is waited for that long before the others' hours close without it)."""
+
+    def __init__(self, active_s: float) -> None:
+        self.active_s = active_s
+        self._at: dict[int, float] = {}  # partition -> when it last delivered
+        self._last = float("-inf")  # when any partition last delivered
+        self._resumed = float("-inf")  # when the stream last started moving after a pause
+
+    def delivered(self, partitions: set[int], now: float) -> None:
+        if not partitions:
+            return
+        if now - self._last >= self.active_s:
+            self._resumed = now
+        self._last = now
+        for p in partitions:
+            self._at[p] = now
+
+    def active(self, assigned: set[int], now: float) -> set[int]:
+        since_resumed = now - self._resumed < self.active_s
+        return {p for p in assigned if since_resumed or now - self._at.get(p, float("-inf")) < self.active_s}
+
+    def forget(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self._at.pop(p, None)
 
 
 class Applied(NamedTuple):
@@ -246,14 +278,16 @@ class Processor:
             yield item, reading, p in blocked
 
     def _ahead(self, partition: int, reading: Reading, first: dict[int, int]) -> bool:
-        """Whether the reading is too far ahead of a partition still behind (one with nothing
-        applied nor in the batch may hold any hour: wait for it)."""
-        if not self.lagging:
+        """Whether the reading is too far ahead of a partition the watermark waits for (still
+        behind, or active: one with nothing applied nor in the batch may hold any hour: wait for
+        it)."""
+        counted = (self.lagging or set()) | self.active  # those the watermark waits for
+        if not counted:
             return False
         # a partition's position: the newest hour it applied, or the hour of its next reading in
         # the batch if that is later (it holds nothing older back: the batch's earliest reading
         # always goes through, so the worker never holds everything)
-        behind = [_latest(self.newest_by_partition.get(q), first.get(q)) for q in self.lagging if q != partition]
+        behind = [_latest(self.newest_by_partition.get(q), first.get(q)) for q in counted if q != partition]
         if any(h is None for h in behind):
             return True
         return bool(behind) and reading.hour > min(h for h in behind if h is not None) + self.align_hours
@@ -271,7 +305,7 @@ class Processor:
         partitions still behind or still receiving readings (each partition is in event-time order
         within the bound, so what is older than this minus the lateness has arrived from it; a
         partition that looks caught up may have messages on their way); when every partition is
-        caught up and idle, the newest hour read. A partition behind that has applied nothing yet
+        caught up and idle, the newest hour read. A partition counted that has applied nothing yet
         holds it back entirely."""
         hours = self.newest_by_partition
         if not hours:
@@ -279,7 +313,7 @@ class Processor:
         if self.lagging is None:
             return min(hours.values())
         counted = self.lagging | self.active
-        behind = [hours.get(p) for p in counted if p in self.lagging or p in hours]
+        behind = [hours.get(p) for p in counted]
         if any(h is None for h in behind):
             return NO_WATERMARK
         return min(h for h in behind if h is not None) if behind else max(hours.values())

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,3 +89,27 @@ def collect(settings: Settings, topic: str, until: Callable[[list], bool], timeo
 
 def repo_path() -> Path:
     return Path(__file__).resolve().parents[2]
+
+
+def forecast_mismatch(got: dict, expected: dict, *workers: WorkerProcess) -> str:
+    """Empty when ``got`` equals ``expected`` (final forecast bytes by key); otherwise a short
+    account of the keys missing, extra and different (the first few each) and the workers' log
+    tails, instead of pytest's diff of hundreds of forecast bodies."""
+    missing = sorted(expected.keys() - got.keys())
+    extra = sorted(got.keys() - expected.keys())
+    differ = sorted(k for k in expected.keys() & got.keys() if got[k] != expected[k])
+    if not (missing or extra or differ):
+        return ""
+    lines = [f"missing {len(missing)}: {missing[:8]}", f"extra {len(extra)}: {extra[:8]}"]
+    lines.append(f"different {len(differ)}: {differ[:8]}")
+    for key in differ[:2]:
+        lines += [f"{key} got:      {got[key][:400]!r}", f"{key} expected: {expected[key][:400]!r}"]
+    for n, w in enumerate(workers):
+        if w.proc is not None and w.proc.poll() is None:  # alive: its counters, tasks and consumer
+            with contextlib.suppress(OSError):
+                counters = [x for x in w.metrics().splitlines() if x.startswith("pm25_") and "_bucket" not in x]
+                lines += [f"--- worker {n} counters ---", *counters]
+            os.kill(w.proc.pid, signal.SIGUSR1)
+            time.sleep(1.0)
+        lines += [f"--- worker {n} log tail ---", w.tail(150)]
+    return "\n".join(lines)

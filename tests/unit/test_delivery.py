@@ -143,3 +143,47 @@ def test_the_pipelined_core_publishes_exactly_what_the_backtest_does():
     streamed = asyncio.run(run())
     offline = [(f.station_id.encode(), f.value) for f in run_offline(make_engine(Settings()), readings, batch_size=64)]
     assert len(streamed) == len(readings) and streamed == offline
+
+
+def test_a_network_s_clock_is_saved_only_after_its_stations_windows_are_acknowledged():
+    """A restart must never find a clock newer than a window (tests/unit/test_processor.py, the
+    restart tests): the clocks of a batch go out only once its windows are acknowledged."""
+    from pm25.stations import read_stations_csv
+    from stream_processor.networks import NETWORK_KEY_PREFIX
+
+    class KeyPort(FakePort):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[list[str]] = []
+
+        async def send_states(self, states):
+            self.sent.append([key for key, _, _ in states])
+            return await super().send_states(states)
+
+    async def run():
+        port = KeyPort()
+        stations = list(read_stations_csv().values())
+        proc = Processor(make_engine(Settings(), stations), WorkerMetrics(), now_hour=lambda: 10**9)
+        core = DeliveryCore(proc, port, ThreadPoolExecutor(max_workers=1), max_in_flight=2)
+        readings = [r for h in range(3) for r in network_hour(stations, h)]
+        await core.submit(core.intake(inputs_for(readings), proc.engine.model))
+        await settle()
+        port.acks[("outputs", 1)].set_result(None)
+        await settle()
+        assert len(port.sent) == 1 and port.sent[0] and not any(k.startswith(NETWORK_KEY_PREFIX) for k in port.sent[0])
+        port.acks[("states", 1)].set_result(None)  # the windows acknowledged: now the clock
+        await settle()
+        assert len(port.sent) == 2 and all(k.startswith(NETWORK_KEY_PREFIX) for k in port.sent[1])
+        assert port.released == []  # not before the clock is acknowledged too
+        port.acks[("states", 2)].set_result(None)
+        await settle()
+        assert port.released == list(range(len(readings)))
+
+    asyncio.run(run())
+
+
+def network_hour(stations, h):
+    from pm25.schema import Reading
+    from tests.unit.test_processor import H0
+
+    return [Reading(s.station_id, H0 + h, pm25=30.0 + i, wind_direction="N") for i, s in enumerate(stations)]

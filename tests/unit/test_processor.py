@@ -4,7 +4,7 @@ from pm25.schema import Reading, reading_to_json
 from pm25.settings import Settings
 from stream_processor.backtest import make_engine
 from stream_processor.metrics import WorkerMetrics
-from stream_processor.processor import DeadLetter, Processor
+from stream_processor.processor import DeadLetter, PartitionActivity, Processor
 
 H0 = 378_360
 
@@ -167,3 +167,139 @@ def test_a_partition_running_hours_ahead_does_not_change_a_network_s_forecasts()
     aligned, most_held = _skewed_run(readings, stations, claim_lagging=True)
     assert aligned == offline and most_held > 0  # partition 0 was held back, and nothing changed
     assert _skewed_run(readings, stations, claim_lagging=False)[0] != offline
+
+
+def _late_partition_run(readings, stations, activity: PartitionActivity | None):
+    """Two input partitions; partition 1's messages land 0.5 s after partition 0 has delivered
+    all of its own (a producer's writes to the partitions do not land at once), and partition 1
+    never looks behind (its high watermark was read before they landed). ``activity``: the
+    worker's rule for which partitions count as active; None counts only those that delivered
+    within ACTIVE_S. Batches of 40 every 10 ms, then the worker's idle wake-ups."""
+    from collections import namedtuple
+
+    from pm25.schema import forecast_from_json
+    from stream_processor.app import ACTIVE_S
+
+    Item = namedtuple("Item", "partition offset")
+    part = {sid: i % 2 for i, sid in enumerate(sorted({r.station_id for r in readings}))}
+    items = {p: [(Item(p, n), r) for n, r in enumerate(r for r in readings if part[r.station_id] == p)] for p in (0, 1)}
+    batches = [(0.01 * n, items[0][i : i + 40]) for n, i in enumerate(range(0, len(items[0]), 40))]
+    batches += [(0.5 + 0.01 * n, items[1][i : i + 40]) for n, i in enumerate(range(0, len(items[1]), 40))]
+    batches += [(batches[-1][0] + 0.05 * k, []) for k in range(1, 100)]  # idle: the wake-ups
+    proc = Processor(make_engine(Settings(), stations), WorkerMetrics(), now_hour=lambda: 10**9, partitions=2)
+    delivered: dict[int, float] = {}
+    table: dict[str, bytes] = {}
+    out, held = [], []
+    for now, batch in batches:
+        partitions = {item.partition for item, _ in batch}
+        proc.lagging = {item.partition for item, _ in held}  # held back: behind (as in the worker)
+        batch, held = held + batch, []
+        if activity is not None:
+            activity.delivered(partitions, now)
+            proc.active = activity.active({0, 1}, now)
+        else:
+            delivered.update(dict.fromkeys(partitions, now))
+            proc.active = {p for p, t in delivered.items() if now - t < ACTIVE_S}
+        requests = []
+        for item, r, hold in proc.aligned(batch):
+            if hold:
+                held.append((item, r))
+            else:
+                requests += proc.apply(table, r, item.offset, item.partition).requests
+        requests += proc.advance(table)
+        table.update({key: state for key, (_, state) in proc.take_states().items()})
+        job = proc.forecaster.start(requests)
+        out += proc.forecaster.complete(job, job.run())
+    final = {}
+    for _, value in out:
+        f = forecast_from_json(value)
+        final[(f.station_id, f.issued_at)] = value
+    return final
+
+
+def test_a_partition_whose_messages_land_late_is_waited_for():
+    """Every assigned partition counts as active for ACTIVE_S after the stream starts moving, so
+    a network's hours wait for a partition whose first messages land late: the final forecasts
+    equal the backtest's. Counting only the partitions that delivered, the hours close without
+    partition 1's stations and they do not (the test can fail)."""
+    from stream_processor.app import ACTIVE_S
+    from stream_processor.engine import run_offline
+
+    readings, stations = _beijing_network()
+    offline = {(f.station_id, f.issued_at): f.value for f in run_offline(make_engine(Settings(), stations), readings)}
+    assert _late_partition_run(readings, stations, PartitionActivity(ACTIVE_S)) == offline
+    assert _late_partition_run(readings, stations, None) != offline
+
+
+def test_partition_activity_is_an_idle_timeout():
+    activity = PartitionActivity(2.0)
+    assert activity.active({0, 1, 2}, 0.0) == set()  # nothing delivered yet: nothing to wait for
+    activity.delivered({0}, 10.0)  # the stream starts moving: every partition counts for 2 s
+    assert activity.active({0, 1, 2}, 11.0) == {0, 1, 2}
+    activity.delivered({1}, 11.5)
+    assert activity.active({0, 1, 2}, 12.5) == {1}  # 0 and 2 (never delivered) idle after 2 s
+    assert activity.active({0, 1, 2}, 13.6) == set()
+    activity.delivered({2}, 20.0)  # moving again after a pause
+    assert activity.active({0, 1, 2}, 21.0) == {0, 1, 2}
+    activity.forget({0, 1, 2})
+    assert activity.active({0, 1, 2}, 23.0) == set()
+
+
+def _restart_with_skewed_states(readings, stations, batch: int, restart_batch: int, clock_newer: bool):
+    """A kill -9 after batch ``restart_batch - 1`` whose states were only partly saved: the
+    restart finds the windows of before that batch and the clock of after it (``clock_newer``),
+    or the reverse; that batch's offsets were not committed, so its readings come again."""
+    from pm25.schema import forecast_from_json
+    from stream_processor.networks import NETWORK_KEY_PREFIX
+
+    def new():
+        return Processor(make_engine(Settings(), stations), WorkerMetrics(), now_hour=lambda: 10**9, partitions=4)
+
+    proc, table, saved, history, out = new(), {}, {}, [], []
+    starts = list(range(0, len(readings), batch))
+    k, restarted = 0, False
+    while k < len(starts):
+        if k == restart_batch and not restarted:
+            restarted, k = True, k - 1
+            older, newer = history[k - 1], history[k]
+            saved = {}
+            for key in older.keys() | newer.keys():
+                is_clock = key.startswith(NETWORK_KEY_PREFIX)
+                source = newer if is_clock == clock_newer else older
+                if key in source:
+                    saved[key] = source[key]
+            proc, table = new(), dict(saved)
+        requests, states, observed = [], {}, []
+        for offset, r in enumerate(readings[starts[k] : starts[k] + batch], start=starts[k]):
+            _, reqs, seen = proc.apply(table, r, offset)
+            observed.append(seen)
+            requests.extend(reqs)
+        requests += proc.advance(table)
+        for key, (_, state) in proc.take_states().items():
+            table[key] = states[key] = state
+        job = proc.forecaster.start(requests)
+        out += proc.forecaster.complete(job, job.run())
+        proc.score([o for o in observed if o is not None])
+        for key, state in states.items():
+            saved[key] = state if key.startswith(NETWORK_KEY_PREFIX) else proc.state_value(key, state)
+        history.append(dict(saved))
+        k += 1
+    final = {}
+    for _, value in out:
+        f = forecast_from_json(value)
+        final[(f.station_id, f.issued_at)] = value
+    return final
+
+
+def test_a_restart_finding_windows_newer_than_their_clock_equals_the_backtest():
+    """The worker saves a network's clock only after its stations' windows are acknowledged
+    (stream_processor.delivery), so a restart may find windows newer than their clock, never
+    the reverse. Windows newer: the replayed readings are offered to the clock again and nothing
+    changes. The reverse would change every later forecast of the stations (the test can fail)."""
+    from stream_processor.engine import run_offline
+
+    readings, stations = _beijing_network()
+    offline = {(f.station_id, f.issued_at): f.value for f in run_offline(make_engine(Settings(), stations), readings)}
+    for restart_batch in (3, 8):
+        assert _restart_with_skewed_states(readings, stations, 48, restart_batch, clock_newer=False) == offline
+    assert _restart_with_skewed_states(readings, stations, 48, 5, clock_newer=True) != offline
