@@ -21,7 +21,7 @@ The stream and training compute them with :func:`row_features`, from the station
 (pm25.features) and the network clock's closed hours, when the hour closes.
 
 >>> from pm25.stations import Station
->>> from pm25.network import ClosedHour
+>>> from pm25.network import ClosedHour, log_level
 >>> a, b = Station("a", "a", 40.0, 116.0, "n"), Station("b", "b", 40.1, 116.0, "n")  # b is north of a
 >>> hour = lambda h, pm: ClosedHour(h, {"b": pm}, frozenset({"b"}), False)
 >>> f = neighbour_features(10, 20.0, 0.0, nearest_of(a, [a, b], 4),
@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pm25.features import NB_FIELDS, wind_degrees
-from pm25.network import ClosedHour
+from pm25.network import ClosedHour, log_level
 from pm25.stations import Station, nearest
 
 __all__ = [
@@ -84,15 +84,8 @@ def nearest_of(station: Station, stations: Iterable[Station], k: int) -> tuple[N
     )
 
 
-def _log(value: float | None) -> float:
-    if value is None or math.isnan(value):
-        return math.nan
-    return math.log1p(max(value, 0.0))
-
-
-def _weighted(pairs: Sequence[tuple[float, float]]) -> float:
-    total = sum(w for w, _ in pairs)
-    return sum(w * v for w, v in pairs) / total if total > 0 else math.nan
+def _ratio(weighted: float, total: float) -> float:
+    return weighted / total if total > 0 else math.nan
 
 
 def row_features(
@@ -119,33 +112,41 @@ def neighbour_features(
     if not neighbours or now is None:
         return _NAN_ROW
     before1, before3 = content(hour - 1), content(hour - 3)
-    level, change1, change3, up_level, up_change3 = [], [], [], [], []
+    logs, logs1, logs3 = now.logs, before1.logs if before1 else {}, before3.logs if before3 else {}
+    nan = math.nan
+    # weighted sums, added in neighbour order (sum of weights, sum of weight * value)
+    lw = lv = c1w = c1v = c3w = c3v = uw = uv = u3w = u3v = 0.0
     present = 0
     for sid, weight, bearing in neighbours:
-        x = _log(now.values.get(sid))
-        if math.isnan(x):
+        x = logs.get(sid, nan)
+        if x != x:  # NaN: not reported, or reported without PM2.5
             continue
         present += 1
-        x1 = _log(before1.values.get(sid)) if before1 else math.nan
-        x3 = _log(before3.values.get(sid)) if before3 else math.nan
+        x1 = logs1.get(sid, nan)
+        x3 = logs3.get(sid, nan)
         upwind = max(0.0, math.cos(math.radians(bearing - wind))) * weight if wind is not None else 0.0
-        level.append((weight, x))
-        if not math.isnan(x1):
-            change1.append((weight, x - x1))
-        if not math.isnan(x3):
-            change3.append((weight, x - x3))
+        lw += weight
+        lv += weight * x
+        if x1 == x1:
+            c1w += weight
+            c1v += weight * (x - x1)
+        if x3 == x3:
+            c3w += weight
+            c3v += weight * (x - x3)
             if upwind > 0:
-                up_change3.append((upwind, x - x3))
+                u3w += upwind
+                u3v += upwind * (x - x3)
         if upwind > 0:
-            up_level.append((upwind, x))
+            uw += upwind
+            uv += upwind * x
     if not present:  # no neighbour reported the hour: as if there were no content
         return _NAN_ROW
-    mine = _log(own_pm25)
+    mine = log_level(own_pm25)
     return (
-        mine - _weighted(level),
-        _weighted(change1),
-        _weighted(change3),
-        mine - _weighted(up_level),
-        _weighted(up_change3),
+        mine - _ratio(lv, lw),
+        _ratio(c1v, c1w),
+        _ratio(c3v, c3w),
+        mine - _ratio(uv, uw),
+        _ratio(u3v, u3w),
         present / len(neighbours),
     )

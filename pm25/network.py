@@ -76,6 +76,18 @@ class ClosedHour:
     members: frozenset[str]
     by_watermark: bool  # closed because the watermark passed (some member never reported)
     reported: tuple[str, ...] = ()  # sorted: members and non-members
+    #: ``log1p`` of each value (the neighbour features' scale, pm25.neighbours), computed once
+    logs: dict[str, float] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "logs", {sid: log_level(v) for sid, v in self.values.items()})
+
+
+def log_level(value: float | None) -> float:
+    """``log1p`` of a PM2.5 value (negative ones as 0); NaN for a missing one."""
+    if value is None or math.isnan(value):
+        return math.nan
+    return math.log1p(max(value, 0.0))
 
 
 @dataclass(frozen=True, slots=True)
