@@ -252,28 +252,18 @@ class Worker:
             if self.app.rebalancing:
                 self._give_back_held()
 
-    def _hold_back_partitions(self) -> None:
-        """The partitions with readings held back stop being fetched until they are applied: the
-        readings held in memory are what was fetched already, not the partitions' whole backlog."""
-        topic = self.settings.readings_topic
-        consumer = cast(Consumer, self.app.consumer)
-        consumer.hold_back({TP(topic, p) for p in {item.partition for item, _ in self._held}})
-        self.metrics.held_readings.set(len(self._held))
-
     def _give_back_held(self) -> None:
         """A rebalance began: Faust waits for every message taken to be acknowledged before it
         revokes partitions, and the partitions held back cannot catch up while the consumer is
         paused. The held readings are given back unacknowledged instead: after the rebalance Faust
         seeks every partition to its committed offset, so they are read again (applied readings
         among them are recognised as replays)."""
-        cast(Consumer, self.app.consumer).forget_hold_back()
         if not self._held:
             return
         log.info("rebalance: %d readings held back are given back to be read again", len(self._held))
         for item, _ in self._held:
             withhold_ack(self.app, item.handle)
         self._held = []
-        self.metrics.held_readings.set(0)
 
     async def handle_batch(self, events: Sequence[EventT]) -> None:
         """One micro-batch: the offset guard, then the delivery core (stream_processor.delivery:
@@ -322,7 +312,6 @@ class Worker:
                 seeks[msg.partition] = self.offsets.seek_target(msg.partition)
         batch = self.core.intake(inputs, self.engine.model, self._held)
         self._held = batch.deferred  # unacknowledged until a later batch applies them
-        self._hold_back_partitions()
         self._taken += len(events)
         if events:
             self.metrics.batch_size.observe(len(events))

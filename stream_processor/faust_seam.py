@@ -26,10 +26,7 @@ What the worker needs from the inside, and why:
   to its committed offset), the records of that partition still to come from the fetch made before
   it are dropped (they are not at the new position; Faust delivered them, and their read offsets
   made it drop the re-read: seen as a worker that stopped forecasting after re-reading a hole, see
-  stream_processor.offsets). And :meth:`Consumer.hold_back`: the partitions whose readings the
-  worker holds back (too far ahead of one behind) stop being fetched, between two fetches, so the
-  readings held in memory stay few (pausing one during a fetch would make Faust drop the rest of
-  that fetch's records of it).
+  stream_processor.offsets).
 * The fetch wait (``App(fetch_max_wait_ms=...)``): Faust fixes it at 1.5 s, how long a broker may
   hold a fetch open while waiting for data (see stream_processor.app.FETCH_MAX_WAIT_MS).
 * :class:`QuietMonitor` skips Faust's statistics per message and per stream event (only Faust's own
@@ -82,30 +79,6 @@ class Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self._seeks = 0  # seeks so far
         self._seeked_at: dict[TP, int] = {}  # partition -> the number of its latest seek
-        self._hold_wanted: set[TP] = set()  # partitions the worker asks to stop fetching
-        self._held_back: set[TP] = set()  # those paused for it
-
-    def hold_back(self, tps: set[TP]) -> None:
-        """Fetch nothing more from ``tps`` (and again from the partitions held back before and
-        not in ``tps``) from the next fetch on. Applied between fetches, never during one: Faust
-        drops the rest of a fetch's records of a partition paused meanwhile (a hole, re-read after
-        a seek). A rebalance resumes every partition (Faust's recovery); the worker asks again."""
-        self._hold_wanted = set(tps)
-
-    def forget_hold_back(self) -> None:
-        """A rebalance: Faust pauses every partition and resumes the assigned ones itself."""
-        self._hold_wanted, self._held_back = set(), set()
-
-    def _apply_hold_back(self) -> None:
-        if self.app.rebalancing or not self.flow_active:
-            return
-        wanted = self._hold_wanted & self.assignment()
-        resume, pause = self._held_back - wanted, wanted - self._held_back
-        if resume:
-            self.resume_partitions(resume)
-        if pause:
-            self.pause_partitions(pause)
-        self._held_back = wanted
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -141,7 +114,6 @@ class Consumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                self._apply_hold_back()
                 records = self.getmany(timeout=1.0)
                 await self.sleep(0)  # getmany can return at once many times in a row
                 if self.should_stop:

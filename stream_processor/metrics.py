@@ -30,11 +30,6 @@ class WorkerMetrics:
         self.stations_known = Gauge(
             "pm25_stations_known", "Stations with metadata (pm25.stations): the networks' members", registry=r
         )
-        self.held_readings = Gauge(
-            "pm25_held_readings",
-            "Readings held back, unacknowledged, while a partition behind catches up (their partitions pause)",
-            registry=r,
-        )
         self.held_released = Counter(
             "pm25_held_released",
             "Times the worker stopped waiting for partitions behind (BEHIND_MAX_S)",

@@ -12,7 +12,7 @@ import aiokafka
 import faust
 from faust.streams import Stream
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types.tuples import TP, Message
+from faust.types.tuples import Message
 
 from stream_processor import faust_seam
 
@@ -106,35 +106,5 @@ def test_the_attributes_read_exist_on_live_objects():
         msg = Message("t", 0, 5, 0.0, 0, None, None, b"k", b"v", None)
         msg.incref()
         assert msg.refcount == 1 and msg.acked is False
-
-    asyncio.run(build())
-
-
-def test_hold_back_pauses_and_resumes_partitions_between_fetches_only():
-    """The worker's hold-back (Consumer.hold_back) reaches Faust's own pause and resume, at the
-    next fetch, never during a rebalance (Faust pauses and resumes everything itself then)."""
-
-    async def build():
-        app = faust_seam.App("seam-test", broker="kafka://127.0.0.1:1", store="memory://")
-        consumer = app.consumer
-        tps = {TP("r", 0), TP("r", 1), TP("r", 2)}
-        consumer.assignment = lambda: set(tps)  # no broker here: the assignment as Faust keeps it
-        consumer._get_active_partitions().update(tps)  # what Faust's recovery resumes
-        consumer.hold_back({TP("r", 1)})
-        assert TP("r", 1) not in consumer._paused_partitions  # nothing until the next fetch
-        consumer._apply_hold_back()
-        assert consumer._paused_partitions == {TP("r", 1)}
-        assert consumer._get_active_partitions() == {TP("r", 0), TP("r", 2)}
-        consumer.hold_back({TP("r", 2)})
-        app.rebalancing = True
-        consumer._apply_hold_back()  # during a rebalance: left to Faust
-        assert consumer._paused_partitions == {TP("r", 1)}
-        app.rebalancing = False
-        consumer._apply_hold_back()
-        assert consumer._paused_partitions == {TP("r", 2)}
-        assert consumer._get_active_partitions() == {TP("r", 0), TP("r", 1)}
-        consumer.hold_back(set())
-        consumer._apply_hold_back()
-        assert consumer._paused_partitions == set() and consumer._get_active_partitions() == tps
 
     asyncio.run(build())
