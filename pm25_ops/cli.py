@@ -260,8 +260,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from pm25.kafka import ensure_topics, partition_counts
-    from stream_processor.app import Worker
+    from stream_processor.app import Worker, limit_malloc_arenas
 
+    limit_malloc_arenas()  # before any thread starts
     settings = _settings(args)
     _reachable(settings, args.connect_timeout)  # at start-up; an established broker lost later is retried
     ensure_topics(settings)
