@@ -598,7 +598,7 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas, as ``MALLOC_ARENA_MAX`` does, unless that variable is set: each
     thread that allocates (Faust's consumer thread, the inference thread, the producer's) otherwise
     gets its own arena, and memory freed by another thread stays in it. Measured with the
-    1000-station benchmark: peak RSS about 15-25 MB lower (docs/benchmarks.md). Call it before
+    1000-station benchmark: peak RSS about 8 MB lower on Kafka, 10-27 MB embedded (docs/benchmarks.md). Call it before
     threads start; True when applied (glibc only: elsewhere nothing is done)."""
     if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
         return False
