@@ -252,8 +252,6 @@ class Worker:
             self._waiting = False
             await self.handle_batch(events)
             self._waiting = not queue
-            if self.app.rebalancing:
-                self._give_back_held()
 
     def _give_back_held(self) -> None:
         """A rebalance began: Faust waits for every message taken to be acknowledged before it

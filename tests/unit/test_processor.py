@@ -111,6 +111,33 @@ def test_a_network_survives_a_restart_from_saved_states_and_equals_the_backtest(
     assert offline == whole
 
 
+def _worker_batch(proc, table, batch):
+    """One batch through the worker's intake rules: its readings in event-time order, the ones
+    too far ahead held back; then the hours the watermark closes, the states saved into
+    ``table`` and the forecasts run. Returns (forecasts, readings held back)."""
+    held, requests = [], []
+    for item, r, hold in proc.aligned(batch):
+        if hold:
+            held.append((item, r))
+        else:
+            requests += proc.apply(table, r, item.offset, item.partition).requests
+    requests += proc.advance(table)
+    table.update({key: state for key, (_, state) in proc.take_states().items()})
+    job = proc.forecaster.start(requests)
+    return proc.forecaster.complete(job, job.run()), held
+
+
+def _final(out):
+    """The last forecast published per (station, issue hour)."""
+    from pm25.schema import forecast_from_json
+
+    final = {}
+    for _, value in out:
+        f = forecast_from_json(value)
+        final[(f.station_id, f.issued_at)] = value
+    return final
+
+
 def _skewed_run(readings, stations, claim_lagging: bool):
     """Two input partitions, the first delivered four times as fast as the second (partition 0
     runs ever further ahead), through the worker's intake rules: the readings of a batch in
@@ -118,8 +145,6 @@ def _skewed_run(readings, stations, claim_lagging: bool):
     worker tells the processor which partitions still hold messages (Worker._lagging_partitions);
     False pretends none does."""
     from collections import namedtuple
-
-    from pm25.schema import forecast_from_json
 
     Item = namedtuple("Item", "partition offset")
     part = {sid: i % 2 for i, sid in enumerate(sorted({r.station_id for r in readings}))}
@@ -131,28 +156,16 @@ def _skewed_run(readings, stations, claim_lagging: bool):
     while queues[0] or queues[1] or held:
         lagging = {p for p in (0, 1) if queues[p]} | {item.partition for item, _ in held}
         proc.lagging = lagging if claim_lagging else set()
-        batch, held = held, []
+        batch = list(held)
         for p, n in ((0, 40), (1, 10)):
             for r in queues[p][:n]:
                 offsets[p] += 1
                 batch.append((Item(p, offsets[p]), r))
             queues[p] = queues[p][n:]
-        requests = []
-        for item, r, hold in proc.aligned(batch):
-            if hold:
-                held.append((item, r))
-            else:
-                requests += proc.apply(table, r, item.offset, item.partition).requests
+        forecasts, held = _worker_batch(proc, table, batch)
+        out += forecasts
         most_held = max(most_held, len(held))
-        requests += proc.advance(table)
-        table.update({key: state for key, (_, state) in proc.take_states().items()})
-        job = proc.forecaster.start(requests)
-        out += proc.forecaster.complete(job, job.run())
-    final = {}
-    for _, value in out:
-        f = forecast_from_json(value)
-        final[(f.station_id, f.issued_at)] = value
-    return final, most_held
+    return _final(out), most_held
 
 
 def test_a_partition_running_hours_ahead_does_not_change_a_network_s_forecasts():
@@ -177,7 +190,6 @@ def _late_partition_run(readings, stations, activity: PartitionActivity | None):
     within ACTIVE_S. Batches of 40 every 10 ms, then the worker's idle wake-ups."""
     from collections import namedtuple
 
-    from pm25.schema import forecast_from_json
     from stream_processor.app import ACTIVE_S
 
     Item = namedtuple("Item", "partition offset")
@@ -193,28 +205,16 @@ def _late_partition_run(readings, stations, activity: PartitionActivity | None):
     for now, batch in batches:
         partitions = {item.partition for item, _ in batch}
         proc.lagging = {item.partition for item, _ in held}  # held back: behind (as in the worker)
-        batch, held = held + batch, []
+        batch = held + batch
         if activity is not None:
             activity.delivered(partitions, now)
             proc.active = activity.active({0, 1}, now)
         else:
             delivered.update(dict.fromkeys(partitions, now))
             proc.active = {p for p, t in delivered.items() if now - t < ACTIVE_S}
-        requests = []
-        for item, r, hold in proc.aligned(batch):
-            if hold:
-                held.append((item, r))
-            else:
-                requests += proc.apply(table, r, item.offset, item.partition).requests
-        requests += proc.advance(table)
-        table.update({key: state for key, (_, state) in proc.take_states().items()})
-        job = proc.forecaster.start(requests)
-        out += proc.forecaster.complete(job, job.run())
-    final = {}
-    for _, value in out:
-        f = forecast_from_json(value)
-        final[(f.station_id, f.issued_at)] = value
-    return final
+        forecasts, held = _worker_batch(proc, table, batch)
+        out += forecasts
+    return _final(out)
 
 
 def test_a_partition_whose_messages_land_late_is_waited_for():
@@ -249,7 +249,6 @@ def _restart_with_skewed_states(readings, stations, batch: int, restart_batch: i
     """A kill -9 after batch ``restart_batch - 1`` whose states were only partly saved: the
     restart finds the windows of before that batch and the clock of after it (``clock_newer``),
     or the reverse; that batch's offsets were not committed, so its readings come again."""
-    from pm25.schema import forecast_from_json
     from stream_processor.networks import NETWORK_KEY_PREFIX
 
     def new():
@@ -284,11 +283,7 @@ def _restart_with_skewed_states(readings, stations, batch: int, restart_batch: i
             saved[key] = state if key.startswith(NETWORK_KEY_PREFIX) else proc.state_value(key, state)
         history.append(dict(saved))
         k += 1
-    final = {}
-    for _, value in out:
-        f = forecast_from_json(value)
-        final[(f.station_id, f.issued_at)] = value
-    return final
+    return _final(out)
 
 
 def test_a_restart_finding_windows_newer_than_their_clock_equals_the_backtest():
