@@ -113,8 +113,10 @@ _READS = (2, 3)
 _SNAP_HEADER = struct.Struct("<q")
 
 
-#: a snapshot's parameters: published [H, K + 3]; published and proposed rows at the anchors
-_Params = tuple[F32, list[list[float]], list[list[float]]]
+#: a snapshot's parameters: published [H, K + 3]; published [A, K + 3] and proposed [A, K + 4]
+#: rows at the anchors (float32 arrays: a thousand stations keep several snapshots' each, and
+#: Python floats took five times the memory)
+_Params = tuple[F32, F32, F32]
 
 
 class AdaptFormatError(ValueError):
@@ -131,8 +133,8 @@ class StationAdaptation:
     stats: F32  # [_A, _STAT_COLS] working statistics, sealed through ``sealed``
     snapshots: list[tuple[int, F32]] = field(default_factory=list)  # (boundary hour, stats), ascending
     phase: int = 0  # blocks end at the hours h with (h + 1 - phase) % SNAPSHOT_EVERY == 0
-    #: the interpolated parameters of each snapshot (and their anchor rows as Python floats), by
-    #: boundary hour: derived, never serialised
+    #: the interpolated parameters of each snapshot (and their anchor rows), by boundary hour:
+    #: derived, never serialised
     params: dict[int, _Params] = field(default_factory=dict, repr=False, compare=False)
     #: the last current_weights() answer and the parameters it describes (derived, never serialised)
     view: tuple[F32, dict[str, list[float]]] | None = field(default=None, repr=False, compare=False)
@@ -392,7 +394,7 @@ class Adapter:
 
     def _snapshot(self, st: StationAdaptation, hour: int) -> _Params:
         """The parameters of the snapshot a forecast at ``hour`` uses: published [H, _K + 3], their
-        rows at the anchor horizons and the proposed combination's, as Python floats."""
+        rows at the anchor horizons and the proposed combination's."""
         limit = hour - self.lateness - 1
         for b, stats in reversed(st.snapshots):
             if b <= limit:
@@ -423,7 +425,7 @@ class Adapter:
         model_only[:, _K + 1 : _K + 3] = q
         per_anchor = np.where(alone[:, None], model_only, proposed)[:, : _K + 3]
         full = (self._interp @ per_anchor).astype(np.float32)
-        return full, full[self._anchor_pos].tolist(), proposed.astype(np.float32).tolist()
+        return full, full[self._anchor_pos], proposed.astype(np.float32)
 
     def current_weights(self, st: StationAdaptation) -> dict[str, list[float]]:
         """What the station's newest forecast uses, per anchor horizon: each expert's weight and

@@ -26,7 +26,11 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pm25_ops.cli", "worker"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "pm25_ops.cli", "worker"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.log_path.parent,  # Faust creates its data folder ({app id}-data) beside the log
         )
         return self
 

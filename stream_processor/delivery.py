@@ -155,8 +155,8 @@ class DeliveryCore:
         raises the error of a failed one)."""
         while len(self._in_flight) >= self.max_in_flight:
             await self._in_flight.popleft()
-        # features now, and the graph queued at once in the inference thread (graphs run one at a
-        # time, in batch order): a batch's graph overlaps the previous batch's encoding
+        # features and graph queued at once in the inference thread (batches run one at a time, in
+        # batch order): a batch's graph overlaps the previous batch's encoding
         job = self.processor.forecaster.start(batch.requests, batch.model)
         graph = self.graph = asyncio.get_running_loop().run_in_executor(self.executor, job.run)
         batch.requests = []  # the job holds them

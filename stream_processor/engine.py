@@ -219,14 +219,14 @@ class Engine:
         if not requests:
             return []
         model = model or self.model
-        inp = self.prepare(requests, model)
-        return self.encode(requests, model, inp, model.infer(inp), adaptations)
+        inp, out = self.run_model(requests, model)
+        return self.encode(requests, model, inp, out, adaptations)
 
     @staticmethod
-    def prepare(requests: list[Request], model: Forecaster) -> ModelInput:
-        raw = np.stack([r.raw for r in requests])
-        ends = np.array([r.end_hour for r in requests], dtype=np.int64)
-        return model.prepare(raw, ends)
+    def run_model(requests: list[Request], model: Forecaster) -> tuple[ModelInput, npt.NDArray[np.float32]]:
+        """Features and the graph of the requests' windows (the worker runs this in its inference
+        thread): the windows' statistics and the graph's output for :meth:`encode`."""
+        return model.run_windows([r.raw for r in requests], [r.end_hour for r in requests])
 
     def encode(
         self,

@@ -1,7 +1,7 @@
 """The worker's second layer: one batch of forecast requests -> forecast messages.
 
-A batch takes the model once (:meth:`BatchForecaster.start`: features on the event loop, the
-model fixed for the batch even if a hot swap happens meanwhile), runs its graph alone in a thread
+A batch takes the model once (:meth:`BatchForecaster.start`: the model fixed for the batch even if
+a hot swap happens meanwhile), computes its features and runs the graph in a thread
 (:meth:`Inference.run`: onnxruntime releases the GIL) and is encoded through each station's online
 adaptation (:meth:`BatchForecaster.complete`, in batch order). The offline backtest
 (stream_processor.engine.run_offline) uses the same engine steps in one call.
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: A valid reading applied: (station, epoch hour, PM2.5 or None), scored against earlier forecasts.
 Observation = tuple[str, int, float | None]
+#: What :meth:`Inference.run` gives :meth:`BatchForecaster.complete` (None: the batch had no requests).
+Computed = tuple[ModelInput, npt.NDArray[np.float32]] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +39,12 @@ class Inference:
 
     requests: list[Request]
     model: Forecaster
-    inp: ModelInput | None  # None: no requests
     started: float
 
-    def run(self) -> npt.NDArray[np.float32]:
-        """The graph alone (releases the GIL: the worker runs this in a thread)."""
-        if self.inp is None:
-            return np.zeros((0, len(self.model.horizons)), dtype=np.float32)
-        return self.model.infer(self.inp)
+    def run(self) -> Computed:
+        """Features and the graph (the worker runs this in a thread: onnxruntime releases the GIL,
+        and only one chunk's scaled features exist at a time); None: no requests."""
+        return Engine.run_model(self.requests, self.model) if self.requests else None
 
 
 class BatchForecaster:
@@ -63,20 +63,19 @@ class BatchForecaster:
 
     def start(self, requests: list[Request], model: Forecaster | None = None) -> Inference:
         """The batch's features, for ``model`` (default: the engine's now)."""
-        model = model or self.engine.model
-        started = time.perf_counter()
-        return Inference(requests, model, self.engine.prepare(requests, model) if requests else None, started)
+        return Inference(requests, model or self.engine.model, time.perf_counter())
 
-    def complete(self, job: Inference, graph_out: npt.NDArray[np.float32]) -> list[tuple[bytes, bytes]]:
+    def complete(self, job: Inference, computed: Computed) -> list[tuple[bytes, bytes]]:
         """(key, value) of every forecast the batch issues; logs stations suspended or resumed (a
         PM2.5 gap longer than the model bridges) and records the forecasts for scoring."""
-        if job.inp is None:
+        if computed is None:
             return []
+        inp, graph_out = computed
         requests, model = job.requests, job.model
-        results = self.engine.encode(requests, model, job.inp, graph_out, self.adaptations)
+        results = self.engine.encode(requests, model, inp, graph_out, self.adaptations)
         self.metrics.inference_seconds.observe(time.perf_counter() - job.started)
         out = []
-        last_pm25 = job.inp.last_pm25.tolist()  # persistence: the last observation of each window
+        last_pm25 = inp.last_pm25.tolist()  # persistence: the last observation of each window
         for req, f, persistence in zip(requests, results, last_pm25, strict=True):
             if f is None:
                 self.metrics.suspended.inc()

@@ -5,14 +5,18 @@ missing) and returns point forecasts and the 80 % interval in µg/m³. Preproces
 feature code with the bundle's fitted parameters, so training and serving cannot drift.
 
 ``predict`` is three steps that a caller may run apart: ``prepare`` (features, in Python and numpy),
-``infer`` (the graph alone: it releases the GIL, so the worker runs it in a thread while its event
-loop goes on) and ``finish`` (the outputs in µg/m³). Only ``infer`` belongs in a thread: numpy
-code in a thread competes for the GIL at every call and runs several times slower than on the loop.
+``infer`` (the graph alone: it releases the GIL) and ``finish`` (the outputs in µg/m³). The worker
+and the backtest call ``run_windows``: features and graph one chunk of windows after the other, in
+the worker's inference thread, so a micro-batch waiting for the graph holds its raw windows, not
+their scaled features (about 5 KB per window; measured 2026-12-03 on Apache Kafka, three runs each,
+interleaved: worker peak RSS 245-250 MB against 252-277 MB with the features computed on the
+event loop, and no loss of throughput: 2880-3764 against 2931-3403 readings/s).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,6 +69,8 @@ class Forecaster(Protocol):
     def prepare(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> ModelInput: ...
 
     def infer(self, inp: ModelInput) -> F32: ...
+
+    def run_windows(self, raws: Sequence[F32], end_hours: Sequence[int]) -> tuple[ModelInput, F32]: ...
 
     def finish(self, inp: ModelInput, out: F32) -> Prediction: ...
 
@@ -143,29 +149,32 @@ class OnnxForecaster:
     def prepare(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> ModelInput:
         """Features and scaling in chunks of GRAPH_ROWS_MAX windows: a micro-batch of thousands
         would otherwise hold tens of MB of numpy temporaries at once."""
-        usable, last, gaps, levels, means, xs = [], [], [], [], [], []
-        for start in range(0, raw.shape[0], GRAPH_ROWS_MAX):
-            stop = start + GRAPH_ROWS_MAX
-            batch = make_features(raw[start:stop], end_hours[start:stop], self.max_gap_hours, self._names)
-            usable.append(batch.usable)
-            last.append(batch.last_pm25)
-            gaps.append(batch.gap_hours)
-            levels.append(batch.level)
-            means.append(batch.mean_pm25)
-            rows = np.flatnonzero(batch.usable)
-            if len(rows):
-                xs.append(scale(batch.features[rows], self._selected, self._mean, self._std))
-        if not usable:
-            empty = np.zeros(0, dtype=np.float32)
-            return ModelInput(np.zeros(0, dtype=bool), empty, np.zeros(0, dtype=np.int64), empty, empty, [])
-        return ModelInput(
-            np.concatenate(usable),
-            np.concatenate(last),
-            np.concatenate(gaps),
-            np.concatenate(levels),
-            np.concatenate(means),
-            xs,
+        return _joined(
+            [
+                self._prepare_chunk(raw[start : start + GRAPH_ROWS_MAX], end_hours[start : start + GRAPH_ROWS_MAX])
+                for start in range(0, raw.shape[0], GRAPH_ROWS_MAX)
+            ]
         )
+
+    def run_windows(self, raws: Sequence[F32], end_hours: Sequence[int]) -> tuple[ModelInput, F32]:
+        """Features, scaling and the graph, one chunk of GRAPH_ROWS_MAX windows after the other:
+        only one chunk's graph input exists at a time (the worker runs this in its inference
+        thread, so a micro-batch in flight holds its windows, not their scaled features). Returns
+        the windows' statistics (``x`` empty) and the graph's output for the usable ones."""
+        parts, outs = [], []
+        for start in range(0, len(raws), GRAPH_ROWS_MAX):
+            stop = start + GRAPH_ROWS_MAX
+            chunk = self._prepare_chunk(np.stack(raws[start:stop]), np.asarray(end_hours[start:stop], dtype=np.int64))
+            outs.append(self.infer(chunk))
+            parts.append(chunk)
+        out = np.concatenate(outs) if outs else np.zeros((0, len(self.horizons)), dtype=np.float32)
+        return _joined(parts, keep_x=False), out
+
+    def _prepare_chunk(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> ModelInput:
+        batch = make_features(raw, end_hours, self.max_gap_hours, self._names)
+        rows = np.flatnonzero(batch.usable)
+        x = [scale(batch.features[rows], self._selected, self._mean, self._std)] if len(rows) else []
+        return ModelInput(batch.usable, batch.last_pm25, batch.gap_hours, batch.level, batch.mean_pm25, x)
 
     def infer(self, inp: ModelInput) -> F32:
         """The graph's output for the usable windows (thread-safe: onnxruntime sessions are)."""
@@ -186,3 +195,18 @@ class OnnxForecaster:
             gap_hours=inp.gap_hours,
             mean_pm25=inp.mean_pm25,
         )
+
+
+def _joined(parts: list[ModelInput], keep_x: bool = True) -> ModelInput:
+    """Chunks' inputs as one, in order (``keep_x=False``: without the graph input)."""
+    if not parts:
+        empty = np.zeros(0, dtype=np.float32)
+        return ModelInput(np.zeros(0, dtype=bool), empty, np.zeros(0, dtype=np.int64), empty, empty, [])
+    return ModelInput(
+        np.concatenate([p.usable for p in parts]),
+        np.concatenate([p.last_pm25 for p in parts]),
+        np.concatenate([p.gap_hours for p in parts]),
+        np.concatenate([p.level for p in parts]),
+        np.concatenate([p.mean_pm25 for p in parts]),
+        [x for p in parts for x in p.x] if keep_x else [],
+    )
