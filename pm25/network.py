@@ -147,6 +147,7 @@ class NetworkClock:
             # Nothing before the first reading can have members, so starting the clock just before
             # it loses nothing an earlier reading (within the bound) would have added.
             self.closed_through = hour - 1
+        self._prune()
         self.seen.setdefault(hour, set()).add(reading.station_id)
         self.newest_hour = hour if self.newest_hour is None else max(self.newest_hour, hour)
         late = False
@@ -162,7 +163,6 @@ class NetworkClock:
                 and not _same(kept.values.get(reading.station_id), value)
             )
         closed = self._close_ready(self.newest_hour if watermark is None else watermark)
-        self._prune()
         return Offered(closed, hour <= self.closed_through, late)
 
     def advance(self, watermark: int) -> list[ClosedHour]:
@@ -170,9 +170,8 @@ class NetworkClock:
         watermark moves with every partition's readings)."""
         if self.closed_through is None or self.newest_hour is None or self.closed_through >= self.newest_hour:
             return []
-        closed = self._close_ready(watermark)
         self._prune()
-        return closed
+        return self._close_ready(watermark)
 
     def _close_ready(self, watermark: int) -> list[ClosedHour]:
         assert self.closed_through is not None and self.newest_hour is not None
@@ -208,11 +207,17 @@ class NetworkClock:
         return closed
 
     def _prune(self) -> None:
+        """Forget what no later step can need; called when a step *starts*, so the hours the
+        previous step closed keep the contents before them while the caller fills their features
+        (a step may close many hours at once, when the watermark jumps: each needs the content of
+        1 and 3 hours before it), and a reading for an hour up to ``lateness_hours`` behind the
+        newest closed one still finds the contents its features need (as with one ordered source,
+        where it closes at once)."""
         assert self.closed_through is not None
         oldest_needed = self.closed_through + 1 - self.active_hours
         for h in [h for h in self.seen if h < oldest_needed]:
             del self.seen[h]
-        for h in [h for h in self.recent if h <= self.closed_through - self.keep_hours]:
+        for h in [h for h in self.recent if h <= self.closed_through - self.keep_hours - self.lateness_hours]:
             del self.recent[h]
 
     # -- stored form ---------------------------------------------------------------------------
