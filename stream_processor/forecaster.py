@@ -62,7 +62,8 @@ class BatchForecaster:
         self._suspended: set[str] = set()
 
     def start(self, requests: list[Request], model: Forecaster | None = None) -> Inference:
-        """The batch's features, for ``model`` (default: the engine's now)."""
+        """The batch's job, fixed to ``model`` (default: the engine's now); its features and graph
+        run later, in :meth:`Inference.run`."""
         return Inference(requests, model or self.engine.model, time.perf_counter())
 
     def complete(self, job: Inference, computed: Computed) -> list[tuple[bytes, bytes]]:
