@@ -304,7 +304,10 @@ class Worker:
         committed = self._committed_offsets()
         for event in events:
             msg = event.message
-            verdict = self.offsets.check(msg.partition, msg.offset, committed.get(msg.tp))
+            start = committed.get(msg.tp)
+            if start is None and self.offsets.expected(msg.partition) is None:
+                start = await self._first_offset(msg.tp)
+            verdict = self.offsets.check(msg.partition, msg.offset, start)
             if verdict is Verdict.PROCESS:
                 inputs.append(Input(event, msg.partition, msg.offset, msg.key, event.value, msg.timestamp))
                 continue
@@ -480,6 +483,17 @@ class Worker:
         if committed is not None:
             return int(committed)
         return int((await self.app.consumer.earliest_offsets(tp))[tp])
+
+    async def _first_offset(self, tp: TP) -> int | None:
+        """Where a partition with no committed offset starts (its earliest offset: the consumer
+        resets to it), for the offset guard to check its first message against: without it a hole
+        before that message goes unseen (stream_processor.faust_seam.Consumer.seek_to_committed).
+        None when it cannot be asked (the guard then takes the first message as the start)."""
+        try:
+            return await self._start_offset(tp)
+        except KafkaError as err:  # e.g. revoked meanwhile
+            log.info("partition %d: earliest offset unknown (%r)", tp.partition, err)
+            return None
 
     def _changelog_key(self, station_id: str) -> bytes:
         """The changelog key exactly as Faust's own table writes serialise it (recovery reads it)."""

@@ -83,3 +83,42 @@ def test_records_fetched_before_a_seek_of_their_partition_are_stale():
     assert Consumer._stale(c, TP0, fetched_after=2)  # fetched before it: not at the new position
     assert not Consumer._stale(c, TP0, fetched_after=3)  # fetched after it
     assert not Consumer._stale(c, TP("pm25.readings", 1), fetched_after=0)  # never sought
+
+
+def test_a_partition_without_a_committed_offset_reads_again_what_its_stale_drop_skipped():
+    """Faust's recovery seeks every partition to its committed offset while the current fetch is
+    being delivered; aiokafka seeks only those with a committed offset above 0. The others keep
+    their position, so what the fetch loop dropped as stale meanwhile must be sought back to."""
+    from stream_processor import faust_seam
+
+    tp0, tp1, tp2 = TP0, TP("pm25.readings", 1), TP("pm25.readings", 2)
+
+    class Thread:
+        def __init__(self, consumer) -> None:
+            self.consumer, self.sought = consumer, []
+
+        def assignment(self):
+            return {tp0, tp1, tp2}
+
+        async def seek_to_committed(self):
+            # the fetch loop runs meanwhile: the rest of the current fetch is dropped as stale
+            for tp, offset in [(tp0, 130), (tp1, 41), (tp1, 40), (tp1, 42)]:
+                assert self.consumer._stale(tp, fetched_after=0)
+                self.consumer._drop_stale(tp, offset)
+            return {tp0: 120, tp1: None, tp2: 0}  # tp0 sought by aiokafka; tp1, tp2 not
+
+        def seek(self, tp, offset) -> None:
+            self.sought.append((tp, offset))
+
+    async def run():
+        app = faust_seam.App("seam-seek-test", broker="kafka://127.0.0.1:1", store="memory://")
+        consumer = app.consumer
+        consumer._thread = thread = Thread(consumer)
+        committed = await consumer.seek_to_committed()
+        assert committed == {tp0: 120, tp1: None, tp2: 0}
+        assert thread.sought == [(tp1, 40)]  # back to the first record dropped; tp2 dropped nothing
+        assert consumer._stale(tp0, fetched_after=0)  # sought by aiokafka: the old fetch is stale
+        assert consumer._stale(tp1, fetched_after=1)  # sought back: records fetched before it too
+        assert not consumer._stale(tp2, fetched_after=0)  # never sought: its fetch goes on
+
+    asyncio.run(run())
