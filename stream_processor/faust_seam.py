@@ -41,6 +41,7 @@ What the worker needs from the inside, and why:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from time import monotonic
 from typing import Any, ClassVar, cast
@@ -60,6 +61,8 @@ __all__ = [
     "consumer_state",
     "withhold_ack",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Like Faust's loop: give other tasks a turn after this many messages from one fetch.
 YIELD_EVERY = 100
@@ -111,6 +114,7 @@ class Consumer(faust_aiokafka.Consumer):
             self._seeked_at[tp] = before[tp]
             dropped = self._dropped.pop(tp, None)
             if dropped is not None:
+                log.info("partition %s: no committed offset; reading again from %d (dropped as stale)", tp, dropped)
                 await self.seek(tp, dropped)
         return committed
 

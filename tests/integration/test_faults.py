@@ -124,9 +124,9 @@ def test_kill_9_mid_replay_then_restart_loses_nothing(settings, start_worker, re
         f"(killed after {killed_at}), duplicates {duplicates}, replayed readings recognised {replayed:.0f}, "
         f"consumer holes re-read {metric_value(metrics, 'pm25_input_seeks_total'):.0f}"
     )
+    assert not (why := forecast_mismatch(latest, expected, restarted)), why  # (with the worker's diagnostics)
     # the restart really re-read input the killed worker had handled (else this proves nothing)
     assert replayed + duplicates > 0
-    assert not (why := forecast_mismatch(latest, expected, restarted)), why
     varied = sorted(k for k, v in values.items() if len(v) > 1)  # replayed duplicates are byte-identical
     assert not varied, f"{len(varied)} forecasts published with different bytes: {varied[:8]}\n{restarted.tail(80)}"
 
