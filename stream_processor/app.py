@@ -43,6 +43,7 @@ from stream_processor.faust_seam import (
     aiokafka_producer,
     committed_offsets,
     consumer_state,
+    starts_at_earliest,
     withhold_ack,
 )
 from stream_processor.inference import OnnxForecaster
@@ -305,7 +306,7 @@ class Worker:
         for event in events:
             msg = event.message
             start = committed.get(msg.tp)
-            if start is None and self.offsets.expected(msg.partition) is None:
+            if start is None and self.offsets.expected(msg.partition) is None and starts_at_earliest(self.app, msg.tp):
                 start = await self._first_offset(msg.tp)
             verdict = self.offsets.check(msg.partition, msg.offset, start)
             if verdict is Verdict.PROCESS:
@@ -488,7 +489,10 @@ class Worker:
         """Where a partition with no committed offset starts (its earliest offset: the consumer
         resets to it), for the offset guard to check its first message against: without it a hole
         before that message goes unseen (stream_processor.faust_seam.Consumer.seek_to_committed).
-        None when it cannot be asked (the guard then takes the first message as the start)."""
+        Asked only once the seek to the committed offsets has said the partition has none (before
+        that, a committed offset Faust has not recorded yet would read as a hole back to the
+        earliest offset). None when it cannot be asked: the guard takes the first message as the
+        start."""
         try:
             return await self._start_offset(tp)
         except KafkaError as err:  # e.g. revoked meanwhile

@@ -59,6 +59,7 @@ __all__ = [
     "aiokafka_producer",
     "committed_offsets",
     "consumer_state",
+    "starts_at_earliest",
     "withhold_ack",
 ]
 
@@ -83,6 +84,9 @@ class Consumer(faust_aiokafka.Consumer):
         self._seeks = 0  # seeks so far
         self._seeked_at: dict[TP, int] = {}  # partition -> the number of its latest seek
         self._dropped: dict[TP, int] = {}  # partition -> the lowest offset dropped as stale since its latest seek
+        #: the assigned partitions that had no committed offset at the latest seek to the committed
+        #: offsets (they start at their earliest offset)
+        self.uncommitted: set[TP] = set()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -108,6 +112,7 @@ class Consumer(faust_aiokafka.Consumer):
         before = {tp: self._seeked_at.get(tp, 0) for tp in assigned}
         self._mark_sought(assigned)
         committed = await super().seek_to_committed()
+        self.uncommitted = {tp for tp in assigned if not committed.get(tp)}
         for tp in assigned:
             if committed.get(tp):  # sought: what was dropped is read again from there
                 continue
@@ -246,6 +251,12 @@ def committed_offsets(app: faust.App) -> Mapping[TP, int | None]:
     """Each partition's committed offset as the consumer knows it: where it was sought to at its
     assignment until the worker's first commit of it. Faust keeps 0 (and none yet) as None."""
     return cast(Mapping[TP, "int | None"], cast(Any, app.consumer)._committed_offset)
+
+
+def starts_at_earliest(app: faust.App, tp: TP) -> bool:
+    """Whether ``tp`` had no committed offset when the consumer last sought its partitions to their
+    committed offsets (so it started at its earliest offset); False when not known yet."""
+    return tp in cast(Consumer, app.consumer).uncommitted
 
 
 def withhold_ack(app: faust.App, event: Any) -> None:
