@@ -50,7 +50,7 @@ from stream_processor.inference import OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.networks import Networks
 from stream_processor.offsets import OffsetGuard, TailWatch, Verdict
-from stream_processor.processor import DeadLetter, PartitionActivity, Processor
+from stream_processor.processor import DeadLetter, PartitionActivity, Processor, StuckPartitions
 from stream_processor.sending import BatchSender
 from stream_processor.stations_feed import follow_stations
 
@@ -84,8 +84,8 @@ MODEL_POLL_S = 2.0
 #: watermark even when it looks caught up, and so does every partition for this long after the
 #: stream starts moving after a pause (Processor.watermark, PartitionActivity).
 ACTIVE_S = 2.0
-#: When partitions have counted as behind for this long without a pause, the worker stops waiting
-#: for them (a partition that never catches up must not stop the others' forecasts).
+#: When a partition has counted as behind for this long without moving, the worker stops waiting for
+#: it (a partition that never catches up must not stop the others' forecasts; StuckPartitions).
 BEHIND_MAX_S = 60.0
 #: How often readings held back, or a watermark held by partitions behind, are looked at again
 #: when no new event arrives.
@@ -151,7 +151,7 @@ class Worker:
         #: readings a batch held back (a partition too far ahead of another; DeliveryCore.intake)
         self._held: list[tuple[Input, Reading]] = []
         self._activity = PartitionActivity(ACTIVE_S)  # the input partitions counted as active
-        self._behind_since = time.monotonic()  # since when some partition counts as behind
+        self._stuck = StuckPartitions(BEHIND_MAX_S)  # partitions behind that stopped moving
         self._queued = asyncio.Event()  # set while the queue holds events
         self._room = asyncio.Event()  # set while the queue holds fewer than BATCH_MAX events
         self._taken = 0  # input messages taken in so far
@@ -286,20 +286,20 @@ class Worker:
         now = time.monotonic()
         self._activity.delivered({event.message.partition for event in events}, now)
         lagging = self._lagging_partitions() | {item.partition for item, _ in self._held}
-        if not lagging:
-            self._behind_since = now
-        elif now - self._behind_since > BEHIND_MAX_S:
-            # partitions have counted as behind for this long: forecast rather than wait (the final
-            # forecasts of the hours they delay may then differ from the backtest's)
-            log.warning(
-                "partitions %s behind for over %.0f s (%d readings held back): not waiting for them",
-                sorted(lagging),
-                BEHIND_MAX_S,
-                len(self._held),
-            )
-            self.metrics.held_released.inc()
-            self._behind_since = now
-            lagging = set()
+        stuck = self._stuck.stuck({p: self.offsets.expected(p) for p in lagging}, now)
+        if stuck:
+            # no progress from them for this long: forecast rather than wait (the final forecasts
+            # of the hours they delay may then differ from the backtest's)
+            if stuck - self._stuck.reported:
+                log.warning(
+                    "partitions %s behind and not moving for over %.0f s (%d readings held back): not waiting",
+                    sorted(stuck),
+                    BEHIND_MAX_S,
+                    len(self._held),
+                )
+                self.metrics.held_released.inc()
+                self._stuck.reported |= stuck
+            lagging -= stuck
         self.processor.lagging = lagging
         self.processor.active = self._activity.active(self._input_partitions(), now)
         committed = self._committed_offsets()

@@ -32,7 +32,7 @@ class WorkerMetrics:
         )
         self.held_released = Counter(
             "pm25_held_released",
-            "Times the worker stopped waiting for partitions behind (BEHIND_MAX_S)",
+            "Times the worker stopped waiting for partitions behind that stopped moving (BEHIND_MAX_S)",
             registry=r,
         )
         self.input_seeks = Counter(

@@ -29,7 +29,15 @@ from stream_processor.hindcast import HindcastScorer
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.networks import NETWORK_KEY_PREFIX
 
-__all__ = ["Applied", "DeadLetter", "Observation", "PartitionActivity", "Processor", "wall_clock_hour"]
+__all__ = [
+    "Applied",
+    "DeadLetter",
+    "Observation",
+    "PartitionActivity",
+    "Processor",
+    "StuckPartitions",
+    "wall_clock_hour",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,35 @@ class PartitionActivity:
     def forget(self, partitions: set[int]) -> None:
         for p in partitions:
             self._at.pop(p, None)
+
+
+class StuckPartitions:
+    """Which partitions the networks' watermark waits for have made no progress for ``max_s``
+    seconds: counted as behind (messages not taken in yet, or readings held back) at every batch
+    while the offset the worker expects next from them stayed the same. The worker stops waiting
+    for those (a partition that never catches up must not stop the others' forecasts) until they
+    move again. A partition that is behind but moving is not stuck: under a steady stream some
+    partition nearly always has messages on their way."""
+
+    def __init__(self, max_s: float) -> None:
+        self.max_s = max_s
+        self._since: dict[int, tuple[int | None, float]] = {}  # partition -> (position, since when)
+        self.reported: set[int] = set()  # stuck partitions already reported
+
+    def stuck(self, behind: dict[int, int | None], now: float) -> set[int]:
+        """``behind``: each partition counted as behind, with the next offset expected from it
+        (None: nothing delivered yet). Returns the stuck ones."""
+        for p in [p for p in self._since if p not in behind]:
+            del self._since[p]
+        out = set()
+        for p, position in behind.items():
+            seen = self._since.get(p)
+            if seen is None or seen[0] != position:
+                self._since[p] = (position, now)
+            elif now - seen[1] > self.max_s:
+                out.add(p)
+        self.reported &= out
+        return out
 
 
 class Applied(NamedTuple):

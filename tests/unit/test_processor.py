@@ -4,7 +4,7 @@ from pm25.schema import Reading, reading_to_json
 from pm25.settings import Settings
 from stream_processor.backtest import make_engine
 from stream_processor.metrics import WorkerMetrics
-from stream_processor.processor import DeadLetter, PartitionActivity, Processor
+from stream_processor.processor import DeadLetter, PartitionActivity, Processor, StuckPartitions
 
 H0 = 378_360
 
@@ -283,6 +283,17 @@ def test_partition_activity_is_an_idle_timeout():
     assert activity.active({0, 1, 2}, 21.0) == {0, 1, 2}
     activity.forget({0, 1, 2})
     assert activity.active({0, 1, 2}, 23.0) == set()
+
+
+def test_a_partition_behind_is_stuck_only_when_it_stops_moving():
+    stalls = StuckPartitions(60.0)
+    # a steady stream: partition 0 always has messages on their way, but its offset moves
+    for t in range(0, 300, 5):
+        assert stalls.stuck({0: 10 * t, 1: 7}, float(t)) == ({1} if t > 60 else set())
+    assert stalls.stuck({0: 5000}, 301.0) == set()  # 1 caught up: forgotten
+    assert stalls.stuck({1: 7}, 302.0) == set()  # behind again: its clock starts afresh
+    assert stalls.stuck({1: None}, 303.0) == set()  # nothing delivered yet is a position too
+    assert stalls.stuck({1: None}, 364.0) == {1}
 
 
 def _restart_with_skewed_states(readings, stations, batch: int, restart_batch: int, clock_newer: bool):
