@@ -41,9 +41,9 @@ from stream_processor.faust_seam import (
     App,
     Consumer,
     aiokafka_producer,
+    broker_committed_offset,
     committed_offsets,
     consumer_state,
-    starts_at_earliest,
     withhold_ack,
 )
 from stream_processor.inference import OnnxForecaster
@@ -306,7 +306,7 @@ class Worker:
         for event in events:
             msg = event.message
             start = committed.get(msg.tp)
-            if start is None and self.offsets.expected(msg.partition) is None and starts_at_earliest(self.app, msg.tp):
+            if start is None and self.offsets.expected(msg.partition) is None:
                 start = await self._first_offset(msg.tp)
             verdict = self.offsets.check(msg.partition, msg.offset, start)
             if verdict is Verdict.PROCESS:
@@ -486,17 +486,21 @@ class Worker:
         return int((await self.app.consumer.earliest_offsets(tp))[tp])
 
     async def _first_offset(self, tp: TP) -> int | None:
-        """Where a partition with no committed offset starts (its earliest offset: the consumer
-        resets to it), for the offset guard to check its first message against: without it a hole
-        before that message goes unseen (stream_processor.faust_seam.Consumer.seek_to_committed).
-        Asked only once the seek to the committed offsets has said the partition has none (before
-        that, a committed offset Faust has not recorded yet would read as a hole back to the
-        earliest offset). None when it cannot be asked: the guard takes the first message as the
+        """Where a partition Faust knows no committed offset for started at its assignment, asked
+        of the broker: the group's committed offset, or the earliest offset when there is none (the
+        consumer resets to it). The offset guard checks the partition's first message against it:
+        Faust records the committed offsets only after its seek to them, and a message can come
+        before (its recovery race), so without this a hole before a partition's first message went
+        unseen when nothing had been committed (a worker killed before its first commit, then
+        restarted). None when the broker cannot be asked: the guard takes the first message as the
         start."""
         try:
-            return await self._start_offset(tp)
+            committed = await broker_committed_offset(self.app, tp)
+            if committed:
+                return committed
+            return int((await self.app.consumer.earliest_offsets(tp))[tp])
         except KafkaError as err:  # e.g. revoked meanwhile
-            log.info("partition %d: earliest offset unknown (%r)", tp.partition, err)
+            log.info("partition %d: start offset unknown (%r)", tp.partition, err)
             return None
 
     def _changelog_key(self, station_id: str) -> bytes:

@@ -33,6 +33,9 @@ What the worker needs from the inside, and why:
   ``/stats`` pages read them; the worker's metrics are its Prometheus ones).
 * :func:`aiokafka_producer`: the aiokafka producer under Faust's, for record-batch sends
   (stream_processor.sending).
+* :func:`broker_committed_offset`: a partition's committed offset asked of the broker through the
+  consumer's thread (Faust records it only after its seek to the committed offsets; the offset
+  guard needs it for a partition's first message, which can come before).
 * :func:`committed_offsets` and :func:`withhold_ack`: the consumer's committed offsets (the offset
   guard compares every message with them) and keeping a dropped message out of the commits.
 * :func:`consumer_state`: what the consumer holds, for the ``kill -USR1`` diagnostics only.
@@ -47,6 +50,7 @@ from time import monotonic
 from typing import Any, ClassVar, cast
 
 import faust
+from aiokafka import TopicPartition
 from faust.sensors import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -57,9 +61,9 @@ __all__ = [
     "Consumer",
     "QuietMonitor",
     "aiokafka_producer",
+    "broker_committed_offset",
     "committed_offsets",
     "consumer_state",
-    "starts_at_earliest",
     "withhold_ack",
 ]
 
@@ -84,9 +88,6 @@ class Consumer(faust_aiokafka.Consumer):
         self._seeks = 0  # seeks so far
         self._seeked_at: dict[TP, int] = {}  # partition -> the number of its latest seek
         self._dropped: dict[TP, int] = {}  # partition -> the lowest offset dropped as stale since its latest seek
-        #: the assigned partitions that had no committed offset at the latest seek to the committed
-        #: offsets (they start at their earliest offset)
-        self.uncommitted: set[TP] = set()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -112,7 +113,6 @@ class Consumer(faust_aiokafka.Consumer):
         before = {tp: self._seeked_at.get(tp, 0) for tp in assigned}
         self._mark_sought(assigned)
         committed = await super().seek_to_committed()
-        self.uncommitted = {tp for tp in assigned if not committed.get(tp)}
         for tp in assigned:
             if committed.get(tp):  # sought: what was dropped is read again from there
                 continue
@@ -253,10 +253,13 @@ def committed_offsets(app: faust.App) -> Mapping[TP, int | None]:
     return cast(Mapping[TP, "int | None"], cast(Any, app.consumer)._committed_offset)
 
 
-def starts_at_earliest(app: faust.App, tp: TP) -> bool:
-    """Whether ``tp`` had no committed offset when the consumer last sought its partitions to their
-    committed offsets (so it started at its earliest offset); False when not known yet."""
-    return tp in cast(Consumer, app.consumer).uncommitted
+async def broker_committed_offset(app: faust.App, tp: TP) -> int | None:
+    """The group's committed offset of ``tp`` as the broker has it now (None: nothing committed).
+    Faust's own record of it (:func:`committed_offsets`) is filled only once its seek to the
+    committed offsets is done, and keeps 0 as None."""
+    thread = cast(Any, app.consumer)._thread
+    offset = await thread.call_thread(thread._ensure_consumer().committed, TopicPartition(tp.topic, tp.partition))
+    return None if offset is None else int(offset)
 
 
 def withhold_ack(app: faust.App, event: Any) -> None:

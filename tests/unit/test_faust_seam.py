@@ -75,6 +75,11 @@ def test_the_overridden_methods_keep_their_shape():
         "offset_to",
     ]
     assert params(base._new_consumer_thread) == ["self"]
+    # broker_committed_offset: the consumer thread runs aiokafka's committed() in its own loop
+    assert inspect.iscoroutinefunction(faust_aiokafka.AIOKafkaConsumerThread.call_thread)
+    assert params(faust_aiokafka.AIOKafkaConsumerThread._ensure_consumer) == ["self"]
+    assert inspect.iscoroutinefunction(aiokafka.AIOKafkaConsumer.committed)
+    assert params(aiokafka.AIOKafkaConsumer.committed) == ["self", "partition"]
     assert params(base.seek_to_committed) == ["self"]
     thread = faust_aiokafka.AIOKafkaConsumerThread
     assert params(thread._create_worker_consumer) == ["self", "transport"]
