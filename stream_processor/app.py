@@ -298,6 +298,7 @@ class Worker:
                     len(self._held),
                 )
                 self.metrics.held_released.inc()
+                await self._kick(stuck - self._stuck.reported)
                 self._stuck.reported |= stuck
             lagging -= stuck
         self.processor.lagging = lagging
@@ -325,6 +326,27 @@ class Worker:
             self.metrics.input_seeks.inc()
             await self.app.consumer.seek(TP(self.settings.readings_topic, partition), offset)
         await self.core.submit(batch)
+
+    async def _kick(self, partitions: set[int]) -> None:
+        """Input partitions behind that stopped moving: log what the consumer holds, let Faust's
+        flow control fetch them again (it can leave a partition out of its fetches: paused in a
+        recovery, or "buffered" when a stream's buffer filled), and read them again from the next
+        offset expected. Once per stall. Why: a restarted worker (kill -9 test, embedded broker,
+        2026-12-03) once read the last messages of every partition, delivered none of them, and
+        after the end-of-partition check sought them back fetched nothing more for three minutes;
+        the cause was not found (the log had no consumer state)."""
+        if self.app.rebalancing or self.app.in_recovery:
+            return  # a recovery pauses partitions on purpose
+        log.warning("consumer state: %s", consumer_state(self.app, self.readings))
+        consumer = self.app.consumer
+        topic = self.settings.readings_topic
+        tps = {tp for tp in consumer.assignment() if tp.topic == topic and tp.partition in partitions}
+        consumer.resume_partitions(tps)
+        for tp in sorted(tps):
+            expected = self.offsets.expected(tp.partition)
+            if expected is not None:
+                self.metrics.input_seeks.inc()
+                await consumer.seek(tp, expected)
 
     def _input_partitions(self) -> set[int]:
         topic = self.settings.readings_topic
