@@ -500,27 +500,26 @@ class Worker:
         return committed_offsets(self.app)
 
     async def _start_offset(self, tp: TP) -> int:
-        """Where the consumer started ``tp`` at its assignment: the committed offset, or the
-        earliest offset when it is not known."""
+        """Where the consumer started ``tp`` at its assignment: the committed offset (Faust's
+        record of it, or the broker's before Faust has one: Faust fills it after its seek to the
+        committed offsets and keeps 0 as none), or the earliest offset when nothing was committed
+        (the consumer resets to it)."""
         committed = self._committed_offsets().get(tp)
         if committed is not None:
             return int(committed)
+        committed = await broker_committed_offset(self.app, tp)
+        if committed:
+            return committed
         return int((await self.app.consumer.earliest_offsets(tp))[tp])
 
     async def _first_offset(self, tp: TP) -> int | None:
-        """Where a partition Faust knows no committed offset for started at its assignment, asked
-        of the broker: the group's committed offset, or the earliest offset when there is none (the
-        consumer resets to it). The offset guard checks the partition's first message against it:
-        Faust records the committed offsets only after its seek to them, and a message can come
-        before (its recovery race), so without this a hole before a partition's first message went
-        unseen when nothing had been committed (a worker killed before its first commit, then
-        restarted). None when the broker cannot be asked: the guard takes the first message as the
-        start."""
+        """:meth:`_start_offset` for the offset guard, which checks a partition's first message
+        against it: without the broker's answer a hole before that message went unseen when nothing
+        had been committed (a worker killed before its first commit, then restarted; Faust's
+        recovery race delivers messages before its seek). None when the broker cannot be asked: the
+        guard then takes the first message as the start."""
         try:
-            committed = await broker_committed_offset(self.app, tp)
-            if committed:
-                return committed
-            return int((await self.app.consumer.earliest_offsets(tp))[tp])
+            return await self._start_offset(tp)
         except KafkaError as err:  # e.g. revoked meanwhile
             log.info("partition %d: start offset unknown (%r)", tp.partition, err)
             return None
