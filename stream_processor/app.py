@@ -285,8 +285,11 @@ class Worker:
         # produced before another partition's are still on their way)
         now = time.monotonic()
         self._activity.delivered({event.message.partition for event in events}, now)
-        lagging = self._lagging_partitions() | {item.partition for item, _ in self._held}
-        stuck = self._stuck.stuck({p: self.offsets.expected(p) for p in lagging}, now)
+        unread = self._lagging_partitions()
+        lagging = unread | {item.partition for item, _ in self._held}
+        # only a partition with messages not taken in can be stuck (one whose readings are held
+        # back is waiting for the others)
+        stuck = self._stuck.stuck({p: self.offsets.expected(p) for p in unread}, now)
         if stuck:
             # no progress from them for this long: forecast rather than wait (the final forecasts
             # of the hours they delay may then differ from the backtest's)

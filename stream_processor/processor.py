@@ -88,8 +88,8 @@ class PartitionActivity:
 
 class StuckPartitions:
     """Which partitions the networks' watermark waits for have made no progress for ``max_s``
-    seconds: counted as behind (messages not taken in yet, or readings held back) at every batch
-    while the offset the worker expects next from them stayed the same. The worker stops waiting
+    seconds: counted as behind (messages not taken in yet) at every batch while the offset the
+    worker expects next from them stayed the same. The worker stops waiting
     for those (a partition that never catches up must not stop the others' forecasts) until they
     move again. A partition that is behind but moving is not stuck: under a steady stream some
     partition nearly always has messages on their way."""
