@@ -293,7 +293,8 @@ class Worker:
         if stuck:
             # no progress from them for this long: forecast rather than wait (the final forecasts
             # of the hours they delay may then differ from the backtest's)
-            if stuck - self._stuck.reported:
+            fresh = stuck - self._stuck.reported
+            if fresh and not self._recovering():  # (a recovery pauses partitions on purpose)
                 log.warning(
                     "partitions %s behind and not moving for over %.0f s (%d readings held back): not waiting",
                     sorted(stuck),
@@ -301,8 +302,8 @@ class Worker:
                     len(self._held),
                 )
                 self.metrics.held_released.inc()
-                await self._kick(stuck - self._stuck.reported)
-                self._stuck.reported |= stuck
+                await self._kick(fresh)
+                self._stuck.reported |= fresh
             lagging -= stuck
         self.processor.lagging = lagging
         self.processor.active = self._activity.active(self._input_partitions(), now)
@@ -338,7 +339,7 @@ class Worker:
         2026-12-03) once read the last messages of every partition, delivered none of them, and
         after the end-of-partition check sought them back fetched nothing more for three minutes;
         the cause was not found (the log had no consumer state)."""
-        if self.app.rebalancing or self.app.in_recovery:
+        if self._recovering():
             return  # a recovery pauses partitions on purpose
         log.warning("consumer state: %s", consumer_state(self.app, self.readings))
         consumer = self.app.consumer
@@ -350,6 +351,9 @@ class Worker:
             if expected is not None:
                 self.metrics.input_seeks.inc()
                 await consumer.seek(tp, expected)
+
+    def _recovering(self) -> bool:
+        return bool(self.app.rebalancing or self.app.in_recovery)
 
     def _input_partitions(self) -> set[int]:
         topic = self.settings.readings_topic
