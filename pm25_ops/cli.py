@@ -223,9 +223,14 @@ def _iso_hour(text: str | None) -> int | None:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from pm25.kafka import ensure_topics, make_producer
-    from producer.replay import ReplayReport, load_source, replay
+    from producer.replay import ReplayReport, load_source, network_keys, replay, station_key
 
     settings = _settings(args)
+    key: Callable[[Any], bytes] = station_key
+    if args.key == "network":
+        key = network_keys({s.station_id: s.network for s in _station_metadata(args.station_file, "--station-file")})
+    elif args.station_file is not None:
+        raise UsageError("--station-file is used with --key network only")
     report = ReplayReport()
     stations = set(args.stations.split(",")) if args.stations else None
     readings = load_source(args.source, report.invalid, stations, _iso_hour(args.start), args.hours)
@@ -241,6 +246,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
             speedup=args.speedup,
             rate=args.rate,
             progress=not args.quiet,
+            key=key,
         )
     finally:
         producer.close()
@@ -326,8 +332,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _station_metadata(value: str | None) -> list[Any]:
-    """``--stations``: a station metadata CSV, 'none' (every station alone), or the shipped one."""
+def _station_metadata(value: str | None, option: str = "--stations") -> list[Any]:
+    """``option``: a station metadata CSV, 'none' (every station alone), or the shipped one."""
     from pm25.stations import BEIJING_STATIONS, StationFileError, read_stations_csv
 
     if value is not None and value.lower() == "none":
@@ -335,7 +341,7 @@ def _station_metadata(value: str | None) -> list[Any]:
     try:
         return list(read_stations_csv(Path(value) if value else BEIJING_STATIONS).values())
     except (StationFileError, OSError) as err:
-        raise UsageError(f"--stations: {err}") from err
+        raise UsageError(f"{option}: {err}") from err
 
 
 def _training_extra(what: str, *modules: str) -> None:
@@ -528,7 +534,7 @@ def _add_stream_commands(sub: Any) -> None:
     _kafka_args(a, "stations")
     a.set_defaults(func=cmd_stations_load)
 
-    s = sub.add_parser("produce", help="publish readings in event-time order, keyed by station")
+    s = sub.add_parser("produce", help="publish readings in event-time order, keyed by station or network")
     _kafka_args(s, "readings")
     s.add_argument(
         "--source",
@@ -542,6 +548,14 @@ def _add_stream_commands(sub: Any) -> None:
     pace.add_argument("--speedup", type=_positive_float, help="simulated time / real time (3600 = 1 h per second)")
     pace.add_argument("--rate", type=_positive_float, help="readings per second")
     s.add_argument("--invalid-out", help="write invalid rows (file, line, reason) to this TSV")
+    s.add_argument(
+        "--key",
+        choices=["station", "network"],
+        default="station",
+        help="message key: the station id (default), or the station's network (its metadata), so that "
+        "several workers can share the networks",
+    )
+    s.add_argument("--station-file", help="with --key network: station metadata CSV (default: the shipped one)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_produce)
 

@@ -1,4 +1,6 @@
-"""Replay readings to Kafka in event-time order, keyed by station, paced or as fast as possible.
+"""Replay readings to Kafka in event-time order, paced or as fast as possible, keyed by station or,
+for stations with metadata, by network (:func:`network_keys`: a network's readings then share one
+input partition, so several workers can share the networks).
 
 Sources: the bundled UCI datasets or a canonical readings CSV. Rows that are not valid readings
 are counted and reported with their line numbers (and optionally written to a file), never
@@ -12,7 +14,7 @@ import itertools
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 from pm25.adapters import RowError, multisite_files, read_canonical_csv, read_multisite, read_single_site
 from pm25.schema import Reading, reading_to_json
 
-__all__ = ["ReplayReport", "event_time_order", "load_source", "replay"]
+__all__ = ["ReplayReport", "event_time_order", "load_source", "network_keys", "replay", "station_key"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,21 @@ def load_source(
     return readings
 
 
+def station_key(reading: Reading) -> bytes:
+    return reading.station_id.encode()
+
+
+def network_keys(network_of: Mapping[str, str]) -> Callable[[Reading], bytes]:
+    """Message keys by network (``network_of``: station id -> network id); a station without
+    metadata is keyed by its own id."""
+    encoded = {sid: net.encode() for sid, net in network_of.items()}
+
+    def key(reading: Reading) -> bytes:
+        return encoded.get(reading.station_id) or reading.station_id.encode()
+
+    return key
+
+
 def replay(
     producer: Any,
     topic: str,
@@ -105,9 +122,11 @@ def replay(
     rate: float | None = None,
     progress: bool = True,
     total: int | None = None,
+    key: Callable[[Reading], bytes] = station_key,
 ) -> ReplayReport:
     """Send readings with ``producer`` (kafka-python). ``speedup`` = simulated hours per real hour
-    (3600 = one data hour per second); ``rate`` = readings per second; neither = flat out."""
+    (3600 = one data hour per second); ``rate`` = readings per second; neither = flat out.
+    ``key``: each message's key (the station id by default; :func:`network_keys`)."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="reading", disable=not progress, file=sys.stderr, mininterval=0.5)
@@ -128,7 +147,7 @@ def replay(
             if delay > 0:
                 producer.flush()
                 time.sleep(delay)
-            producer.send(topic, key=r.station_id.encode(), value=reading_to_json(r))
+            producer.send(topic, key=key(r), value=reading_to_json(r))
             report.sent += 1
             report.stations.add(r.station_id)
             report.last_hour = r.timestamp

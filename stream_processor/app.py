@@ -199,6 +199,7 @@ class Worker:
         self.app.task(self._install_task_dump)
         self.app.task(self._follow_stations)
         self.app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
+        self.app.on_partitions_assigned.connect(cast(Any, self._on_assigned))
         self._pages()
 
     # -- the agent -------------------------------------------------------------------------
@@ -425,6 +426,10 @@ class Worker:
             await self._aiokafka_producer().partitions_for(topic)  # the topic's metadata, once
             cached = self._partitions[(topic, key)] = self.app.producer.key_partition(topic, key).partition
         return cached
+
+    async def _on_assigned(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned: set[TP] = args[0] if args else kwargs.get("assigned", set())
+        self.metrics.input_partitions.set(sum(tp.topic == self.settings.readings_topic for tp in assigned))
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())

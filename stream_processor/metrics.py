@@ -30,6 +30,11 @@ class WorkerMetrics:
         self.stations_known = Gauge(
             "pm25_stations_known", "Stations with metadata (pm25.stations): the networks' members", registry=r
         )
+        self.input_partitions = Gauge(
+            "pm25_input_partitions",
+            "Input partitions assigned to this worker (its share of the consumer group)",
+            registry=r,
+        )
         self.held_released = Counter(
             "pm25_held_released",
             "Times the worker stopped waiting for partitions behind that stopped moving (BEHIND_MAX_S)",

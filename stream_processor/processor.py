@@ -14,10 +14,11 @@ import functools
 import heapq
 import logging
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from aiokafka.partitioner import murmur2
 
 from pm25.adapt import AdaptFormatError, StationAdaptation
 from pm25.network import ClockFormatError, NetworkClock
@@ -205,6 +206,7 @@ class Processor:
         #: the partitions that delivered a message lately (the worker sets it per batch)
         self.active: set[int] = set()
         self._dirty: dict[str, None] = {}  # keys whose state changed since take_states (ordered)
+        self._moved: set[str] = set()  # stations whose move to another input partition was logged
         #: the second layer, sharing the adaptations (a batch's encoding records in them, in order)
         self.forecaster = BatchForecaster(engine, metrics, self.adaptations, self.scorer)
 
@@ -215,8 +217,15 @@ class Processor:
         except InvalidReading as err:
             return self._dead(err.reason, err.detail)
         if key is not None and key != reading.station_id.encode():
-            # The input topic is keyed by station: a wrong key would split a station's state.
-            return self._dead("key_mismatch", f"message key {key[:64]!r} != station_id {reading.station_id!r}")
+            # The input topic is keyed by station, or by network (so that several workers can
+            # share the networks): any other key would split a station's or a network's state.
+            meta = self.engine.networks.stations.get(reading.station_id)
+            if meta is None or key != meta.network.encode():
+                network = "no network" if meta is None else f"network {meta.network!r}"
+                return self._dead(
+                    "key_mismatch",
+                    f"message key {key[:64]!r} is neither station_id {reading.station_id!r} nor its {network}",
+                )
         return reading
 
     def apply(
@@ -233,7 +242,14 @@ class Processor:
         sid = reading.station_id
         windows = _Windows(self, table)
         window = windows.get(sid)
-        replayed = window is not None and offset is not None and offset <= window.last_offset
+        was_in = window.partition if window is not None else -1
+        moved = was_in >= 0 and was_in != partition
+        if moved and offset is not None and sid not in self._moved:
+            # its key or the topic's partition count changed: offsets of another partition say
+            # nothing about what this station has applied (logged once per station)
+            self._moved.add(sid)
+            log.warning("station %s: readings now in input partition %d (were in %d)", sid, partition, was_in)
+        replayed = window is not None and offset is not None and not moved and offset <= window.last_offset
         newest = window.newest_hour if window is not None else None
         seen = self.newest_by_partition.get(partition)
         if seen is None or reading.hour > seen:
@@ -356,8 +372,11 @@ class Processor:
         return min(h for h in behind if h is not None) if behind else max(hours.values())
 
     def home_partition(self, network: str) -> int:
-        """The partition a network's clock is stored in (fixed, so recovery finds its newest)."""
-        return zlib.crc32(network.encode()) % self.partitions
+        """The partition a network's clock is stored in: fixed, so recovery finds its newest, and
+        the one Kafka's default partitioner (murmur2, the Java client's and ours) gives the network's
+        id, so that when the readings are keyed by network the clock is kept, and recovered, with
+        its stations' windows by the worker that reads them."""
+        return (murmur2(network.encode()) & 0x7FFFFFFF) % self.partitions
 
     def decode(self, state: bytes | None, station_id: str) -> StationWindow | None:
         if state is None:

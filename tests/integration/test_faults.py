@@ -201,7 +201,8 @@ def _first_forecasts(settings, n: int, timeout: float) -> int:
     return seen
 
 
-def _paced_send(settings, readings, rate: float) -> None:
+def _paced_send(settings, readings, rate: float, key=None) -> None:
+    """Send at ``rate`` readings/s, keyed by station (or by ``key(reading)``)."""
     from pm25.kafka import make_producer
 
     producer = make_producer(settings)
@@ -210,7 +211,7 @@ def _paced_send(settings, readings, rate: float) -> None:
         delay = started + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        producer.send(settings.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))
+        producer.send(settings.readings_topic, key=key(r) if key else r.station_id.encode(), value=reading_to_json(r))
     producer.flush()
     producer.close()
 

@@ -15,7 +15,7 @@ from pm25.schema import forecast_from_json
 from pm25.settings import Settings
 from pm25_ops.processes import WorkerProcess, metric_value
 from producer.replay import load_source
-from tests.integration.conftest import collect, worker_env
+from tests.integration.conftest import collect, forecast_mismatch, worker_env
 from tests.integration.test_faults import _paced_send, by_key, expected_forecasts
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -92,6 +92,29 @@ def test_broker_killed_and_restarted_on_its_data_the_worker_recovers_by_itself(t
         kafka.close()
 
 
+#: the 12 Beijing stations in four networks whose ids Kafka's default partitioner puts in the four
+#: different partitions of the input topic (so that the networks are shared between the workers)
+NETWORKS = {
+    "northeast": ("Huairou", "Shunyi", "Nongzhanguan"),
+    "west": ("Wanliu", "Gucheng", "Guanyuan"),
+    "north": ("Changping", "Dingling", "Aotizhongxin"),
+    "south": ("Tiantan", "Wanshouxigong", "Dongsi"),
+}
+
+
+def _four_networks(settings: Settings) -> list:
+    """Publish the 12 stations' metadata in NETWORKS; returns it."""
+    from dataclasses import replace
+
+    from pm25.kafka import publish_stations
+    from pm25.stations import read_stations_csv
+
+    shipped = read_stations_csv()
+    meta = [replace(shipped[sid], network=net) for net, sids in NETWORKS.items() for sid in sids]
+    publish_stations(settings, meta)
+    return meta
+
+
 def test_consumer_group_churn_keeps_every_forecast_byte_identical(broker, tmp_path, run_id, report_counts):
     servers, embedded = broker
     assert not embedded
@@ -120,11 +143,85 @@ def test_consumer_group_churn_keeps_every_forecast_byte_identical(broker, tmp_pa
         f"(duplicates {sum(n - 1 for n in seen.values())}); a worker joined, one left (SIGTERM), one was "
         f"killed (SIGKILL) and restarted; {_defences(third)}"
     )
-    assert expected.keys() <= latest.keys()
-    assert latest == expected
+    assert not (why := forecast_mismatch(latest, expected, third)), why
     by_forecast: dict = {}
     for m in msgs:
         f = forecast_from_json(m.value)
         by_forecast.setdefault((f.station_id, f.issued_at), set()).add(m.value)
     assert all(len(v) == 1 for v in by_forecast.values())  # every duplicate byte-identical
     third.stop()
+
+
+def _partitions_of(worker: WorkerProcess) -> float:
+    try:
+        return metric_value(worker.metrics(), "pm25_input_partitions")
+    except OSError:
+        return -1.0
+
+
+def test_two_workers_share_networks_keyed_by_network_through_kill_9_and_restart(
+    broker, tmp_path, run_id, report_counts
+):
+    """Four networks, their readings keyed by network (`pm25 produce --key network`): each network's
+    readings, windows and clock live in one partition, so two workers can share the networks; one
+    is SIGKILLed (the other takes whole networks over) and a new one joins (and recovers whole
+    networks from the changelog). The final forecasts equal the backtest's. The test can fail
+    (2026-12-03): keyed by station, each worker's clocks saw part of each network (2856 of 2880
+    forecasts of a shorter run differed); with each network's clock kept where a checksum of its id
+    put it (the rule before), the worker that joined lacked some clocks (716 of 4320 differed)."""
+    from kafka.partitioner import murmur2
+
+    from producer.replay import network_keys
+
+    servers, embedded = broker
+    assert not embedded
+    env = _env(servers, run_id)
+    settings = Settings.from_env(env)
+    ensure_topics(settings)
+    meta = _four_networks(settings)
+    homes = {(murmur2(n.encode()) & 0x7FFFFFFF) % settings.partitions for n in NETWORKS}
+    assert len(homes) == 4 == settings.partitions  # one network per partition
+    key = network_keys({s.station_id: s.network for s in meta})
+    readings = list(load_source("multisite", [], hours=360))
+    expected = expected_forecasts(settings, readings, meta)
+    hour_of = {r.timestamp: r.hour for r in readings}
+
+    def start(name: str) -> WorkerProcess:
+        return WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / f"{name}.log").start()
+
+    def settle(*pair: WorkerProcess) -> None:
+        for w in pair:
+            w.wait_ready()
+        shared = _wait_for(lambda: [_partitions_of(w) for w in pair] == [2.0, 2.0], timeout=90)
+        assert shared, f"the workers did not settle on two partitions each:\n{pair[0].tail()}\n{pair[1].tail()}"
+
+    def send_and_wait(part: list) -> None:
+        # then wait for the forecasts of its hours but the last few (a network's hour closes when
+        # its members have reported it, or once the lateness bound has passed)
+        _paced_send(settings, part, 2000.0, key)
+        settled = part[-1].hour - 4
+        due = {k for k in expected if hour_of[k[1]] < settled}
+        collect(settings, settings.forecasts_topic, lambda m: due <= by_key(m)[0].keys(), timeout=120)
+
+    third = len(readings) // 3
+    a, b = start("a"), start("b")
+    settle(a, b)
+    send_and_wait(readings[:third])
+    published = [metric_value(w.metrics(), "pm25_forecasts_out_total") for w in (a, b)]
+    b.stop(kill=True)  # SIGKILL: a takes its two partitions over
+    send_and_wait(readings[third : 2 * third])
+    c = start("c")  # joins: takes two partitions back, recovering their states from the changelog
+    settle(a, c)
+    _paced_send(settings, readings[2 * third :], 2000.0, key)
+    msgs = collect(settings, settings.forecasts_topic, lambda m: expected.keys() <= by_key(m)[0].keys(), timeout=240)
+    latest, seen = by_key(msgs)
+    report_counts(
+        f"readings {len(readings)} (12 stations in {len(NETWORKS)} networks keyed by network, one per partition), "
+        f"forecasts expected {len(expected)}, received {len(msgs)} (duplicates {sum(n - 1 for n in seen.values())}); "
+        f"two workers shared them (forecasts published by each in the first third: {published[0]:.0f}, "
+        f"{published[1]:.0f}), one was SIGKILLed, a new one joined; {_defences(a, c)}"
+    )
+    assert all(p > 0 for p in published), published  # both took part
+    assert not (why := forecast_mismatch(latest, expected, a, b, c)), why
+    a.stop()
+    c.stop()

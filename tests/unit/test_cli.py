@@ -20,6 +20,7 @@ from pm25_ops.cli import main
         ["train", "--grid", "huge"],
         ["stations"],
         ["stations", "load"],
+        ["produce", "--key", "region"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
@@ -126,3 +127,27 @@ def test_a_missing_training_extra_is_one_line_before_any_work(monkeypatch, capsy
     assert main(["regional", "--split", "val"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs the training extra" in err[0] and "no sklearn" in err[0]
+
+
+def test_readings_keyed_by_network_use_the_station_metadata():
+    from pm25.schema import Reading
+    from pm25.stations import read_stations_csv
+    from producer.replay import network_keys, station_key
+
+    key = network_keys({s.station_id: s.network for s in read_stations_csv().values()})
+    assert key(Reading("Dongsi", 378_360, pm25=1.0)) == b"beijing"
+    assert key(Reading("Elsewhere", 378_360, pm25=1.0)) == b"Elsewhere"  # no metadata: its own id
+    assert station_key(Reading("Dongsi", 378_360, pm25=1.0)) == b"Dongsi"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["produce", "--station-file", "x.csv"],  # only with --key network
+        ["produce", "--key", "network", "--station-file", "/no/such/stations.csv"],
+    ],
+)
+def test_produce_s_station_file_mistakes_are_one_line_before_any_connection(argv, capsys):
+    assert main([*argv, "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--station-file" in err[0]

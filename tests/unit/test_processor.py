@@ -20,9 +20,9 @@ def test_replayed_offsets_are_skipped_and_new_ones_applied():
         assert states["s"][0] == 3
         table["s"] = states["s"][1]
     replay = proc.parse(reading_to_json(Reading("s", H0 + 2, pm25=12.0)), b"s")
-    assert proc.apply(table, replay, offset=102) == ([], [], None)  # applied before a restart
+    assert proc.apply(table, replay, offset=102, partition=3) == ([], [], None)  # applied before a restart
     assert proc.metrics.replayed._value.get() == 1
-    late_new = proc.apply(table, replay, offset=200)  # a genuinely new (duplicate) message
+    late_new = proc.apply(table, replay, offset=200, partition=3)  # a genuinely new (duplicate) message
     assert not isinstance(late_new, DeadLetter) and late_new[0] == ["s"]
 
 
@@ -31,6 +31,52 @@ def test_wrong_key_and_bad_json_are_dead_letters():
     assert proc.parse(b"{", b"s").reason == "bad_json"
     good = reading_to_json(Reading("s", H0, pm25=1.0))
     assert proc.parse(good, b"other").reason == "key_mismatch"
+
+
+def test_a_network_station_may_be_keyed_by_its_network():
+    from pm25.stations import Station
+
+    stations = [Station("s", "S", 39.9, 116.4, "city"), Station("t", "T", 40.0, 116.5, "city")]
+    proc = Processor(make_engine(Settings(), stations), WorkerMetrics())
+    good = reading_to_json(Reading("s", H0, pm25=1.0))
+    assert isinstance(proc.parse(good, b"s"), Reading)
+    assert isinstance(proc.parse(good, b"city"), Reading)
+    wrong = proc.parse(good, b"town")
+    assert wrong.reason == "key_mismatch" and "network 'city'" in wrong.detail
+    lone = proc.parse(reading_to_json(Reading("u", H0, pm25=1.0)), b"city")
+    assert lone.reason == "key_mismatch" and "no network" in lone.detail
+
+
+def test_a_network_s_clock_is_kept_in_the_partition_its_network_key_lands_in():
+    """So that readings keyed by network, their stations' windows and the network's clock are all
+    in one partition: a worker that takes the partition over recovers the whole network."""
+    from aiokafka.partitioner import DefaultPartitioner
+    from kafka.partitioner import murmur2  # kafka-python's DefaultPartitioner (the producer's)
+
+    for partitions in (1, 4, 7):
+        proc = Processor(make_engine(Settings()), WorkerMetrics(), partitions=partitions)
+        every = list(range(partitions))
+        for network in ("Beijing", "net-00", "net-37", "région"):
+            key = network.encode()
+            assert proc.home_partition(network) == DefaultPartitioner()(key, every, every)
+            assert proc.home_partition(network) == (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def test_a_station_that_moved_to_another_partition_is_not_taken_for_a_replay():
+    """A station whose key (or the topic's partition count) changed: offsets in its new partition
+    say nothing about what it has applied."""
+    proc = Processor(make_engine(Settings()), WorkerMetrics(), now_hour=lambda: H0 + 10_000)
+    table: dict[str, bytes] = {}
+    for i in range(3):
+        reading = proc.parse(reading_to_json(Reading("s", H0 + i, pm25=10.0 + i)), b"s")
+        proc.apply(table, reading, offset=500 + i, partition=0)
+        table["s"] = proc.take_states()["s"][1]
+    moved = proc.parse(reading_to_json(Reading("s", H0 + 3, pm25=13.0)), b"s")
+    changed, requests, seen = proc.apply(table, moved, offset=4, partition=2)  # lower offset, new partition
+    assert changed == ["s"] and len(requests) == 1 and seen is not None
+    assert proc.take_states()["s"][0] == 2  # its state now follows it
+    again = proc.apply(table, moved, offset=4, partition=2)  # and replays there are recognised
+    assert again == ([], [], None)
 
 
 def test_unreadable_state_restarts_the_station_instead_of_crashing():
