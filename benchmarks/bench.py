@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,7 @@ from pm25.schema import Reading, forecast_from_json, reading_to_json
 from pm25.settings import Settings
 from pm25.stations import Station
 from pm25_ops.processes import WorkerProcess
+from producer.replay import network_keys, station_key
 
 __all__ = ["BenchConfig", "run_bench"]
 
@@ -254,7 +256,7 @@ class Workload:
 OFFER_BATCH_BYTES = 256 * 1024
 
 
-def _offer(settings: Settings, readings: list[Reading]) -> float:
+def _offer(settings: Settings, readings: list[Reading], key: Callable[[Reading], bytes] = station_key) -> float:
     """Produce ``readings`` as fast as the producer goes; returns the wall time of the first send.
 
     The load generator shares the machine's two cores with the worker and the broker, so it is kept
@@ -263,8 +265,8 @@ def _offer(settings: Settings, readings: list[Reading]) -> float:
     batch builders (compiled code; up to OFFER_BATCH_BYTES per batch and partition) and sent. A
     kafka-python producer spent about 1.2 s of a core on 20 000 readings (measured with /proc): the
     first two seconds of a six-second run, time the worker could not use; this one spends about
-    0.3 s."""
-    messages = [(r.station_id.encode(), reading_to_json(r)) for r in readings]
+    0.3 s. ``key``: each message's key (the station id by default)."""
+    messages = [(key(r), reading_to_json(r)) for r in readings]
     return asyncio.run(_produce(settings, messages))
 
 
@@ -296,14 +298,18 @@ async def _produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> f
     return started
 
 
-def _timed_phase(settings: Settings, load: Workload, distinct: bool) -> dict[str, Any]:
+def _timed_phase(
+    settings: Settings, load: Workload, distinct: bool, key: Callable[[Reading], bytes] = station_key
+) -> dict[str, Any]:
     """With the worker(s) running: wait until the warm-up backlog is forecast, then offer the timed
     readings as fast as possible. Readings/s = timed readings / (first timed reading in -> last
     timed forecast out; each forecast counted at its first publication, Kafka timestamps, one
-    clock). The worker is idle when the timed readings start, so nothing but them is measured."""
+    clock). The worker is idle when the timed readings start, so nothing but them is measured.
+    The final forecasts (the last message of each station and hour) are compared with the
+    backtest's by sha256."""
     topic = settings.forecasts_topic
     _consume_until(settings, topic, load.warm_expected, timeout=600, distinct=distinct)
-    first_in = _offer(settings, load.timed)
+    first_in = _offer(settings, load.timed, key)
     msgs = _consume_until(settings, topic, load.expected, timeout=1200, distinct=distinct)
     first_out: dict[tuple[str, str], float] = {}
     for m in msgs:
@@ -317,7 +323,7 @@ def _timed_phase(settings: Settings, load: Workload, distinct: bool) -> dict[str
         "final_forecasts_differing_from_backtest": sum(final.get(k) != v for k, v in load.final_sha256.items()),
     }
     return {
-        **({} if distinct else exact),
+        **exact,
         "timed_readings": len(load.timed),
         "forecasts_expected": load.expected,
         "distinct_forecasts_received" if distinct else "forecasts_received": len(first_out) if distinct else len(msgs),
@@ -328,18 +334,24 @@ def _timed_phase(settings: Settings, load: Workload, distinct: bool) -> dict[str
 
 
 def _scale_out_run(
-    env: dict[str, str], settings: Settings, load: Workload, workdir: Path, workers: int
+    env: dict[str, str],
+    settings: Settings,
+    load: Workload,
+    workdir: Path,
+    workers: int,
+    key: Callable[[Reading], bytes] = station_key,
 ) -> dict[str, Any]:
     """The throughput run with ``workers`` worker processes in one consumer group (the input topic's
     partitions are shared between them): how the deployment scales out on this machine. Several
-    workers may republish some forecasts after a rebalance: distinct forecasts are counted."""
-    _offer(settings, load.warm)
+    workers may republish some forecasts after a rebalance: distinct forecasts are counted. With
+    networks, the readings are keyed by network (``key``) so that the workers share whole networks."""
+    _offer(settings, load.warm, key)
     procs = [
         WorkerProcess({**env, "PM25_WEB_PORT": str(free_port())}, workdir / f"scale-{i}.log").start()
         for i in range(workers)
     ]
     try:
-        result = _timed_phase(settings, load, distinct=True)
+        result = _timed_phase(settings, load, distinct=True, key=key)
         rss = [_peak_rss_mb(w.proc.pid) for w in procs if w.proc is not None]
     finally:
         for w in procs:
@@ -592,8 +604,9 @@ def _suite(
     )
     if full:
         _say(f"[{target.tag}] scale-out: {cfg.scale_out_workers} worker processes in one group, same readings")
-        env_c, settings_c = target.app("scale", networks=False)  # a network's stations need one worker
-        out["scale_out"] = _scale_out_run(env_c, settings_c, load, workdir, cfg.scale_out_workers)
+        env_c, settings_c = target.app("scale")
+        by_network = network_keys({s.station_id: s.network for s in target.stations})  # whole networks per worker
+        out["scale_out"] = _scale_out_run(env_c, settings_c, load, workdir, cfg.scale_out_workers, by_network)
         _say(json.dumps(out["scale_out"]))
         _say(f"[{target.tag}] restart of the production worker (state recovered from the changelog), one new hour")
         env_a, settings_a = prod_apps[0]
