@@ -220,12 +220,15 @@ class Processor:
             # The input topic is keyed by station, or by network (so that several workers can
             # share the networks): any other key would split a station's or a network's state.
             meta = self.engine.networks.stations.get(reading.station_id)
-            if meta is None or key != meta.network.encode():
-                network = "no network" if meta is None else f"network {meta.network!r}"
-                return self._dead(
-                    "key_mismatch",
-                    f"message key {key[:64]!r} is neither station_id {reading.station_id!r} nor its {network}",
+            if meta is None:
+                detail = f"message key {key[:64]!r} != station_id {reading.station_id!r} (no network in its metadata)"
+                return self._dead("key_mismatch", detail)
+            if key != meta.network.encode():
+                detail = (
+                    f"message key {key[:64]!r} is neither station_id {reading.station_id!r} "
+                    f"nor its network {meta.network!r}"
                 )
+                return self._dead("key_mismatch", detail)
         return reading
 
     def apply(
