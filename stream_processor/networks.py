@@ -66,6 +66,13 @@ class Networks:
     def __len__(self) -> int:
         return len(self.stations)
 
+    def is_network(self, key: bytes) -> bool:
+        """Whether ``key`` (a message key) is the id of a network some station's metadata names."""
+        try:
+            return key.decode() in self._members
+        except UnicodeDecodeError:
+            return False
+
     def network_of(self, station_id: str) -> str | None:
         """The station's network, or None when it is forecast alone (no metadata, or no other
         station in its network)."""

@@ -219,9 +219,12 @@ class Processor:
         if key is not None and key != reading.station_id.encode():
             # The input topic is keyed by station, or by network (so that several workers can
             # share the networks): any other key would split a station's or a network's state.
-            meta = self.engine.networks.stations.get(reading.station_id)
+            networks = self.engine.networks
+            meta = networks.stations.get(reading.station_id)
             if meta is None:
-                detail = f"message key {key[:64]!r} != station_id {reading.station_id!r} (no network in its metadata)"
+                if networks.is_network(key):  # a station of that network whose metadata is not in yet
+                    return reading
+                detail = f"message key {key[:64]!r} is neither station_id {reading.station_id!r} nor a known network"
                 return self._dead("key_mismatch", detail)
             if key != meta.network.encode():
                 detail = (
