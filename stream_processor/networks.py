@@ -21,7 +21,15 @@ from pm25.network import NetworkClock
 from pm25.schema import Reading
 from pm25.stations import Station
 
-__all__ = ["ACTIVE_HOURS", "NEIGHBOURS", "NETWORK_KEY_PREFIX", "Networks", "fill_row", "network_columns"]
+__all__ = [
+    "ACTIVE_HOURS",
+    "LEGACY_NETWORK_KEY_PREFIX",
+    "NEIGHBOURS",
+    "NETWORK_KEY_PREFIX",
+    "Networks",
+    "fill_row",
+    "network_columns",
+]
 
 _NB = len(OWN_FIELDS)
 
@@ -30,7 +38,12 @@ NEIGHBOURS = 11
 #: A station that reported within this many hours is a member its network's hours wait for.
 ACTIVE_HOURS = 24
 #: The table key of a network's clock (station ids cannot contain a NUL).
-NETWORK_KEY_PREFIX = "\x00network:"
+NETWORK_KEY_PREFIX = "\x00clock:"
+#: The key a network's clock had before 2026-12-03, when it was kept in the partition a checksum of
+#: the network id gave (not the one its readings keyed by network land in). Read, never written: a
+#: worker upgraded with such clocks starts from them, and the stale copies under the old key can
+#: never win over the new ones at recovery (which reads partitions in no set order).
+LEGACY_NETWORK_KEY_PREFIX = "\x00network:"
 
 
 class Networks:

@@ -28,7 +28,7 @@ from stream_processor.engine import Engine, Request
 from stream_processor.forecaster import BatchForecaster, Observation
 from stream_processor.hindcast import HindcastScorer
 from stream_processor.metrics import WorkerMetrics
-from stream_processor.networks import NETWORK_KEY_PREFIX
+from stream_processor.networks import LEGACY_NETWORK_KEY_PREFIX, NETWORK_KEY_PREFIX
 
 __all__ = [
     "Applied",
@@ -165,6 +165,8 @@ class _Clocks:
         clock = clocks.get(network)
         if clock is None:
             data = self.table.get(self.processor.engine.networks.key(network))
+            if data is None:  # saved by a worker before 2026-12-03 (stream_processor.networks)
+                data = self.table.get(LEGACY_NETWORK_KEY_PREFIX + network)
             if data is not None:
                 try:
                     clock = clocks[network] = NetworkClock.from_bytes(data)

@@ -41,6 +41,17 @@ def _defences(*workers: WorkerProcess) -> str:
     return f"offset-guard/tail seeks {seeks:.0f}, replayed readings recognised {replayed:.0f}"
 
 
+def _every_forecast(settings: Settings, expected: dict) -> tuple[list, dict, dict]:
+    """The forecast topic's messages until every expected (station, hour) has come (or 240 s), the
+    latest of each and how often each came."""
+    msgs = collect(settings, settings.forecasts_topic, lambda m: expected.keys() <= by_key(m)[0].keys(), timeout=240)
+    return msgs, *by_key(msgs)
+
+
+def _duplicates(seen: dict) -> int:
+    return sum(n - 1 for n in seen.values())
+
+
 def _wait_for(condition, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,16 +80,10 @@ def test_broker_killed_and_restarted_on_its_data_the_worker_recovers_by_itself(t
         sender = threading.Thread(target=_paced_send, args=(settings, readings[half:], 1500.0))
         sender.start()
         sender.join()
-        msgs = collect(
-            settings,
-            settings.forecasts_topic,
-            lambda m: expected.keys() <= by_key(m)[0].keys(),
-            timeout=240,
-        )
-        latest, seen = by_key(msgs)
+        msgs, latest, seen = _every_forecast(settings, expected)
         report_counts(
             f"readings {len(readings)}, forecasts expected {len(expected)}, received {len(msgs)} "
-            f"(duplicates {sum(n - 1 for n in seen.values())}); broker SIGKILLed after {half} readings and "
+            f"(duplicates {_duplicates(seen)}); broker SIGKILLed after {half} readings and "
             f"restarted; /ready answered 503 while it was down: {lost_seen}; {_defences(worker)}; worker alive {worker.proc is not None and worker.proc.poll() is None}"
         )
         assert worker.proc is not None and worker.proc.poll() is None  # it recovered by itself
@@ -136,11 +141,10 @@ def test_consumer_group_churn_keeps_every_forecast_byte_identical(broker, tmp_pa
     third = WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / "w3.log").start()
     third.wait_ready()
     sender.join()
-    msgs = collect(settings, settings.forecasts_topic, lambda m: expected.keys() <= by_key(m)[0].keys(), timeout=240)
-    latest, seen = by_key(msgs)
+    msgs, latest, seen = _every_forecast(settings, expected)
     report_counts(
         f"readings {len(readings)}, forecasts expected {len(expected)}, received {len(msgs)} "
-        f"(duplicates {sum(n - 1 for n in seen.values())}); a worker joined, one left (SIGTERM), one was "
+        f"(duplicates {_duplicates(seen)}); a worker joined, one left (SIGTERM), one was "
         f"killed (SIGKILL) and restarted; {_defences(third)}"
     )
     assert not (why := forecast_mismatch(latest, expected, third)), why
@@ -213,11 +217,10 @@ def test_two_workers_share_networks_keyed_by_network_through_kill_9_and_restart(
     c = start("c")  # joins: takes two partitions back, recovering their states from the changelog
     settle(a, c)
     _paced_send(settings, readings[2 * third :], 2000.0, key)
-    msgs = collect(settings, settings.forecasts_topic, lambda m: expected.keys() <= by_key(m)[0].keys(), timeout=240)
-    latest, seen = by_key(msgs)
+    msgs, latest, seen = _every_forecast(settings, expected)
     report_counts(
         f"readings {len(readings)} (12 stations in {len(NETWORKS)} networks keyed by network, one per partition), "
-        f"forecasts expected {len(expected)}, received {len(msgs)} (duplicates {sum(n - 1 for n in seen.values())}); "
+        f"forecasts expected {len(expected)}, received {len(msgs)} (duplicates {_duplicates(seen)}); "
         f"two workers shared them (forecasts published by each in the first third: {published[0]:.0f}, "
         f"{published[1]:.0f}), one was SIGKILLed, a new one joined; {_defences(a, c)}"
     )

@@ -93,11 +93,14 @@ def test_unreadable_state_restarts_the_station_instead_of_crashing():
     assert proc.apply(table, reading, offset=7) == ([], [], None)  # the fresh state works as usual
 
 
-def _worker_like_run(readings, restart_at=None, batch=50, stations=()):
+def _worker_like_run(readings, restart_at=None, batch=50, stations=(), legacy_clock_keys=False):
     """The worker's path without a broker: intake (parse + apply into a table), the batch's graph
     and finish, then the saved value (window + adaptation; a network's clock) per key.
     ``restart_at``: after that many readings a new Processor starts from the saved values only
-    (what a kill -9 leaves)."""
+    (what a kill -9 leaves); ``legacy_clock_keys``: with the clocks under the key workers used
+    before 2026-12-03 (an upgrade)."""
+    from stream_processor.networks import LEGACY_NETWORK_KEY_PREFIX, NETWORK_KEY_PREFIX
+
     proc = Processor(make_engine(Settings(), stations), WorkerMetrics(), now_hour=lambda: 10**9, partitions=4)
     table: dict[str, bytes] = {}  # what the worker keeps in memory
     saved: dict[str, bytes] = {}  # what the changelog holds (written after the batch is delivered)
@@ -107,6 +110,9 @@ def _worker_like_run(readings, restart_at=None, batch=50, stations=()):
         if i == restart_at:
             proc = Processor(make_engine(Settings(), stations), WorkerMetrics(), now_hour=lambda: 10**9, partitions=4)
             table = dict(saved)
+            if legacy_clock_keys:
+                table = {k.replace(NETWORK_KEY_PREFIX, LEGACY_NETWORK_KEY_PREFIX): v for k, v in table.items()}
+                assert any(k.startswith(LEGACY_NETWORK_KEY_PREFIX) for k in table)
         requests, windows, observed = [], {}, []
         for offset, r in enumerate(readings[i : i + batch], start=i):
             _, reqs, seen = proc.apply(table, r, offset)
@@ -157,6 +163,10 @@ def test_a_network_survives_a_restart_from_saved_states_and_equals_the_backtest(
     whole = _worker_like_run(readings, stations=stations, batch=48)
     restarted = _worker_like_run(readings, restart_at=384, stations=stations, batch=48)
     assert len(whole) >= len(readings) - 12 and whole == restarted
+    # an upgraded worker finds the clocks under the key they had before 2026-12-03 (without
+    # reading them the network's clock starts afresh and the forecasts differ)
+    upgraded = _worker_like_run(readings, restart_at=384, stations=stations, batch=48, legacy_clock_keys=True)
+    assert upgraded == whole
     engine = make_engine(Settings(), stations)
     offline = [(f.station_id.encode(), f.value) for f in run_offline(engine, readings, batch_size=77)]
     assert offline == whole
