@@ -382,7 +382,10 @@ class Worker:
         delivered = [await self._dead_letter(item.handle, letter) for item, letter in outputs.dead]
         sender = BatchSender(self._aiokafka_producer())
         topic = self.settings.forecasts_topic
-        for key, value, input_partition in outputs.forecasts:
+        pending = outputs.forecasts  # taken off the list one by one (in order): each message is freed
+        pending.reverse()  # once its producer batch holds a copy, so a batch is not in memory twice
+        while pending:
+            key, value, input_partition = pending.pop()
             partition = input_partition if self.copartitioned else await self._partition(topic, key)
             sender.add(topic, partition, key, value)
         scores_topic = self.settings.scores_topic

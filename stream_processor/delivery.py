@@ -69,7 +69,9 @@ class Port(Protocol):
     table: MutableMapping[str, bytes]
 
     async def send_outputs(self, outputs: Outputs) -> list[Awaitable[Any]]:
-        """Queue the outputs; one future per send, done when the broker acknowledged it."""
+        """Queue the outputs; one future per send, done when the broker acknowledged it. The port
+        may take the forecasts off ``outputs.forecasts`` as it queues them (to free each message
+        as soon as the producer holds a copy)."""
         ...
 
     async def send_states(self, states: list[tuple[str, int, bytes]]) -> list[Awaitable[Any]]:
@@ -191,6 +193,7 @@ class DeliveryCore:
             forecasts=[(key, value, batch.partition_of[key.decode()]) for key, value in forecasts],
             scores=scores,
         )
+        del forecasts  # the port frees each message once its producer batch holds a copy
         batch.observed, batch.dead = [], []  # not needed while it waits for acks
         return await self.port.send_outputs(outputs)
 

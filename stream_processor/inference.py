@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 
 #: Windows per feature pass and graph run: memory grows with the batch (numpy temporaries, and the
-#: recurrent graph's working memory that onnxruntime keeps in its arena), so a large micro-batch
-#: runs in chunks; onnxruntime's rows/s is flat from 64 rows on (docs/benchmarks.md).
-GRAPH_ROWS_MAX = 256
+#: graph's working memory: one block of about 50 KB per row that glibc, once it has freed such a
+#: block, serves from the heap, where it stays resident), so a large micro-batch runs in chunks;
+#: onnxruntime's rows/s is highest at 64 rows of those measured (docs/benchmarks.md).
+GRAPH_ROWS_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)

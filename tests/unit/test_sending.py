@@ -63,3 +63,37 @@ def test_a_message_that_fits_no_batch_is_an_error():
         assert "does not fit" in str(err)
     else:
         raise AssertionError("expected ValueError")
+
+
+def test_the_worker_frees_each_forecast_once_its_producer_batch_holds_a_copy():
+    """A micro-batch's forecasts must not be in memory twice (as messages and in the producer's
+    batches) while it is sent: the worker takes each one off the batch's outputs as it queues it,
+    in order."""
+    from pm25.settings import Settings
+    from stream_processor.app import Worker
+    from stream_processor.delivery import Outputs
+
+    forecasts = [(f"s{i}".encode(), f"v{i}".encode(), i % 2) for i in range(5)]
+    outputs = Outputs(dead=[], forecasts=list(forecasts), scores=[])
+    left_at_append: list[int] = []
+
+    class Watching(FakeBatch):
+        def append(self, *, timestamp, key, value):
+            left_at_append.append(len(outputs.forecasts))
+            return super().append(timestamp=timestamp, key=key, value=value)
+
+    class Producer(FakeProducer):
+        def create_batch(self) -> FakeBatch:
+            return Watching(self.capacity)
+
+    async def run() -> FakeProducer:
+        worker = Worker(Settings(bootstrap_servers="127.0.0.1:1", forecasts_topic="f"), copartitioned=True)
+        producer = Producer(capacity=10)
+        worker._aiokafka_producer = lambda: producer  # type: ignore[method-assign]
+        await asyncio.gather(*await worker.send_outputs(outputs))
+        return producer
+
+    producer = asyncio.run(run())
+    assert left_at_append == [4, 3, 2, 1, 0]  # each message off the list before the next is queued
+    sent = {p: records for topic, p, records in producer.sent if topic == "f"}
+    assert sent == {0: [(b"s0", b"v0"), (b"s2", b"v2"), (b"s4", b"v4")], 1: [(b"s1", b"v1"), (b"s3", b"v3")]}
