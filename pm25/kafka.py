@@ -140,6 +140,19 @@ def partition_counts(settings: Settings, *topics: str) -> dict[str, int | None]:
         consumer.close()
 
 
+def worker_start_up(settings: Settings, timeout: float, log_level: int = logging.INFO) -> dict[str, int | None]:
+    """What a worker asks the broker before it starts: it answers (else BrokerUnreachable), the
+    topics exist (created if missing), and the partition counts of the readings and forecasts
+    topics. Run in a fresh child process by ``pm25 worker`` (kafka-python, which these calls use,
+    then never loads in the serving process), so it sets up that process's logging itself."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+    wait_for_broker(settings, timeout)
+    ensure_topics(settings)
+    return partition_counts(settings, settings.readings_topic, settings.forecasts_topic)
+
+
 def make_producer(settings: Settings, **overrides: Any) -> Any:
     from kafka import KafkaProducer
 

@@ -166,6 +166,21 @@ def _reachable(settings: Any, timeout: float) -> None:
         raise Unreachable(str(err)) from err
 
 
+def _worker_start_up(settings: Any, timeout: float, log_level: int) -> dict[str, int | None]:
+    """pm25.kafka.worker_start_up in a short-lived child process: its calls use kafka-python (about
+    7.6 MB resident once imported), which the worker itself never needs (Faust brings aiokafka)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pm25.kafka import BrokerUnreachable, worker_start_up
+
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+            return child.submit(worker_start_up, settings, timeout, log_level).result()
+    except BrokerUnreachable as err:
+        raise Unreachable(str(err)) from err
+
+
 class Unreachable(Exception):
     """A command could not reach its broker."""
 
@@ -265,14 +280,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from pm25.kafka import ensure_topics, partition_counts
     from stream_processor.app import Worker, limit_malloc_arenas
 
     limit_malloc_arenas()  # before any thread starts
     settings = _settings(args)
-    _reachable(settings, args.connect_timeout)  # at start-up; an established broker lost later is retried
-    ensure_topics(settings)
-    counts = partition_counts(settings, settings.readings_topic, settings.forecasts_topic)
+    # at start-up; an established broker lost later is retried
+    counts = _worker_start_up(settings, args.connect_timeout, logging.getLogger().level)
     worker = Worker(settings, copartitioned=len(set(counts.values())) == 1 and None not in counts.values())
     try:
         import uvloop

@@ -151,3 +151,25 @@ def test_produce_s_station_file_mistakes_are_one_line_before_any_connection(argv
     assert main([*argv, "--bootstrap-servers", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--station-file" in err[0]
+
+
+def test_the_worker_start_up_calls_to_the_broker_leave_kafka_python_out_of_the_worker_process():
+    """kafka-python (7.6 MB resident) is used by the worker's start-up calls only, in a child process;
+    the serving process, which runs on aiokafka, must never import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pm25.settings import Settings\n"
+        "from pm25_ops.cli import Unreachable, _worker_start_up\n"
+        "import stream_processor.app\n"
+        "try:\n"
+        "    _worker_start_up(Settings(bootstrap_servers='127.0.0.1:1'), 1.0, 30)\n"
+        "except Unreachable as err:\n"
+        "    print('unreachable:', err)\n"
+        "print('kafka-python loaded:', any(m == 'kafka' or m.startswith('kafka.') for m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "unreachable: cannot reach a Kafka broker at 127.0.0.1:1 within 1 s" in out
+    assert "kafka-python loaded: False" in out
