@@ -167,11 +167,7 @@ class Worker:
             "producer_max_batch_size": 1 << 20,
             "consumer_auto_offset_reset": "earliest",
             "topic_allow_declare": True,
-            # No standby copies of other workers' tables: with the memory store a worker given a
-            # partition reads its changelog from the start anyway, so a standby only costs memory
-            # and reads; and a standby partition that became active could hang Faust's recovery
-            # (no changelog event delivered for it, seen after a kill -9 take-over; docs/regional.md)
-            "table_standby_replicas": 0,
+            "table_standby_replicas": 0,  # no use with the memory store, and a hang risk: docs/regional.md
             "stream_processing_timeout": settings.stream_timeout_s,
             **_faust_credentials(settings),
         }
