@@ -33,6 +33,14 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
     spec = first.spec
     for key in ("data", "packages", "code_sha256", "seed", "metrics", "intervals", "scaler", "train_config"):
         assert key in spec
+    # selected on validation, then refit on the training and validation years for the epochs
+    # early stopping kept
+    grid = {r["name"]: r for r in spec["selection"]["results"]}
+    refit = spec["refit"]
+    assert refit["before"] == "2016-03-01" and refit["samples"] > 1.2 * refit["train_samples"]
+    assert refit["epochs"] == {n: grid[n]["best_epochs"] for n in refit["epochs"]}
+    assert all(1 <= grid[n]["best_epochs"] <= grid[n]["config"]["epochs"] for n in refit["epochs"])
+    assert "in-sample" in (first.path / "MODEL_CARD.md").read_text()
     assert set(spec["metrics"]["test"]) == {
         "model",
         "persistence",
@@ -77,9 +85,18 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
     np.testing.assert_array_equal(OnnxForecaster(second).predict(probe, ends).point, model.predict(probe, ends).point)
     assert load_production(store).version == "q1"
     assert "kept q1 in production" in proc.stdout + proc.stderr
-    # --force promotes anyway
-    assert main(["train", "--grid", "quick", "--model-store", str(store), "--version", "q3", "--force"]) == 0
+    # --force promotes anyway; --no-refit serves the model as selected: another function
+    argv = ["train", "--grid", "quick", "--model-store", str(store), "--version", "q3", "--force", "--no-refit"]
+    assert main(argv) == 0
     assert json.loads((store / "production.json").read_text())["version"] == "q3"
+    third = load_bundle(store / "bundles" / "q3")
+    assert third.spec["refit"] is None and third.spec["selection"]["val_score"] == spec["selection"]["val_score"]
+    assert not np.array_equal(OnnxForecaster(third).predict(probe, ends).point, model.predict(probe, ends).point)
+    # an experiment on a split moved a year back is never promoted, even with --force
+    argv = ["train", "--grid", "quick", "--model-store", str(store), "--version", "q4", "--force", "--shift-years", "1"]
+    assert main(argv) == 0
+    assert load_bundle(store / "bundles" / "q4").spec["data"]["split_id"].startswith("shifted: train < 2014-03-01")
+    assert load_production(store).version == "q3"
 
 
 def test_only_servable_families_are_selected(tmp_path):
