@@ -400,6 +400,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Make a bundle of the store production (after `pm25 evaluate --bundle` scored it): the bundle
+    is verified first; an experiment trained on a shifted split is refused."""
+    from model_store import default_store, load_bundle, promote
+
+    store = Path(args.model_store) if args.model_store else default_store()
+    split = load_bundle(store / "bundles" / args.version).spec.get("data", {}).get("split_id", "")
+    if split.startswith("shifted"):
+        raise UsageError(f"{args.version} is an experiment on another split ({split}); not promoted")
+    promote(store, args.version)
+    print(f"promoted {args.version} in {store}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_stations, gradient_boosting_yardstick, shipped_test_year, write_report
 
@@ -440,6 +454,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         yardstick=yardstick,
         progress=not args.quiet,
         stations_meta=_station_metadata(None) if args.network else None,
+        version=args.bundle,
     )
     print(ev.table())
     out = args.out or ("reports/network" if args.network else "reports")
@@ -646,6 +661,7 @@ def _add_model_commands(sub: Any) -> None:
         "evaluate", help="backtest the production bundle per station on the test year vs persistence and yardstick"
     )
     s.add_argument("--no-yardstick", action="store_true", help="skip the gradient-boosting yardstick")
+    s.add_argument("--bundle", help="score this version of the model store instead of the production bundle")
     s.add_argument(
         "--split",
         choices=["test", "val"],
@@ -669,6 +685,11 @@ def _add_model_commands(sub: Any) -> None:
     s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("promote", help="make a verified bundle of the model store production")
+    s.add_argument("version", help="the bundle's version (a folder of model_store/bundles)")
+    s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
+    s.set_defaults(func=cmd_promote)
 
     s = sub.add_parser("eda", help="exploratory report of the training data (Markdown + PNG plots)")
     s.add_argument("--out", default="reports/eda", help="output folder (default reports/eda)")

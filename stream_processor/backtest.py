@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from model_store import default_store, load_production
+from model_store import default_store, load_bundle, load_production
 from pm25.schema import Reading
 from pm25.settings import Settings
 from pm25.stations import Station
@@ -21,10 +21,11 @@ __all__ = ["make_engine", "run_backtest"]
 log = logging.getLogger(__name__)
 
 
-def make_engine(settings: Settings, stations: Iterable[Station] = ()) -> Engine:
-    """The production model with the worker's window settings; ``stations``: the metadata
-    (stream_processor.networks: none, every station forecast alone)."""
-    bundle = load_production(settings.model_store or default_store())
+def make_engine(settings: Settings, stations: Iterable[Station] = (), version: str | None = None) -> Engine:
+    """The production model (or the store's bundle ``version``) with the worker's window settings;
+    ``stations``: the metadata (stream_processor.networks: none, every station forecast alone)."""
+    store = settings.model_store or default_store()
+    bundle = load_bundle(store / "bundles" / version) if version else load_production(store)
     return Engine(
         OnnxForecaster(bundle),
         lateness_hours=settings.lateness_hours,

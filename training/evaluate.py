@@ -268,10 +268,12 @@ def evaluate_stations(
     yardstick: Callable[..., Any] | None = None,
     progress: bool = True,
     stations_meta: Sequence[Station] | None = None,
+    version: str | None = None,
 ) -> Evaluation:
     """Score each station's replay; ``stations_meta``: replay all stations together in one file
-    (hour by hour, in station order) with this metadata, as ``pm25 backtest`` does."""
-    engine = make_engine(settings, stations_meta or ())
+    (hour by hour, in station order) with this metadata, as ``pm25 backtest`` does; ``version``: a
+    bundle of the store other than production's."""
+    engine = make_engine(settings, stations_meta or (), version)
     start, end = bounds
     results = []
     stations = [s for s in per_station if s]

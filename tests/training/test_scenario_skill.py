@@ -1,6 +1,7 @@
 """A station that reports no weather at all still gets forecasts that meet the targets (the
-production bundle, validation year, Dongsi, through the stream's code path): the model was trained
-with whole weather fields hidden, so it knows "not measured" from "average"."""
+production bundle, test year, Dongsi, through the stream's code path): the model was trained
+with whole weather fields hidden, so it knows "not measured" from "average". The test year: the
+production model is refit on the validation year (training.train), which is in-sample for it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from training.scenarios import apply_scenario
 
 
 def test_a_station_without_weather_meets_the_targets():
-    per_station, bounds = shipped_test_year("val")
+    per_station, bounds = shipped_test_year("test")
     dongsi = [apply_scenario("no-weather", rs) for rs in per_station if rs and rs[0].station_id == "Dongsi"]
     assert dongsi and all(r.temperature_c is None and r.wind_direction is None for r in dongsi[0])
-    ev = evaluate_stations(Settings(), dongsi, bounds, period="validation year, no weather", progress=False)
+    ev = evaluate_stations(Settings(), dongsi, bounds, period="test year, no weather", progress=False)
     (result,) = ev.stations
-    print(f"\nno weather, Dongsi, validation year: 24 h skill {100 * result.skill(24):.1f} %")
+    print(f"\nno weather, Dongsi, test year: 24 h skill {100 * result.skill(24):.1f} %")
     assert result.misses() == []

@@ -97,6 +97,9 @@ def test_quick_train_export_gate_and_reproducibility(tmp_path):
     assert main(argv) == 0
     assert load_bundle(store / "bundles" / "q4").spec["data"]["split_id"].startswith("shifted: train < 2014-03-01")
     assert load_production(store).version == "q3"
+    assert main(["promote", "q4", "--model-store", str(store)]) == 2  # nor by hand
+    assert main(["promote", "q1", "--model-store", str(store)]) == 0
+    assert load_production(store).version == "q1"
 
 
 def test_only_servable_families_are_selected(tmp_path):

@@ -173,3 +173,18 @@ def test_the_worker_start_up_calls_to_the_broker_leave_kafka_python_out_of_the_w
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "unreachable: cannot reach a Kafka broker at 127.0.0.1:1 within 1 s" in out
     assert "kafka-python loaded: False" in out
+
+
+def test_evaluate_scores_a_bundle_other_than_production(tmp_path, capsys):
+    import json
+
+    from model_store import default_store, load_production
+
+    older = "ensemble-20261202T221741Z"
+    assert load_production(default_store()).version != older
+    argv = ["evaluate", "--split", "val", "--stations", "Dongsi", "--no-yardstick", "--quiet", "--out", str(tmp_path)]
+    main([*argv, "--bundle", older])
+    assert json.loads((tmp_path / "evaluation.json").read_text())["model_version"] == older
+    assert main([*argv, "--bundle", "no-such-version"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no-such-version" in err[-1] and "Traceback" not in "\n".join(err)
