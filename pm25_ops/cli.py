@@ -414,6 +414,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _in_sample_note(settings: Any, version: str | None) -> str:
+    """A warning for the report's title when the bundle was refit on the validation year."""
+    from model_store import default_store, load_bundle, load_production
+
+    store = settings.model_store or default_store()
+    bundle = load_bundle(store / "bundles" / version) if version else load_production(store)
+    if not bundle.spec.get("refit"):
+        return ""
+    print(f"pm25 evaluate: note: {bundle.version} was refit on this year: its scores are in-sample", file=sys.stderr)
+    return f"; IN-SAMPLE: {bundle.version} was refit on this year"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_stations, gradient_boosting_yardstick, shipped_test_year, write_report
 
@@ -427,7 +439,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         per_station = [rs for rs in per_station if rs and rs[0].station_id in wanted]
         if not per_station:
             raise UsageError(f"--stations: none of {sorted(wanted)} in the {args.split} year's stations")
-    period_note = ""
+    period_note = _in_sample_note(settings, args.bundle) if args.split == "val" else ""
     if args.scenario:
         from training.scenarios import apply_scenario, shift_hours
 

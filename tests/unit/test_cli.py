@@ -185,6 +185,10 @@ def test_evaluate_scores_a_bundle_other_than_production(tmp_path, capsys):
     argv = ["evaluate", "--split", "val", "--stations", "Dongsi", "--no-yardstick", "--quiet", "--out", str(tmp_path)]
     main([*argv, "--bundle", older])
     assert json.loads((tmp_path / "evaluation.json").read_text())["model_version"] == older
+    assert "IN-SAMPLE" not in json.loads((tmp_path / "evaluation.json").read_text())["period"]
+    # the production bundle was refit on the validation year: its report says so
+    main(argv)
+    assert "IN-SAMPLE" in json.loads((tmp_path / "evaluation.json").read_text())["period"]
     assert main([*argv, "--bundle", "no-such-version"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "no-such-version" in err[-1] and "Traceback" not in "\n".join(err)
