@@ -4,14 +4,16 @@ Trained on every station the repository ships, split by time and station (traini
 train before 2015-03-01 (without the three stations kept out as new stations), validation
 2015-03-01 to 2016-02-29, test 2016-03-01 to 2017-02-28 (all 12 multi-site stations). Every
 choice (early stopping, configuration, ensemble, interval calibration) uses validation only; the
-test year is scored once, at the end, for the report.
+test year is scored once, at the end, for the report. The chosen members are then refit on the
+training and validation years together (``TrainConfig.refit``), so the served model has seen the
+year before the test year.
 
 The inputs and the target carry over between stations: PM2.5 relative to the station's own recent
 level in log space, weather as changes and anomalies, no clock (pm25.features); the target is the
 change from the last observation in units of the window's level (``level_delta``). The stream then
 adapts each station's forecasts online (pm25.adapt).
 
-``train`` runs stages, each a function: data, preprocessing, search, ensemble, calibration,
+``train`` runs stages, each a function: data, preprocessing, search, ensemble, calibration, refit,
 evaluation, packaging, promotion.
 """
 
@@ -363,8 +365,8 @@ def stage_refit(
 ) -> tuple[Any, dict[str, Any]]:
     """The selected configuration(s) trained again, from the same seed, on every sample before the
     test year with the training split's augmentation, each for the epochs early stopping kept on
-    validation (no validation data is left to stop on). Returns the model (an average if several)
-    and what the spec records of the refit."""
+    validation (no validation data is left to stop on); the feature scaler stays the training
+    split's. Returns the model (an average if several) and what the spec records of the refit."""
     import keras
 
     from training.models import build_model
