@@ -114,6 +114,21 @@ class OffsetGuard:
         assert p.seek_to is not None
         return p.seek_to
 
+    def rewind(self, partition: int, offset: int) -> None:
+        """Messages from ``offset`` on were taken but given back unprocessed (readings held back
+        when a rebalance began): the partition must deliver them again. Nothing else reads them
+        again when the rebalance's seek to the committed offsets has already happened (Faust
+        counts a rebalance on until its recovery ends, after that seek), so the guard expects
+        ``offset`` next: the next message past it is a hole (seek back), and so is a partition
+        read past it that delivers nothing more (TailWatch)."""
+        p = self._parts.get(partition)
+        if p is None:
+            self._parts[partition] = _Partition(expected=offset)
+        elif p.seek_to is None:
+            p.expected = min(p.expected, offset)
+        else:
+            p.seek_to = min(p.seek_to, offset)
+
     def forget(self, partitions: set[int]) -> None:
         """Partitions revoked: their next owner (maybe us again) starts from the committed offset."""
         for partition in partitions:

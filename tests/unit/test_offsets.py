@@ -114,3 +114,21 @@ def test_a_hole_before_the_first_message_is_seen_against_the_start_offset():
     h = OffsetGuard()
     assert h.check(0, 100, start=100) is P and h.check(1, 90, start=100) is P
     assert h.check(2, 500, start=None) is P  # start unknown: the consumer's seek decides
+
+
+def test_readings_given_back_are_expected_again_and_a_later_offset_is_a_hole():
+    g = OffsetGuard()
+    run(g, [0, 1, 2, 3, 4, 5])
+    g.rewind(0, 2)  # 2-5 were held back, then given back unprocessed
+    assert g.expected(0) == 2
+    assert run(g, [6]) == [S] and g.seek_target(0) == 2  # nothing reads 2-5 again by itself
+    assert run(g, [7, 2, 3, 4, 5, 6, 7]) == [D, P, P, P, P, P, P]
+    g.rewind(0, 9)  # never moves the guard forward
+    assert g.expected(0) == 8
+    assert g.check(0, 0) is P  # the rebalance's own seek back to the committed offset: a replay
+    g.rewind(1, 40)  # a partition with nothing delivered yet starts from the first given back
+    assert g.check(1, 41) is S and g.seek_target(1) == 40
+    assert g.check(0, 1) is P
+    assert run(g, [2, 9]) == [P, S]
+    g.rewind(0, 1)  # during a pending seek back: it goes back further
+    assert g.seek_target(0) == 1

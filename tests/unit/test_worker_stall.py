@@ -31,3 +31,32 @@ def test_a_stuck_partition_is_made_fetchable_again_and_read_again_from_the_next_
         assert calls == [("resume", {TP("r", 0), TP("r", 1)}), ("seek", TP("r", 0), 42)]
 
     asyncio.run(run())
+
+
+def test_readings_held_back_are_given_back_only_while_a_revocation_stops_the_flow():
+    """Held readings are given back (unacknowledged) so that a revocation's wait for
+    acknowledgements can end; once the rebalance's seek to the committed offsets is done (the flow
+    resumed, Faust's rebalance not over yet) they stay held, else nothing would read them again.
+    When given back, the offset guard expects the first of them again."""
+    from stream_processor.delivery import Input
+
+    class Msg:
+        acked = False
+
+    class Event:
+        def __init__(self) -> None:
+            self.message = Msg()
+
+    worker = Worker(Settings(bootstrap_servers="127.0.0.1:1", readings_topic="r"))
+    for offset in range(8):
+        worker.offsets.check(2, offset)
+    held = [(Input(Event(), 2, offset, b"k", b"v", 0.0), None) for offset in (5, 6, 7)]
+    worker._held = list(held)
+    worker.app.rebalancing = True
+    worker.app.consumer.flow_active = True  # the recovery resumed the flow: its seek is done
+    worker._give_back_held()
+    assert worker._held == held and worker.offsets.expected(2) == 8
+    worker.app.consumer.flow_active = False  # a revocation stopped the flow
+    worker._give_back_held()
+    assert worker._held == [] and all(item.handle.message.acked for item, _ in held)
+    assert worker.offsets.expected(2) == 5  # read again from the first one given back
