@@ -32,6 +32,7 @@ __all__ = [
     "default_store",
     "load_bundle",
     "load_production",
+    "load_version",
     "production_version",
     "promote",
     "write_bundle",
@@ -141,6 +142,11 @@ def load_production(store: Path) -> Bundle:
     if bundle.manifest_sha256 != manifest_sha:
         raise BundleIntegrityError(f"bundle {version}: manifest sha256 differs from the production pointer")
     return bundle
+
+
+def load_version(store: Path, version: str | None = None) -> Bundle:
+    """The store's bundle ``version`` (verified), or the production one when None."""
+    return load_bundle(Path(store) / "bundles" / version) if version else load_production(store)
 
 
 def promote(store: Path, version: str) -> Bundle:

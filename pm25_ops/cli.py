@@ -403,11 +403,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     """Make a bundle of the store production (after `pm25 evaluate --bundle` scored it): the bundle
     is verified first; an experiment trained on a shifted split is refused."""
-    from model_store import default_store, load_bundle, promote
+    from model_store import default_store, load_version, promote
+    from training.dataset import is_experiment_split
 
     store = Path(args.model_store) if args.model_store else default_store()
-    split = load_bundle(store / "bundles" / args.version).spec.get("data", {}).get("split_id", "")
-    if split.startswith("shifted"):
+    split = load_version(store, args.version).spec.get("data", {}).get("split_id", "")
+    if is_experiment_split(split):
         raise UsageError(f"{args.version} is an experiment on another split ({split}); not promoted")
     promote(store, args.version)
     print(f"promoted {args.version} in {store}")
@@ -416,10 +417,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def _in_sample_note(settings: Any, version: str | None) -> str:
     """A warning for the report's title when the bundle was refit on the validation year."""
-    from model_store import default_store, load_bundle, load_production
+    from model_store import default_store, load_version
 
-    store = settings.model_store or default_store()
-    bundle = load_bundle(store / "bundles" / version) if version else load_production(store)
+    bundle = load_version(settings.model_store or default_store(), version)
     if not bundle.spec.get("refit"):
         return ""
     print(f"pm25 evaluate: note: {bundle.version} was refit on this year: its scores are in-sample", file=sys.stderr)

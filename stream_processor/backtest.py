@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from model_store import default_store, load_bundle, load_production
+from model_store import default_store, load_version
 from pm25.schema import Reading
 from pm25.settings import Settings
 from pm25.stations import Station
@@ -24,10 +24,8 @@ log = logging.getLogger(__name__)
 def make_engine(settings: Settings, stations: Iterable[Station] = (), version: str | None = None) -> Engine:
     """The production model (or the store's bundle ``version``) with the worker's window settings;
     ``stations``: the metadata (stream_processor.networks: none, every station forecast alone)."""
-    store = settings.model_store or default_store()
-    bundle = load_bundle(store / "bundles" / version) if version else load_production(store)
     return Engine(
-        OnnxForecaster(bundle),
+        OnnxForecaster(load_version(settings.model_store or default_store(), version)),
         lateness_hours=settings.lateness_hours,
         buffer_hours=settings.buffer_hours,
         networks=Networks(stations, lateness_hours=settings.network_lateness_hours),

@@ -35,25 +35,43 @@ from pm25.schema import Reading
 from pm25.stations import BEIJING_STATIONS, read_stations_csv
 
 __all__ = [
+    "SPLIT_ID",
     "DataConfig",
     "DataReport",
     "DataValidationError",
     "Samples",
     "Series",
     "concat_samples",
+    "is_experiment_split",
     "load_all",
     "load_series",
     "local_hour",
     "make_samples",
+    "split_id_of",
     "split_samples",
 ]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+#: the shipped split (a bundle's spec records the one it was selected on)
+SPLIT_ID = "multisite-v1: train < 2015-03-01 (without new stations), val 2015-03-01..2016-02-29, test 2016-03..2017-02"
+_SHIFTED = "shifted: "
 
 
 class DataValidationError(ValueError):
     """The dataset violates the expectations in DataConfig; the message is the report."""
+
+
+def split_id_of(d: DataConfig) -> str:
+    """SPLIT_ID for the shipped split; another split (``pm25 train --shift-years``) names its dates."""
+    if (d.val_start, d.test_start, d.test_end) == (DataConfig.val_start, DataConfig.test_start, DataConfig.test_end):
+        return SPLIT_ID
+    return f"{_SHIFTED}train < {d.val_start}, val {d.val_start}..{d.test_start}, test {d.test_start}..{d.test_end}"
+
+
+def is_experiment_split(split: str) -> bool:
+    """Whether a bundle's split id is a shifted split's (an experiment: never promoted)."""
+    return split.startswith(_SHIFTED)
 
 
 def local_hour(day: date) -> int:

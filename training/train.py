@@ -37,7 +37,16 @@ import numpy.typing as npt
 from model_store import BundleError, load_production, promote, write_bundle
 from pm25.features import RAW_FIELDS, postprocess, scale, target_scale
 from stream_processor.networks import ACTIVE_HOURS, NEIGHBOURS
-from training.dataset import DataConfig, Samples, Series, load_all, split_samples
+from training.dataset import (
+    SPLIT_ID,
+    DataConfig,
+    Samples,
+    Series,
+    is_experiment_split,
+    load_all,
+    split_id_of,
+    split_samples,
+)
 from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics, json_safe
 from training.models import ModelConfig
 
@@ -48,7 +57,6 @@ HORIZONS = 24
 #: A new bundle must beat production's validation score by more than this (µg/m³) to be promoted.
 MIN_IMPROVEMENT = 0.05
 #: The split this code trains on; a production bundle trained on another split is not comparable.
-SPLIT_ID = "multisite-v1: train < 2015-03-01 (without new stations), val 2015-03-01..2016-02-29, test 2016-03..2017-02"
 #: Scale-free features the model reads (see pm25.features).
 MODEL_FEATURES: tuple[str, ...] = (
     "log_pm25_rel_last",
@@ -483,7 +491,7 @@ def train(tc: TrainConfig, store: Path, *, force: bool = False, promote_if_bette
     spec = _spec(tc, version, family, name, cfg, prep, intervals, score, results, metrics, stations, started)
     spec["refit"] = refit
     path = stage_packaging(store, spec, onnx_bytes, model, data["test"], test_pred, names)
-    promoted, reason = stage_promotion(store, version, score, force, promote_if_better, _split_id(tc.data))
+    promoted, reason = stage_promotion(store, version, score, force, promote_if_better, split_id_of(tc.data))
     log.info("%s", reason)
     return TrainResult(path, version, score, promoted, reason)
 
@@ -538,7 +546,7 @@ def _spec(
         "data": {
             "files": {s.file: s.report.sha256 for s in stations},
             "stations": [s.station_id for s in stations],
-            "split_id": _split_id(d),
+            "split_id": split_id_of(d),
             "splits": {
                 "train": f"before {d.val_start}"
                 + (f"; the served model refit on everything before {d.test_start}" if tc.refit else ""),
@@ -590,13 +598,6 @@ def _zero_intervals() -> dict[str, list[float]]:
     return {"log_residual_lo": [0.0] * HORIZONS, "log_residual_hi": [0.0] * HORIZONS}
 
 
-def _split_id(d: DataConfig) -> str:
-    """SPLIT_ID for the shipped split; another split (``pm25 train --shift-years``) names its dates."""
-    if (d.val_start, d.test_start, d.test_end) == (DataConfig.val_start, DataConfig.test_start, DataConfig.test_end):
-        return SPLIT_ID
-    return f"shifted: train < {d.val_start}, val {d.val_start}..{d.test_start}, test {d.test_start}..{d.test_end}"
-
-
 def stage_promotion(
     store: Path, version: str, score: float, force: bool, enabled: bool, split_id: str = SPLIT_ID
 ) -> tuple[bool, str]:
@@ -605,7 +606,7 @@ def stage_promotion(
     trained on a shifted split (an experiment) is never promoted."""
     if not enabled:
         return False, f"bundle {version} written; not promoted (--no-promote)"
-    if split_id != SPLIT_ID:
+    if is_experiment_split(split_id):
         return False, f"bundle {version} written; not promoted: an experiment on another split ({split_id})"
     try:
         current = load_production(store)

@@ -192,3 +192,23 @@ def test_evaluate_scores_a_bundle_other_than_production(tmp_path, capsys):
     assert main([*argv, "--bundle", "no-such-version"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "no-such-version" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_promote_verifies_and_refuses_an_experiment_on_a_shifted_split(tmp_path, capsys):
+    """`pm25 promote VERSION` makes a store's verified bundle production; a bundle trained on a
+    shifted split (`pm25 train --shift-years`) is an experiment: one line, exit 2, pointer kept."""
+    from model_store import default_store, load_production, production_version, write_bundle
+
+    source = load_production(default_store())
+    spec = dict(source.spec, version="shifted-one")
+    spec["data"] = dict(spec.get("data", {}), split_id="shifted: train < 2014-03-01, val ...")
+    onnx = source.onnx_bytes
+    write_bundle(tmp_path, dict(source.spec, version="plain-one"), onnx)
+    write_bundle(tmp_path, spec, onnx)
+    assert main(["promote", "plain-one", "--model-store", str(tmp_path)]) == 0
+    assert production_version(tmp_path)[0] == "plain-one"
+    capsys.readouterr()
+    assert main(["promote", "shifted-one", "--model-store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "experiment on another split" in err[0]
+    assert production_version(tmp_path)[0] == "plain-one"
