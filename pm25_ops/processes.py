@@ -69,6 +69,26 @@ class WorkerProcess:
         except OSError:
             return "(no log)"
 
+    def events(self, limit: int = 400) -> str:
+        """The log's lines that tell what happened, from the start (for a failed test's report):
+        warnings and errors, the worker's own lines, and the milestones of each rebalance (Faust's
+        tables of offsets, service start-ups and task stacks left out; lines cut at 300 characters).
+        The last ``limit``."""
+        milestones = ("generation id", "Seek stream partitions", "Worker ready", "Restoring state", "Recovery complete")
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        keep = [
+            line
+            for line in lines
+            if line.lstrip("[").startswith("20")  # a log record's first line (not a table row or a stack frame)
+            and ("WARNING" in line or "ERROR" in line or "[INFO] [^" not in line or any(m in line for m in milestones))
+            and "Starting..." not in line
+            and "Stopping..." not in line
+        ]
+        return "\n".join(line[:300] for line in keep[-limit:])
+
     def stop(self, kill: bool = False) -> None:
         if self.proc is not None and self.proc.poll() is None:
             if kill:

@@ -111,5 +111,5 @@ def forecast_mismatch(got: dict, expected: dict, *workers: WorkerProcess) -> str
                 lines += [f"--- worker {n} counters ---", *counters]
             os.kill(w.proc.pid, signal.SIGUSR1)
             time.sleep(1.0)
-        lines += [f"--- worker {n} log tail ---", w.tail(150)]
+        lines += [f"--- worker {n} log: what happened ---", w.events(), f"--- worker {n} log tail ---", w.tail(60)]
     return "\n".join(lines)
