@@ -256,7 +256,7 @@ class Worker:
             self._waiting = not queue
 
     def _give_back_held(self) -> None:
-        """A rebalance began: Faust waits for every message taken to be acknowledged before it
+        """A rebalance began (or the worker stops): Faust waits for every message taken to be acknowledged before it
         revokes partitions, and the partitions held back cannot catch up while the consumer is
         paused. The held readings are given back unacknowledged instead: after the rebalance Faust
         seeks every partition to its committed offset, so they are read again (applied readings
@@ -265,8 +265,10 @@ class Worker:
         never be read again (a two-worker kill -9 test lost 660 readings of a taken-over network
         that way, 2026-12-03). Should that order ever change, the offset guard is rewound to the
         first reading given back (OffsetGuard.rewind): the partition is read again from there."""
-        if not self._held or not self.app.rebalancing or cast(Consumer, self.app.consumer).flow_active:
-            return  # no revocation under way (its wait for acknowledgements stops the flow first)
+        if not self._held or cast(Consumer, self.app.consumer).flow_active:
+            return
+        if not (self.app.rebalancing or self.app.should_stop):
+            return  # no revocation nor shutdown under way (their wait for acknowledgements stops the flow first)
         log.info("rebalance: %d readings held back are given back to be read again", len(self._held))
         first: dict[int, int] = {}
         for item, _ in self._held:

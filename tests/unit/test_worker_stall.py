@@ -33,7 +33,7 @@ def test_a_stuck_partition_is_made_fetchable_again_and_read_again_from_the_next_
     asyncio.run(run())
 
 
-def test_readings_held_back_are_given_back_only_while_a_revocation_stops_the_flow():
+def test_readings_held_back_are_given_back_only_while_a_revocation_stops_the_flow(monkeypatch):
     """Held readings are given back (unacknowledged) so that a revocation's wait for
     acknowledgements can end; once the rebalance's seek to the committed offsets is done (the flow
     resumed, Faust's rebalance not over yet) they stay held, else nothing would read them again.
@@ -60,3 +60,11 @@ def test_readings_held_back_are_given_back_only_while_a_revocation_stops_the_flo
     worker._give_back_held()
     assert worker._held == [] and all(item.handle.message.acked for item, _ in held)
     assert worker.offsets.expected(2) == 5  # read again from the first one given back
+    # a shutdown waits for acknowledgements too (held readings kept a stopping worker waiting until it was killed, 20 s later)
+    worker._held = list(held)
+    worker.app.rebalancing = False
+    worker._give_back_held()
+    assert worker._held == held
+    monkeypatch.setattr(type(worker.app), "should_stop", property(lambda self: True))
+    worker._give_back_held()
+    assert worker._held == []
