@@ -256,20 +256,22 @@ class Worker:
             self._waiting = not queue
 
     def _give_back_held(self) -> None:
-        """A rebalance began (or the worker stops): Faust waits for every message taken to be acknowledged before it
-        revokes partitions, and the partitions held back cannot catch up while the consumer is
-        paused. The held readings are given back unacknowledged instead: after the rebalance Faust
-        seeks every partition to its committed offset, so they are read again (applied readings
-        among them are recognised as replays). Only while the flow is stopped: Faust counts a
-        rebalance on until its recovery ends, after that seek, and readings given back then would
-        never be read again (a two-worker kill -9 test lost 660 readings of a taken-over network
-        that way, 2026-12-03). Should that order ever change, the offset guard is rewound to the
-        first reading given back (OffsetGuard.rewind): the partition is read again from there."""
+        """A rebalance began (or the worker stops): Faust waits for every message taken to be
+        acknowledged before it revokes partitions (or stops), and the partitions held back cannot
+        catch up while the consumer is paused. The held readings are given back unacknowledged
+        instead: after the rebalance Faust seeks every partition to its committed offset, so they
+        are read again (applied readings among them are recognised as replays). Only while the flow
+        is stopped: Faust counts a rebalance on until its recovery ends, after that seek, and
+        readings given back then would never be read again (most likely how a two-worker kill -9
+        test lost 660 readings of a taken-over network, 2026-12-03). Should that order ever change, the
+        offset guard is rewound to the first reading given back (OffsetGuard.rewind): the partition
+        is read again from there."""
         if not self._held or cast(Consumer, self.app.consumer).flow_active:
             return
         if not (self.app.rebalancing or self.app.should_stop):
             return  # no revocation nor shutdown under way (their wait for acknowledgements stops the flow first)
-        log.info("rebalance: %d readings held back are given back to be read again", len(self._held))
+        why = "rebalance" if self.app.rebalancing else "stop"
+        log.info("%s: %d readings held back are given back to be read again", why, len(self._held))
         first: dict[int, int] = {}
         for item, _ in self._held:
             withhold_ack(self.app, item.handle)
