@@ -49,7 +49,7 @@ from stream_processor.faust_seam import (
 from stream_processor.inference import OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.networks import Networks
-from stream_processor.offsets import OffsetGuard, RecoveryWatch, TailWatch, Verdict
+from stream_processor.offsets import OffsetGuard, TailWatch, Verdict
 from stream_processor.processor import DeadLetter, PartitionActivity, Processor, StuckPartitions
 from stream_processor.sending import BatchSender
 from stream_processor.stations_feed import follow_stations
@@ -143,7 +143,7 @@ class Worker:
         self.metrics.set_model(bundle.version)
         self.processor = Processor(self.engine, self.metrics, partitions=settings.partitions)
         self.offsets = OffsetGuard()
-        self._tails, self._recovery = TailWatch(), RecoveryWatch()
+        self._tails = TailWatch()
         self._stream: faust.Stream | None = None
         self._waiting = True  # no micro-batch is being taken in
         self.broker_ok = True  # a broker answered the last check (see _watch_broker)
@@ -472,9 +472,7 @@ class Worker:
     async def _watch_tails(self) -> None:
         """Seek back an input partition whose last messages the consumer read but never delivered
         (a hole at its end: nothing arrives after it for the offset guard to notice, see
-        stream_processor.offsets.TailWatch); during a table recovery, a changelog partition the
-        same way (:meth:`_watch_recovery`)."""
-        await self._watch_recovery()
+        stream_processor.offsets.TailWatch)."""
         consumer = cast(Consumer, self.app.consumer)
         stream = self._stream
         if stream is None or not self.ready() or not consumer.flow_active:
@@ -501,36 +499,6 @@ class Worker:
                 )
                 self.metrics.input_seeks.inc()
                 await consumer.seek(tp, expected)
-
-    async def _watch_recovery(self, now: float | None = None) -> None:
-        """Read again, from the next offset the recovery needs, a changelog partition whose
-        records the consumer fetched but Faust's recovery never received (RecoveryWatch)."""
-        if not self.app.in_recovery:
-            self._recovery.reset()
-            return
-        now = time.monotonic() if now is None else now
-        recovery = cast(Any, self.app.tables).recovery  # faust.tables.manager.TableManager
-        consumer = self.app.consumer
-        for tp, highwater in list(recovery.active_highwaters.items()):
-            applied = recovery.active_offsets.get(tp)
-            if highwater is None or applied is None:
-                continue
-            try:
-                position = await consumer.position(tp)
-            except KafkaError as err:  # e.g. revoked meanwhile
-                log.info("changelog partition %s: position unknown (%r)", tp, err)
-                continue
-            if self._recovery.stuck(tp, applied, highwater, position, now):
-                log.warning(
-                    "recovery of %s stuck at offset %d of %d (consumer at %s) for %.0f s; reading it again",
-                    tp,
-                    applied,
-                    highwater,
-                    position,
-                    self._recovery.stall_s,
-                )
-                self.metrics.input_seeks.inc()
-                await consumer.seek(tp, max(applied + 1, 0))
 
     async def _watch_broker(self) -> None:
         """A worker that loses its broker keeps retrying (the clients do), says so once in its log

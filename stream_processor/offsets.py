@@ -32,7 +32,7 @@ import logging
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["MAX_SEEKS", "RECOVERY_STALL_S", "TAIL_STALL_S", "OffsetGuard", "RecoveryWatch", "TailWatch", "Verdict"]
+__all__ = ["MAX_SEEKS", "TAIL_STALL_S", "OffsetGuard", "TailWatch", "Verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,6 @@ MAX_SEEKS = 4
 #: on their way wait behind at most the stream's buffer (4096) and one micro-batch: under two seconds
 #: at the worker's rate (a false alarm only replays messages).
 TAIL_STALL_S = 3.0
-#: Seconds a table recovery may apply nothing of a changelog partition the consumer has read past
-#: before that partition is read again (a healthy recovery here takes well under a second).
-RECOVERY_STALL_S = 20.0
 
 
 class Verdict(Enum):
@@ -176,37 +173,3 @@ class TailWatch:
     def forget(self, partitions: set[int]) -> None:
         for partition in partitions:
             self._suspects.pop(partition, None)
-
-
-class RecoveryWatch:
-    """Decides when Faust's recovery of a table's changelog partition is stuck on records the
-    consumer fetched but never delivered. Seen on Apache Kafka (two-worker kill -9 test,
-    2026-12-03): at a rebalance a worker's recovery of one active changelog partition received no
-    record ("No event received for active tp ... since recovery start") for minutes while the
-    consumer's position stood at the partition's end, so the worker forecast nothing of that
-    partition's stations until the next rebalance. The cause inside Faust was not found; reading the
-    partition again from the next offset the recovery needs lets it finish. A false alarm only
-    re-reads changelog records (recovery applies them idempotently)."""
-
-    def __init__(self, stall_s: float = RECOVERY_STALL_S) -> None:
-        self.stall_s = stall_s
-        self._since: dict[object, tuple[int, float]] = {}  # partition -> (applied offset, since when)
-
-    def stuck(self, partition: object, applied: int, highwater: int, position: int | None, now: float) -> bool:
-        """Whether to read ``partition`` again from ``applied + 1``: the recovery has applied
-        records up to ``applied`` (-1: none) of ``highwater`` (the last offset), the consumer will
-        fetch from ``position`` next, and ``applied`` has not moved for ``stall_s``."""
-        if applied >= highwater or position is None or position <= applied + 1:
-            self._since.pop(partition, None)  # done, or its records are still to be fetched
-            return False
-        seen = self._since.get(partition)
-        if seen is None or seen[0] != applied:
-            self._since[partition] = (applied, now)
-            return False
-        if now - seen[1] < self.stall_s:
-            return False
-        self._since[partition] = (applied, now)  # once per stall period
-        return True
-
-    def reset(self) -> None:
-        self._since.clear()

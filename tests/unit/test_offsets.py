@@ -132,19 +132,3 @@ def test_readings_given_back_are_expected_again_and_a_later_offset_is_a_hole():
     assert run(g, [2, 9]) == [P, S]
     g.rewind(0, 1)  # during a pending seek back: it goes back further
     assert g.seek_target(0) == 1
-
-
-def test_a_recovery_that_applies_nothing_of_a_partition_read_past_is_stuck():
-    from stream_processor.offsets import RecoveryWatch
-
-    w = RecoveryWatch(stall_s=20.0)
-    # nothing applied (-1) of 0-23, the consumer has fetched them all (position 24)
-    assert not w.stuck("tp3", -1, 23, 24, now=0.0)
-    assert not w.stuck("tp3", -1, 23, 24, now=19.0)
-    assert w.stuck("tp3", -1, 23, 24, now=20.5)  # read it again from offset 0
-    assert not w.stuck("tp3", -1, 23, 24, now=25.0)  # once per stall period
-    assert w.stuck("tp3", -1, 23, 24, now=41.0)
-    # progress, records still to fetch, or done: never stuck
-    assert not w.stuck("tp2", 5, 23, 24, now=0.0) and not w.stuck("tp2", 9, 23, 24, now=30.0)
-    assert not w.stuck("tp4", -1, 23, 0, now=0.0) and not w.stuck("tp4", -1, 23, 0, now=60.0)
-    assert not w.stuck("tp5", 23, 23, 24, now=0.0) and not w.stuck("tp5", 23, 23, 24, now=60.0)

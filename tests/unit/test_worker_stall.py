@@ -68,39 +68,3 @@ def test_readings_held_back_are_given_back_only_while_a_revocation_stops_the_flo
     monkeypatch.setattr(type(worker.app), "should_stop", property(lambda self: True))
     worker._give_back_held()
     assert worker._held == []
-
-
-def test_a_recovery_stuck_on_a_changelog_partition_read_past_reads_it_again(monkeypatch):
-    """Faust's recovery of a changelog partition received nothing while the consumer stood at its
-    end (a two-worker kill -9 test, 2026-12-03): after RECOVERY_STALL_S the worker seeks it back to
-    the next offset the recovery needs."""
-    from types import SimpleNamespace
-
-    from stream_processor.offsets import RECOVERY_STALL_S
-
-    async def run():
-        worker = Worker(Settings(bootstrap_servers="127.0.0.1:1", readings_topic="r"))
-        consumer = worker.app.consumer
-        tp, done = TP("changelog", 3), TP("changelog", 2)
-        calls: list = []
-
-        async def position(partition):
-            return 24
-
-        async def seek(partition, offset):
-            calls.append((partition, offset))
-
-        consumer.position, consumer.seek = position, seek
-        recovery = SimpleNamespace(active_highwaters={tp: 23, done: 82}, active_offsets={tp: -1, done: 82})
-        monkeypatch.setattr(type(worker.app.tables), "recovery", property(lambda self: recovery))
-        worker.app.in_recovery = True
-        await worker._watch_recovery(now=0.0)
-        await worker._watch_recovery(now=RECOVERY_STALL_S - 1)
-        assert calls == []
-        await worker._watch_recovery(now=RECOVERY_STALL_S + 1)
-        assert calls == [(tp, 0)]  # the stuck one only, from the first offset it lacks
-        worker.app.in_recovery = False
-        await worker._watch_recovery(now=100.0)
-        assert calls == [(tp, 0)]  # nothing outside a recovery
-
-    asyncio.run(run())
