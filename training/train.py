@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 HORIZONS = 24
 #: A new bundle must beat production's validation score by more than this (µg/m³) to be promoted.
 MIN_IMPROVEMENT = 0.05
-#: The split this code trains on; a production bundle trained on another split is not comparable.
 #: Scale-free features the model reads (see pm25.features).
 MODEL_FEATURES: tuple[str, ...] = (
     "log_pm25_rel_last",
