@@ -22,11 +22,13 @@ What the worker needs from the inside, and why:
   path; Faust's own loop leaves that delivery's queue put running too. Stopping the fetcher cancels
   the loop either way. Everything else is kept as in Faust: read offsets, gap tracking for
   acknowledgements, ``broker_commit_every``, yielding every 100 messages, the fetching flag and the
-  stop conditions. One fix: after :meth:`Consumer.seek` (and after Faust's seek of every partition
-  to its committed offset), the records of that partition still to come from the fetch made before
-  it are dropped (they are not at the new position; Faust delivered them, and their read offsets
-  made it drop the re-read: seen as a worker that stopped forecasting after re-reading a hole, see
-  stream_processor.offsets).
+  stop conditions. Two fixes: a fetch that returns after the flow stopped is given back
+  (:meth:`Consumer._getmany`; Faust drops it, and a partition with no committed offset, a
+  changelog partition always, lost its records: a table recovery that never ended); and after
+  :meth:`Consumer.seek` (and after Faust's seek of every partition to its committed offset), the
+  records of that partition still to come from the fetch made before it are dropped (they are not
+  at the new position; Faust delivered them, and their read offsets made it drop the re-read: seen
+  as a worker that stopped forecasting after re-reading a hole, see stream_processor.offsets).
 * The fetch wait (``App(fetch_max_wait_ms=...)``): Faust fixes it at 1.5 s, how long a broker may
   hold a fetch open while waiting for data (see stream_processor.app.FETCH_MAX_WAIT_MS).
 * :class:`QuietMonitor` skips Faust's statistics per message and per stream event (only Faust's own
@@ -91,6 +93,25 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        """One fetch, as Faust's. A fetch that returns after the flow stopped (a rebalance began
+        while it waited) is dropped by Faust's ``getmany``, which then seeks every partition to
+        its committed offset; aiokafka seeks only partitions with a committed offset above 0, so
+        the others (a changelog partition always) had their records taken and never delivered.
+        Seen as a table recovery waiting for minutes for changelog records the consumer had
+        already read past ("No event received for active tp"): the set of partitions a fetch may
+        return is Faust's live set, which the new assignment fills with the changelog partitions
+        while the flow is still stopped. Such a fetch is given back: each partition is sought to
+        the first record it returned, and nothing is handed to Faust."""
+        records = await super()._getmany(active_partitions=active_partitions, timeout=timeout)
+        if records and not self.flow_active:
+            back = {tp: batch[0].offset for tp, batch in records.items() if batch}
+            log.info("fetch returned after the flow stopped: %d partitions read again from %s", len(back), back)
+            for tp, offset in back.items():
+                await self.seek(tp, offset)
+            return {}
+        return records
 
     async def seek(self, partition: TP, offset: int) -> None:
         self._mark_sought({partition})
@@ -277,6 +298,10 @@ def consumer_state(app: faust.App, topic: Any) -> dict[str, Any]:
         state: dict[str, Any] = {f: getattr(consumer, f, "?") for f in fields}
         state["assignment"] = consumer.assignment()
         state["in_recovery"] = app.in_recovery
+        recovery = cast(Any, app.tables).recovery  # each changelog partition recovered: (applied, highwater)
+        state["recovery"] = {
+            str(tp): (recovery.active_offsets.get(tp), recovery.active_highwaters.get(tp)) for tp in recovery.active_tps
+        }
         queue = topic.queue
         state["queue"] = (queue.qsize(), queue.maxsize)
         client = consumer._thread._ensure_consumer()

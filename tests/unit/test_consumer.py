@@ -122,3 +122,44 @@ def test_a_partition_without_a_committed_offset_reads_again_what_its_stale_drop_
         assert not consumer._stale(tp2, fetched_after=0)  # never sought: its fetch goes on
 
     asyncio.run(run())
+
+
+def test_a_fetch_returned_after_the_flow_stopped_is_given_back():
+    """Faust's getmany drops a fetch that returns once the flow has stopped (a rebalance began
+    while it waited) and seeks to the committed offsets, which leaves a partition without one (a
+    changelog partition always) past records never delivered: seen as a table recovery waiting
+    for minutes. The seam seeks each partition of such a fetch back to its first record instead
+    and hands nothing on; a fetch returned while the flow runs is handed on untouched."""
+    from stream_processor import faust_seam
+
+    changelog, readings = TP("app-windows-changelog", 3), TP("pm25.readings", 3)
+    fetched = {
+        changelog: [SimpleNamespace(offset=o) for o in (19, 20, 21)],
+        readings: [SimpleNamespace(offset=o) for o in (700, 701)],
+        TP("pm25.readings", 2): [],
+    }
+
+    class Thread:
+        def __init__(self) -> None:
+            self.sought: list[tuple[TP, int]] = []
+
+        async def getmany(self, active_partitions, timeout):
+            return fetched
+
+        def seek(self, tp, offset) -> None:
+            self.sought.append((tp, offset))
+
+    async def run():
+        app = faust_seam.App("seam-getmany-test", broker="kafka://127.0.0.1:1", store="memory://")
+        consumer = app.consumer
+        consumer._thread = thread = Thread()
+        consumer.flow_active = True
+        assert await consumer._getmany(active_partitions={changelog, readings}, timeout=1.0) is fetched
+        assert thread.sought == []
+        consumer.flow_active = False  # the rebalance stopped the flow while the fetch waited
+        assert await consumer._getmany(active_partitions={changelog, readings}, timeout=1.0) == {}
+        assert sorted(thread.sought) == sorted([(changelog, 19), (readings, 700)])
+        assert consumer._read_offset[changelog] == 19 and consumer._read_offset[readings] == 700
+        assert consumer._stale(changelog, fetched_after=0)  # a fetch made before the seek is stale
+
+    asyncio.run(run())

@@ -75,6 +75,11 @@ def test_the_overridden_methods_keep_their_shape():
         "offset_to",
     ]
     assert params(base._new_consumer_thread) == ["self"]
+    assert inspect.iscoroutinefunction(base._getmany) and params(base._getmany) == [
+        "self",
+        "active_partitions",
+        "timeout",
+    ]
     # broker_committed_offset: the consumer thread runs aiokafka's committed() in its own loop
     assert inspect.iscoroutinefunction(faust_aiokafka.AIOKafkaConsumerThread.call_thread)
     assert params(faust_aiokafka.AIOKafkaConsumerThread._ensure_consumer) == ["self"]
