@@ -8,7 +8,11 @@ forecast combines three *experts*:
 * ``persistence``: the last observed PM2.5;
 * ``seasonal_24h``: the PM2.5 observed 24 hours before the target hour (the station's own daily
   cycle; persistence where that hour is missing);
-* ``mean_48h``: the mean PM2.5 observed over the last 48 hours (where long horizons revert to).
+* ``level_30d``: the station's own long-run level, an exponentially weighted mean of its sealed
+  observations over about the last 30 days (where long horizons revert to; the mean of the last
+  48 hours until the station's first learned block). It replaced the 48-hour mean (format 3):
+  weights summing to one over a 48-hour mean and persistence cannot revert to the level a station
+  keeps over weeks, which a station without weather sensors needs most (docs/skill.md).
 
 Their weights are the minimum-mean-squared-error combination (Bates and Granger) from the
 exponentially weighted covariance of the experts' errors (about the last 90 days of pairs, shrunk
@@ -67,7 +71,7 @@ F32 = npt.NDArray[np.float32]
 
 #: Horizons (hours) at which each station's statistics are learned; the others are interpolated.
 ANCHORS: tuple[int, ...] = KEY_HORIZONS
-EXPERTS: tuple[str, ...] = ("model", "persistence", "seasonal_24h", "mean_48h")
+EXPERTS: tuple[str, ...] = ("model", "persistence", "seasonal_24h", "level_30d")
 #: The statistics are learned in blocks of this many sealed hours, each ending with a snapshot.
 SNAPSHOT_EVERY = 24
 _K = len(EXPERTS)
@@ -82,7 +86,12 @@ _N, _QLO, _QHI = _B0 + _K, _B0 + _K + 1, _B0 + _K + 2
 _MC = _B0 + _K + 3
 # the same for the model alone corrected by the bias the snapshots held (a like-for-like rival)
 _MM = _B0 + _K + 4
-_STAT_COLS = _B0 + _K + 5
+# the station's level (the level_30d expert) and the observations it has seen; the same in every row
+_LVL, _LVN = _B0 + _K + 5, _B0 + _K + 6
+_STAT_COLS = _B0 + _K + 7
+#: the level's exponential weights: about the last 30 days of observations (a plain mean before
+#: that); a month, not tuned
+_LEVEL_ALPHA_MIN = 1.0 / 720
 #: shrinkage of the error covariance towards its diagonal (stabilises the combination weights)
 _SHRINK = 0.15
 # ring columns: observation, persistence and 48-hour mean at issue, the interval widening of the
@@ -105,18 +114,19 @@ _Q_STEP = 0.015
 _Q_MISS = 0.1  # each bound is a 10 % / 90 % quantile
 #: interval widening per hour since the last PM2.5 observation: sqrt(1 + gap / _GAP_WIDEN_HOURS)
 _GAP_WIDEN_HOURS = 6.0
-_FORMAT = 3
+_FORMAT = 4
 _HEADER = struct.Struct("<BqqHBBB")  # format, newest, sealed, ring rows, anchors, experts, snapshots
-_PHASE = struct.Struct("<B")  # format 3 adds the station's phase after the header
-#: format 2 (phase 0 for every station) is still read
-_READS = (2, 3)
+_PHASE = struct.Struct("<B")  # the station's phase, after the header
+#: format 4 has the level_30d expert where formats 2 and 3 had the 48-hour mean: those are refused,
+#: and the worker starts such a station's adaptation afresh (its window is kept)
+_READS = (4,)
 _SNAP_HEADER = struct.Struct("<q")
 
 
 #: a snapshot's parameters: published [H, K + 3]; published [A, K + 3] and proposed [A, K + 4]
 #: rows at the anchors (float32 arrays: a thousand stations keep several snapshots' each, and
-#: Python floats took five times the memory)
-_Params = tuple[F32, F32, F32]
+#: Python floats took five times the memory); the station's level then (NaN: none yet)
+_Params = tuple[F32, F32, F32, float]
 
 
 class AdaptFormatError(ValueError):
@@ -155,16 +165,14 @@ class StationAdaptation:
         data = memoryview(data)
         if len(data) < _HEADER.size or data[0] not in _READS:
             raise AdaptFormatError(f"adaptation format {bytes(data[:1])!r}; this code reads formats {_READS}")
-        fmt, newest, sealed, rows, anchors, experts, n_snap = _HEADER.unpack_from(data)
+        _, newest, sealed, rows, anchors, experts, n_snap = _HEADER.unpack_from(data)
         if (anchors, experts) != (_A, _K):
             raise AdaptFormatError(f"adaptation for {anchors} anchors x {experts} experts; this code has {_A} x {_K}")
         off = _HEADER.size
-        phase = 0
-        if fmt >= 3:
-            if len(data) < off + _PHASE.size:
-                raise AdaptFormatError(f"adaptation of {len(data)} bytes has no phase")
-            (phase,) = _PHASE.unpack_from(data, off)
-            off += _PHASE.size
+        if len(data) < off + _PHASE.size:
+            raise AdaptFormatError(f"adaptation of {len(data)} bytes has no phase")
+        (phase,) = _PHASE.unpack_from(data, off)
+        off += _PHASE.size
         stat_bytes = _A * _STAT_COLS * 4
         expected = off + rows * _RING_COLS * 4 + stat_bytes + n_snap * (_SNAP_HEADER.size + stat_bytes)
         if len(data) != expected or phase >= SNAPSHOT_EVERY:
@@ -192,8 +200,9 @@ class Row:
     params: F32  # [H, _K + 3]: weights per expert, bias, lower and upper offset (log1p)
     seasonal: F32  # [H] the seasonal expert (µg/m³; NaN where missing: persistence is used)
     persistence: float
-    mean: float  # the 48-hour mean (µg/m³)
+    mean: float  # the 48-hour mean (µg/m³; stands in for the level before its first learned block)
     widen: float  # interval widening for the hours since the last observation
+    level: float  # the station's level (µg/m³; NaN before its first learned block: the mean is used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,10 +292,10 @@ class Adapter:
         row = st.ring[i]
         row[:_MODEL] = (observed, persistence, mean, widen)
         row[_MODEL:] = np.nan if model is None else model[self._anchor_pos]
-        params = self._snapshot(st, hour)[0]
+        snap = self._snapshot(st, hour)
         # the same hour yesterday for each target (NaN: persistence, filled in combine)
         ys = st.ring[i - 23 : i + 1, _Y].copy() if i >= 23 else self._no_history
-        return Row(params, ys, persistence, float(row[_MEAN]), widen)
+        return Row(snap[0], ys, persistence, float(row[_MEAN]), widen, snap[3])
 
     def _advance(self, st: StationAdaptation, hour: int) -> None:
         """Seal the targets up to ``hour - L - 1``; learn from them a block of SNAPSHOT_EVERY hours
@@ -352,21 +361,6 @@ class Adapter:
         pers, model, mean = issued[:, :, _PERS], issued[:, :, _MODEL : _MODEL + _A], issued[:, :, _MEAN]
         model = np.einsum("taa->ta", model)  # anchor a's own model column
         seas = np.where(np.isnan(seasonal)[:, None], pers, seasonal[:, None])
-        f = np.stack([model, pers, seas, mean], axis=2)  # [T, A, K]
-        valid = ~np.isnan(y)[:, None] & ~np.isnan(pers) & ~np.isnan(model)  # [T, A]
-        if not valid.any():
-            return
-        f = np.where(valid[:, :, None], f, 0.0)
-        yy = np.where(np.isnan(y), 0.0, y)[:, None]
-        e = f - yy[:, :, None]
-        s = st.stats.astype(np.float64)
-        vf = valid.astype(np.float64)
-        n_before = s[None, :, _N] + np.cumsum(vf, axis=0) - vf  # [T, A]
-        alpha = vf * np.maximum(1.0 / (n_before + 1.0), _MSE_ALPHA_MIN)
-        beta = vf * np.maximum(1.0 / (n_before + _BIAS_PRIOR_PAIRS), _MSE_ALPHA_MIN)
-        tri = np.stack([e[:, :, j] * e[:, :, k] for j, k in _TRI], axis=2)  # [T, A, N_TRI]
-        s[:, :_N_TRI] = _ew(s[:, :_N_TRI], alpha, tri)
-        s[:, _B0 : _B0 + _K] = _ew(s[:, _B0 : _B0 + _K], beta, e)
         # the forecasts as they were published at their issue hours (the snapshots they used)
         # which snapshot an issue hour used depends only on the boundary at or before its limit
         issue_hours = first + np.arange(n_t)[:, None] - np.asarray(ANCHORS)[None, :]  # [T, A]
@@ -374,6 +368,25 @@ class Adapter:
         distinct = np.unique(keys)
         snaps = [self._snapshot(st, int(k) + self.lateness + 1) for k in distinct]
         which = np.searchsorted(distinct, keys), np.arange(_A)[None, :]
+        level = np.array([x[3] for x in snaps], dtype=np.float64)[which[0]]  # [T, A] the level published
+        level = np.where(np.isnan(level), mean, level)
+        f = np.stack([model, pers, seas, level], axis=2)  # [T, A, K]
+        valid = ~np.isnan(y)[:, None] & ~np.isnan(pers) & ~np.isnan(model)  # [T, A]
+        s = st.stats.astype(np.float64)
+        s[:, _LVL], s[:, _LVN] = _level_after(float(s[0, _LVL]), float(s[0, _LVN]), y)
+        if not valid.any():
+            st.stats = s.astype(np.float32)
+            return
+        f = np.where(valid[:, :, None], f, 0.0)
+        yy = np.where(np.isnan(y), 0.0, y)[:, None]
+        e = f - yy[:, :, None]
+        vf = valid.astype(np.float64)
+        n_before = s[None, :, _N] + np.cumsum(vf, axis=0) - vf  # [T, A]
+        alpha = vf * np.maximum(1.0 / (n_before + 1.0), _MSE_ALPHA_MIN)
+        beta = vf * np.maximum(1.0 / (n_before + _BIAS_PRIOR_PAIRS), _MSE_ALPHA_MIN)
+        tri = np.stack([e[:, :, j] * e[:, :, k] for j, k in _TRI], axis=2)  # [T, A, N_TRI]
+        s[:, :_N_TRI] = _ew(s[:, :_N_TRI], alpha, tri)
+        s[:, _B0 : _B0 + _K] = _ew(s[:, _B0 : _B0 + _K], beta, e)
         pub = np.array([x[1] for x in snaps], dtype=np.float64)[which]  # [T, A, K + 3]
         cand = np.array([x[2] for x in snaps], dtype=np.float64)[which]
         # how the combination the snapshots proposed did, against the model alone (bias-corrected)
@@ -425,7 +438,8 @@ class Adapter:
         model_only[:, _K + 1 : _K + 3] = q
         per_anchor = np.where(alone[:, None], model_only, proposed)[:, : _K + 3]
         full = (self._interp @ per_anchor).astype(np.float32)
-        return full, full[self._anchor_pos], proposed.astype(np.float32)
+        level = float(stats[0, _LVL]) if stats[0, _LVN] > 0 else math.nan
+        return full, full[self._anchor_pos], proposed.astype(np.float32), level
 
     def current_weights(self, st: StationAdaptation) -> dict[str, list[float]]:
         """What the station's newest forecast uses, per anchor horizon: each expert's weight and
@@ -452,7 +466,9 @@ class Adapter:
         mean = np.array([r.mean for r in rows], dtype=np.float64)[:, None]
         seasonal = np.stack([r.seasonal for r in rows]).astype(np.float64)
         seasonal = np.where(np.isnan(seasonal), pers, seasonal)
-        experts = (model_point.astype(np.float64), pers, seasonal, mean)
+        level = np.array([r.level for r in rows], dtype=np.float64)[:, None]
+        level = np.where(np.isnan(level), mean, level)
+        experts = (model_point.astype(np.float64), pers, seasonal, level)
         point = sum(params[:, :, k] * experts[k] for k in range(_K)) + params[:, :, _K]
         point = np.clip(point, 0.0, None)
         widen = np.array([r.widen for r in rows], dtype=np.float64)[:, None]
@@ -476,6 +492,16 @@ def _boundary(hour: Any, phase: int) -> Any:
     """The last snapshot boundary at or before ``hour`` (an int or an integer array): boundaries
     are the hours h with (h + 1 - phase) % SNAPSHOT_EVERY == 0."""
     return ((hour + 1 - phase) // SNAPSHOT_EVERY) * SNAPSHOT_EVERY - 1 + phase
+
+
+def _level_after(level: float, n: float, y: npt.NDArray[np.float64]) -> tuple[float, float]:
+    """The station's level and its count of observations after the observations ``y`` (in target
+    order; NaN: none that hour): a plain mean over the first ones, then exponential weights of
+    about 30 days."""
+    for v in y[~np.isnan(y)]:
+        n += 1.0
+        level += max(1.0 / n, _LEVEL_ALPHA_MIN) * (float(v) - level)
+    return level, n
 
 
 def _ew(x0: npt.NDArray[np.float64], a: npt.NDArray[np.float64], z: npt.NDArray[np.float64]) -> Any:

@@ -46,7 +46,7 @@ def filled() -> DashboardState:
                 "model": [0.7, 0.2],
                 "persistence": [0.3, 0.3],
                 "seasonal_24h": [0.0, 0.1],
-                "mean_48h": [0.0, 0.4],
+                "level_30d": [0.0, 0.4],
                 "bias": [0.1, -2.0],
                 "pairs": [30, 20],
             },

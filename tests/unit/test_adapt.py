@@ -191,12 +191,31 @@ def test_order_independence_holds_at_every_phase():
         np.testing.assert_array_equal(clean[t][0], shuffled[t][0])
 
 
-def test_format_2_states_are_read_with_phase_0():
+def test_states_of_the_earlier_experts_are_refused_with_a_reason():
+    """Formats 2 and 3 had the 48-hour mean where format 4 has level_30d: refused, and the worker
+    starts the station's adaptation afresh (stream_processor.processor keeps its window)."""
+    from pm25.adapt import AdaptFormatError
+
     y = series(200, seed=6)
     a = adapter()
     _, st = replay(a, y, range(200), lambda t: np.full(24, y[t], dtype=np.float32))
-    assert st.phase == 0
-    v3 = st.to_bytes()
-    v2 = b"\x02" + v3[1:22] + v3[23:]  # the format-2 layout: no phase byte after the 22-byte header
-    old = StationAdaptation.from_bytes(v2)
-    assert old.phase == 0 and old.to_bytes() == v3
+    v4 = bytearray(st.to_bytes())
+    assert v4[0] == 4 and v4[20] == 4  # format 4, four experts
+    v3 = bytes([3]) + bytes(v4[1:])
+    with pytest.raises(AdaptFormatError, match="reads formats"):
+        StationAdaptation.from_bytes(v3)
+
+
+def test_the_level_expert_follows_the_station_level():
+    """The level_30d expert is the station's own long-run level, learned from sealed hours only:
+    a plain mean at first, then about 30 days of exponential memory."""
+    a = adapter(lateness=2)
+    st = a.new_state()
+    rows = []
+    for t in range(24 * 4):
+        v = 20.0 if t < 48 else 80.0
+        rows.append(a.record(st, t, observed=v, persistence=v, model=np.full(24, v, dtype=np.float32), mean=v))
+    assert np.isnan(rows[0].level)  # nothing sealed yet: the combination uses the 48-hour mean
+    learned = [r.level for r in rows if not np.isnan(r.level)]
+    assert learned and learned[0] == pytest.approx(20.0)
+    assert 20.0 < rows[-1].level < 80.0  # the later, higher hours pull it up, gradually
