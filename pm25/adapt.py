@@ -2,7 +2,7 @@
 
 The model is trained on Beijing. A station elsewhere (other levels, other climate, other sensors)
 corrects it from its own data as readings arrive. For each station and horizon the published
-forecast combines three *experts*:
+forecast combines four *experts*:
 
 * ``model``: the ONNX model's forecast;
 * ``persistence``: the last observed PM2.5;
