@@ -32,7 +32,7 @@ import numpy.typing as npt
 from pm25.features import OWN_FIELDS, RAW_FIELDS, encode_reading
 from pm25.schema import Reading
 
-__all__ = ["FORMAT", "StateFormatError", "StationWindow", "TooLate", "apply_reading"]
+__all__ = ["FORMAT", "StateFormatError", "StationWindow", "TooLate", "apply_reading", "supersedes"]
 
 FORMAT = 2
 _HEADERS = {1: struct.Struct("<BqHq"), 2: struct.Struct("<BqHqi")}
@@ -41,6 +41,32 @@ _N = len(RAW_FIELDS)
 _OWN = len(OWN_FIELDS)
 #: columns per row of each format this code reads
 _COLUMNS = {1: _OWN, 2: _N}
+
+
+def supersedes(incoming: bytes | None, held: bytes | None) -> bool:
+    """Whether a stored value read back at recovery replaces the value held under its key.
+
+    A station's state is written to the changelog partition of its readings' input partition. When
+    that partition changes (its readings' key changed, from station to network, or its network
+    did), its newer states go to another partition while the older ones stay in the first, and a
+    recovery reads the partitions in no fixed order. Of two states of a station from different
+    partitions the one with the newer hour wins (then the higher partition, so that the choice
+    never depends on the order); within one partition the log's order holds, as for anything that
+    is not a station state of format 2 (a network's clock, a deletion, a format-1 state)."""
+    if incoming is None or held is None:
+        return True
+    new, old = _rank(incoming), _rank(held)
+    if new is None or old is None or new[1] == old[1]:
+        return True
+    return new > old
+
+
+def _rank(data: bytes) -> tuple[int, int] | None:
+    """(newest hour, changelog partition) of a format-2 station state; None for anything else."""
+    if len(data) < _HEADER.size or data[0] != FORMAT:
+        return None
+    _, newest, _, _, partition = _HEADER.unpack_from(data)
+    return newest, max(partition, 0)
 
 
 class StateFormatError(ValueError):

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -34,7 +34,7 @@ from model_store import BundleError, default_store, load_production, production_
 from pm25.embedded import CHANGELOG_END_KEY, WORKER_FETCH_MAX_WAIT_MS, faust_overrides
 from pm25.schema import Reading
 from pm25.settings import Settings
-from pm25.window import StationWindow
+from pm25.window import StationWindow, supersedes
 from stream_processor.delivery import DeliveryCore, Input, Outputs
 from stream_processor.engine import Engine
 from stream_processor.faust_seam import (
@@ -44,6 +44,7 @@ from stream_processor.faust_seam import (
     broker_committed_offset,
     committed_offsets,
     consumer_state,
+    recovered_table,
     withhold_ack,
 )
 from stream_processor.inference import OnnxForecaster
@@ -176,22 +177,17 @@ class Worker:
             conf.update(faust_overrides())
             conf["fetch_max_wait_ms"] = WORKER_FETCH_MAX_WAIT_MS
         self.app = App(settings.app_id, **conf)  # faust.App with a cheaper fetch loop (see .consumer)
-        self.readings = self.app.topic(
-            settings.readings_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
-        self.forecasts = self.app.topic(
-            settings.forecasts_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
-        self.dlq = self.app.topic(
-            settings.dlq_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
-        self.scores = self.app.topic(
-            settings.scores_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
+        raw: dict[str, Any] = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.readings = self.app.topic(settings.readings_topic, **raw)
+        self.forecasts = self.app.topic(settings.forecasts_topic, **raw)
+        self.dlq = self.app.topic(settings.dlq_topic, **raw)
+        self.scores = self.app.topic(settings.scores_topic, **raw)
         self._changelog_keys: dict[str, bytes] = {}
         self._partitions: dict[tuple[str, bytes], int] = {}
-        self.windows = self.app.Table("station-windows", key_type=str, value_type=bytes, partitions=settings.partitions)
-        self.table = self.windows.data  # the delivery core's view of the table (Port.table)
+        self.windows = recovered_table(  # a station's newer state wins at recovery (pm25.window.supersedes)
+            self.app, "station-windows", supersedes, key_type=str, value_type=bytes, partitions=settings.partitions
+        )
+        self.table = cast(MutableMapping[str, bytes], self.windows.data)  # the delivery core's view (Port.table)
         self.core = DeliveryCore(self.processor, self, self._inference, max_in_flight=MAX_IN_FLIGHT)
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)

@@ -33,6 +33,11 @@ What the worker needs from the inside, and why:
   hold a fetch open while waiting for data (see stream_processor.app.FETCH_MAX_WAIT_MS).
 * :class:`QuietMonitor` skips Faust's statistics per message and per stream event (only Faust's own
   ``/stats`` pages read them; the worker's metrics are its Prometheus ones).
+* :class:`RecoveredTable` (a Faust table): a recovery that reads a key's value from several changelog
+  partitions keeps the one a rule prefers (``keep``; the worker's: the newer of a station's states,
+  pm25.window.supersedes), where Faust's memory store keeps whichever partition it read last. It
+  overrides the table's public ``apply_changelog_batch`` and reads the values held through the
+  store's mapping interface.
 * :func:`aiokafka_producer`: the aiokafka producer under Faust's, for record-batch sends
   (stream_processor.sending).
 * :func:`broker_committed_offset`: a partition's committed offset asked of the broker through the
@@ -47,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from time import monotonic
 from typing import Any, ClassVar, cast
 
@@ -62,10 +67,12 @@ __all__ = [
     "App",
     "Consumer",
     "QuietMonitor",
+    "RecoveredTable",
     "aiokafka_producer",
     "broker_committed_offset",
     "committed_offsets",
     "consumer_state",
+    "recovered_table",
     "withhold_ack",
 ]
 
@@ -249,6 +256,37 @@ class QuietMonitor(Monitor):
 
     def on_message_out(self, tp: TP, offset: int, message: Any) -> None:
         pass
+
+
+class RecoveredTable(faust.Table):
+    """A table whose changelog recovery applies a value only where ``keep(incoming, held)`` says so
+    (``held``: the value the table holds for its key, or an earlier one of the same batch)."""
+
+    keep: Callable[[Any, Any], bool] = staticmethod(lambda incoming, held: True)
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        super().apply_changelog_batch(self._kept(batch))
+
+    def _kept(self, batch: Iterable[Any]) -> Iterator[Any]:
+        held: dict[Any, Any] = {}  # values of this batch applied so far (the store sees them after)
+        data = self.data
+        skipped = 0
+        for event in batch:
+            key, value = event.key, event.value
+            if self.keep(value, held[key] if key in held else data.get(key)):
+                held[key] = value
+                yield event
+            else:
+                skipped += 1
+        if skipped:
+            log.info("table %s: %d older values read back at recovery were not applied", self.name, skipped)
+
+
+def recovered_table(app: faust.App, name: str, keep: Callable[[Any, Any], bool], **options: Any) -> RecoveredTable:
+    """``app.Table(name, **options)``, as a :class:`RecoveredTable` applying ``keep`` at recovery."""
+    table = RecoveredTable(app, name=name, beacon=app.tables.beacon, **options)
+    table.keep = keep
+    return cast(RecoveredTable, app.tables.add(table))
 
 
 class App(faust.App):

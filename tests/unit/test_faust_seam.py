@@ -118,3 +118,23 @@ def test_the_attributes_read_exist_on_live_objects():
         assert msg.refcount == 1 and msg.acked is False
 
     asyncio.run(build())
+
+
+def test_a_recovered_table_keeps_the_value_its_rule_prefers_in_any_order():
+    """RecoveredTable goes through Faust's own changelog application (the memory store): what the
+    rule refuses is not applied, what it keeps is, and deletions still delete."""
+    from types import SimpleNamespace
+
+    app = faust.App("seam-table-test", broker="kafka://127.0.0.1:1", store="memory://")
+    table = faust_seam.recovered_table(
+        app, "t", lambda incoming, held: held is None or incoming is None or incoming > held
+    )
+
+    def event(key, value, partition):
+        return SimpleNamespace(key=key, value=value, message=SimpleNamespace(value=value, partition=partition))
+
+    table.apply_changelog_batch([event("a", b"5", 1), event("a", b"3", 2), event("b", b"1", 0), event("b", b"2", 0)])
+    assert dict(table.data.items()) == {"a": b"5", "b": b"2"}
+    table.apply_changelog_batch([event("a", b"4", 3), event("a", b"9", 3), event("b", None, 0)])
+    assert dict(table.data.items()) == {"a": b"9"}
+    assert type(table) in {type(t) for t in app.tables.values()}

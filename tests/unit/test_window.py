@@ -110,3 +110,29 @@ def test_unknown_or_damaged_state_format_is_refused():
         StationWindow.from_bytes(b"\x09" + data[1:])  # a format this code does not know
     with pytest.raises(StateFormatError):
         StationWindow.from_bytes(data[:-4])  # truncated
+
+
+def _state_in(partition: int, hours) -> bytes:
+    state, _ = feed(hours)
+    state.partition = partition
+    return state.to_bytes()
+
+
+def test_at_recovery_a_station_s_newer_state_wins_whatever_partition_is_read_last():
+    """A station whose readings moved partition (their key changed) has an older state in the old
+    partition's changelog and newer ones in the new partition's: the newer wins in either order."""
+    from pm25.window import supersedes
+
+    old, new = _state_in(1, range(100, 110)), _state_in(3, range(100, 120))
+    assert supersedes(new, old) and not supersedes(old, new)
+    # within one partition the log's order holds, even for an older hour (a replaced state)
+    assert supersedes(_state_in(1, range(100, 105)), old)
+    # partition -1 (unknown) is stored in partition 0, so it is the same log as 0
+    assert supersedes(_state_in(-1, range(100, 105)), _state_in(0, range(100, 110)))
+    # the same hour in two partitions: the higher partition, in either order
+    a, b = _state_in(0, range(100, 110)), _state_in(2, range(100, 110))
+    assert supersedes(b, a) and not supersedes(a, b)
+    # nothing held, a deletion, or a value that is not a format-2 station state: the log's order
+    clock = b'{"v":1}'
+    for incoming, held in [(old, None), (None, new), (clock, new), (new, clock)]:
+        assert supersedes(incoming, held)
