@@ -73,6 +73,12 @@ MAX_IN_FLIGHT = 2
 #: Bytes fetched per input partition at a time (Kafka's default is 1 MB): about 1000 readings, and a
 #: bound on what a backlog holds in memory before the worker takes it.
 FETCH_BYTES_PER_PARTITION = 256 * 1024
+#: Bytes of one record batch the worker produces (one per topic partition; a larger message gets a
+#: batch of its own). aiokafka puts one batch of every ready partition in a produce request and
+#: copies them while encoding it, so a micro-batch's forecasts and states (about 12 KB a reading)
+#: made requests of several MB held several times over for a moment: with 1 MB batches the peak
+#: RSS was 14-18 MB higher (medians, both brokers) at the same throughput (docs/benchmarks.md).
+PRODUCE_BATCH_BYTES = 256 * 1024
 #: How long the broker may hold the worker's fetch open waiting for data (Faust fixes 1 500 ms).
 #: aiokafka leaves out of a fetch every partition it still holds unconsumed records of (or that
 #: flow control paused), and sends no other fetch to that broker until the fetch returns: after a
@@ -165,7 +171,7 @@ class Worker:
             "web_host": "0.0.0.0",  # noqa: S104 - health checks come from outside the container
             "producer_linger": 0.005,
             "consumer_max_fetch_size": FETCH_BYTES_PER_PARTITION,
-            "producer_max_batch_size": 1 << 20,
+            "producer_max_batch_size": PRODUCE_BATCH_BYTES,
             "consumer_auto_offset_reset": "earliest",
             "topic_allow_declare": True,
             "table_standby_replicas": 0,  # no use with the memory store, and a hang risk: docs/regional.md
