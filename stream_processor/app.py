@@ -77,7 +77,7 @@ FETCH_BYTES_PER_PARTITION = 256 * 1024
 #: batch of its own). aiokafka puts one batch of every ready partition in a produce request and
 #: copies them while encoding it, so a micro-batch's forecasts and states (about 12 KB a reading)
 #: made requests of several MB held several times over for a moment: with 1 MB batches the peak
-#: RSS was 14-18 MB higher (medians, both brokers) at the same throughput (docs/benchmarks.md).
+#: RSS was 13-18 MB higher (medians, both brokers) at the same throughput (docs/benchmarks.md).
 PRODUCE_BATCH_BYTES = 256 * 1024
 #: How long the broker may hold the worker's fetch open waiting for data (Faust fixes 1 500 ms).
 #: aiokafka leaves out of a fetch every partition it still holds unconsumed records of (or that
