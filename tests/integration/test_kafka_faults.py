@@ -269,19 +269,22 @@ def test_readings_rekeyed_from_station_to_network_keep_each_station_s_newer_stat
     # side by side, so an old state is as likely to be read last as a new one)
     switch, restart = 12 * 160, 12 * 184
     first = WorkerProcess(env, tmp_path / "first.log").start()
-    first.wait_ready()
-    send_and_wait(readings[:switch])  # keyed by station
-    send_and_wait(readings[switch:restart], key)  # the producers now key by network
-    first.stop()  # SIGTERM; the next worker recovers every station from the changelog
-    second = WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / "second.log").start()
-    second.wait_ready()
-    _paced_send(settings, readings[restart:], 2000.0, key)
-    msgs, latest, seen = _every_forecast(settings, expected)
-    report_counts(
-        f"readings {len(readings)} (12 stations in {len(NETWORKS)} networks; hours 0-159 keyed by station, "
-        f"the rest by network: {len(moved)} stations moved partition), a restart after the switch; "
-        f"forecasts expected {len(expected)}, received {len(msgs)} (duplicates {_duplicates(seen)})"
-    )
-    assert moved  # the test means something only if stations moved
-    assert not (why := forecast_mismatch(latest, expected, first, second)), why
-    second.stop()
+    second = WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / "second.log")
+    try:
+        first.wait_ready()
+        send_and_wait(readings[:switch])  # keyed by station
+        send_and_wait(readings[switch:restart], key)  # the producers now key by network
+        first.stop()  # SIGTERM; the next worker recovers every station from the changelog
+        second.start().wait_ready()
+        _paced_send(settings, readings[restart:], 2000.0, key)
+        msgs, latest, seen = _every_forecast(settings, expected)
+        report_counts(
+            f"readings {len(readings)} (12 stations in {len(NETWORKS)} networks; hours 0-159 keyed by station, "
+            f"the rest by network: {len(moved)} stations moved partition), a restart after the switch; "
+            f"forecasts expected {len(expected)}, received {len(msgs)} (duplicates {_duplicates(seen)})"
+        )
+        assert moved  # the test means something only if stations moved
+        assert not (why := forecast_mismatch(latest, expected, first, second)), why
+    finally:  # a failing run leaves no worker behind
+        first.stop()
+        second.stop()
