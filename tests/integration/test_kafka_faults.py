@@ -120,6 +120,37 @@ def _four_networks(settings: Settings) -> list:
     return meta
 
 
+def _app_with_four_networks(broker, run_id: str) -> tuple[dict, Settings, list, object]:
+    """An application on Apache Kafka with the 12 stations' metadata published in NETWORKS: its
+    environment, settings, the metadata and the readings' key by network."""
+    from producer.replay import network_keys
+
+    servers, embedded = broker
+    assert not embedded
+    env = _env(servers, run_id)
+    settings = Settings.from_env(env)
+    ensure_topics(settings)
+    meta = _four_networks(settings)
+    return env, settings, meta, network_keys({s.station_id: s.network for s in meta})
+
+
+def _kafka_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives a key."""
+    from kafka.partitioner import murmur2
+
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _send_and_wait(settings: Settings, part: list, expected: dict, key=None) -> None:
+    """Send ``part`` (paced), then wait for the forecasts of its hours but the last few (a network's
+    hour closes when its members have reported it, or once the lateness bound has passed)."""
+    _paced_send(settings, part, 2000.0, key)
+    hour_of = {r.timestamp: r.hour for r in part}
+    settled = part[-1].hour - 4
+    due = {k for k in expected if k[1] in hour_of and hour_of[k[1]] < settled}
+    collect(settings, settings.forecasts_topic, lambda m: due <= by_key(m)[0].keys(), timeout=120)
+
+
 def test_consumer_group_churn_keeps_every_forecast_byte_identical(broker, tmp_path, run_id, report_counts):
     servers, embedded = broker
     assert not embedded
@@ -173,22 +204,11 @@ def test_two_workers_share_networks_keyed_by_network_through_kill_9_and_restart(
     (2026-12-03): keyed by station, each worker's clocks saw part of each network (2856 of 2880
     forecasts of a shorter run differed); with each network's clock kept where a checksum of its id
     put it (the rule before), the worker that joined lacked some clocks (716 of 4320 differed)."""
-    from kafka.partitioner import murmur2
-
-    from producer.replay import network_keys
-
-    servers, embedded = broker
-    assert not embedded
-    env = _env(servers, run_id)
-    settings = Settings.from_env(env)
-    ensure_topics(settings)
-    meta = _four_networks(settings)
-    homes = {(murmur2(n.encode()) & 0x7FFFFFFF) % settings.partitions for n in NETWORKS}
+    env, settings, meta, key = _app_with_four_networks(broker, run_id)
+    homes = {_kafka_partition(n, settings.partitions) for n in NETWORKS}
     assert len(homes) == 4 == settings.partitions  # one network per partition
-    key = network_keys({s.station_id: s.network for s in meta})
     readings = list(load_source("multisite", [], hours=360))
     expected = expected_forecasts(settings, readings, meta)
-    hour_of = {r.timestamp: r.hour for r in readings}
 
     def start(name: str) -> WorkerProcess:
         return WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / f"{name}.log").start()
@@ -199,21 +219,13 @@ def test_two_workers_share_networks_keyed_by_network_through_kill_9_and_restart(
         shared = _wait_for(lambda: [_partitions_of(w) for w in pair] == [2.0, 2.0], timeout=90)
         assert shared, f"the workers did not settle on two partitions each:\n{pair[0].tail()}\n{pair[1].tail()}"
 
-    def send_and_wait(part: list) -> None:
-        # then wait for the forecasts of its hours but the last few (a network's hour closes when
-        # its members have reported it, or once the lateness bound has passed)
-        _paced_send(settings, part, 2000.0, key)
-        settled = part[-1].hour - 4
-        due = {k for k in expected if hour_of[k[1]] < settled}
-        collect(settings, settings.forecasts_topic, lambda m: due <= by_key(m)[0].keys(), timeout=120)
-
     third = len(readings) // 3
     a, b = start("a"), start("b")
     settle(a, b)
-    send_and_wait(readings[:third])
+    _send_and_wait(settings, readings[:third], expected, key)
     published = [metric_value(w.metrics(), "pm25_forecasts_out_total") for w in (a, b)]
     b.stop(kill=True)  # SIGKILL: a takes its two partitions over
-    send_and_wait(readings[third : 2 * third])
+    _send_and_wait(settings, readings[third : 2 * third], expected, key)
     c = start("c")  # joins: takes two partitions back, recovering their states from the changelog
     settle(a, c)
     _paced_send(settings, readings[2 * third :], 2000.0, key)
@@ -238,31 +250,15 @@ def test_readings_rekeyed_from_station_to_network_keep_each_station_s_newer_stat
     states go to another changelog partition than their older ones. A restart recovers both
     partitions; the newer state must win (pm25.window.supersedes), whichever is read last. The
     final forecasts equal the backtest's."""
-    from kafka.partitioner import murmur2
-
-    from producer.replay import network_keys
-
-    servers, embedded = broker
-    assert not embedded
-    env = _env(servers, run_id)
-    settings = Settings.from_env(env)
-    ensure_topics(settings)
-    meta = _four_networks(settings)
+    env, settings, meta, key = _app_with_four_networks(broker, run_id)
     network_of = {s.station_id: s.network for s in meta}
-    key = network_keys(network_of)
-
-    def partition(k: str) -> int:
-        return (murmur2(k.encode()) & 0x7FFFFFFF) % settings.partitions
-
-    moved = sorted(s for s, n in network_of.items() if partition(s) != partition(n))
+    moved = sorted(
+        s
+        for s, n in network_of.items()
+        if _kafka_partition(s, settings.partitions) != _kafka_partition(n, settings.partitions)
+    )
     readings = list(load_source("multisite", [], hours=240))
     expected = expected_forecasts(settings, readings, meta)
-    hour_of = {r.timestamp: r.hour for r in readings}
-
-    def send_and_wait(part: list, keyed=None) -> None:
-        _paced_send(settings, part, 2000.0, keyed)
-        due = {k for k in expected if hour_of[k[1]] < part[-1].hour - 4}
-        collect(settings, settings.forecasts_topic, lambda m: due <= by_key(m)[0].keys(), timeout=120)
 
     # the switch late, and the restart soon after it: the old partitions' logs, full of the
     # station-keyed states, are then about as long as the new ones' (recovery reads the partitions
@@ -272,8 +268,8 @@ def test_readings_rekeyed_from_station_to_network_keep_each_station_s_newer_stat
     second = WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / "second.log")
     try:
         first.wait_ready()
-        send_and_wait(readings[:switch])  # keyed by station
-        send_and_wait(readings[switch:restart], key)  # the producers now key by network
+        _send_and_wait(settings, readings[:switch], expected)  # keyed by station
+        _send_and_wait(settings, readings[switch:restart], expected, key)  # the producers now key by network
         first.stop()  # SIGTERM; the next worker recovers every station from the changelog
         second.start().wait_ready()
         _paced_send(settings, readings[restart:], 2000.0, key)
