@@ -445,7 +445,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         per_station = [apply_scenario(args.scenario, rs) for rs in per_station]
         bounds = (bounds[0] + shift_hours(args.scenario), bounds[1] + shift_hours(args.scenario))
-        period_note = f", scenario {args.scenario} (training/scenarios.py)"
+        period_note = f", scenario {args.scenario} (training/scenarios.py)" + period_note
     yardstick = None
     if not args.no_yardstick and args.split == "test" and not args.scenario:
         try:

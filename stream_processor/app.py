@@ -446,7 +446,9 @@ class Worker:
 
     async def _on_assigned(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[TP] = args[0] if args else kwargs.get("assigned", set())
-        self.metrics.input_partitions.set(sum(tp.topic == self.settings.readings_topic for tp in assigned))
+        held = {tp.partition for tp in assigned if tp.topic == self.settings.readings_topic}
+        self.metrics.input_partitions.set(len(held))
+        self.processor.split.hold(held)  # networks keyed by station that other workers share
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())

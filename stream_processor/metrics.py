@@ -35,6 +35,12 @@ class WorkerMetrics:
             "Input partitions assigned to this worker (its share of the consumer group)",
             registry=r,
         )
+        self.split_network_readings = Counter(
+            "pm25_readings_split_network",
+            "Readings keyed by station of a network whose other stations' keys land in input partitions "
+            "this worker does not hold (its forecasts of the network miss them: key readings by network)",
+            registry=r,
+        )
         self.held_released = Counter(
             "pm25_held_released",
             "Times the worker stopped waiting for partitions behind that stopped moving (BEHIND_MAX_S)",

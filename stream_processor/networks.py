@@ -63,6 +63,8 @@ class Networks:
         self.k = neighbours
         self.active_hours = active_hours
         self.stations: dict[str, Station] = {}
+        #: counts the metadata updates (what a caller caches about the networks is stale after one)
+        self.version = 0
         self._members: dict[str, list[Station]] = {}
         self._near: dict[str, tuple[Neighbour, ...]] = {}
         self.update(stations)
@@ -75,6 +77,7 @@ class Networks:
         for s in sorted(self.stations.values(), key=lambda s: s.station_id):
             self._members.setdefault(s.network, []).append(s)
         self._near = {}
+        self.version += 1
 
     def __len__(self) -> int:
         return len(self.stations)
@@ -93,6 +96,10 @@ class Networks:
         if meta is None or len(self._members.get(meta.network, ())) < 2:
             return None
         return meta.network
+
+    def member_ids(self, network: str) -> list[str]:
+        """The ids of the stations whose metadata names ``network``, in id order."""
+        return [s.station_id for s in self._members.get(network, ())]
 
     def neighbours(self, station_id: str) -> tuple[Neighbour, ...]:
         near = self._near.get(station_id)

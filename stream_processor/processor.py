@@ -28,7 +28,7 @@ from stream_processor.engine import Engine, Request
 from stream_processor.forecaster import BatchForecaster, Observation
 from stream_processor.hindcast import HindcastScorer
 from stream_processor.metrics import WorkerMetrics
-from stream_processor.networks import LEGACY_NETWORK_KEY_PREFIX, NETWORK_KEY_PREFIX
+from stream_processor.networks import LEGACY_NETWORK_KEY_PREFIX, NETWORK_KEY_PREFIX, Networks
 
 __all__ = [
     "Applied",
@@ -36,6 +36,7 @@ __all__ = [
     "Observation",
     "PartitionActivity",
     "Processor",
+    "SplitNetworks",
     "StuckPartitions",
     "wall_clock_hour",
 ]
@@ -53,6 +54,49 @@ def _latest(a: int | None, b: int | None) -> int | None:
 
 def wall_clock_hour() -> int:
     return int(time.time()) // 3600
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a key (murmur2: the Java client's,
+    kafka-python's and aiokafka's)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class SplitNetworks:
+    """Networks of which this worker sees only part. A network's clock and neighbour features need
+    every station's readings in one worker. Keyed by network, a network's readings land in one
+    input partition; keyed by station (or not keyed) they spread over the partitions: right while
+    one worker holds every partition, wrong once several workers share them (each one's clock then
+    sees the stations of its own partitions, and its forecasts differ from a backtest of the whole
+    network). :meth:`hold` records the worker's input partitions at each assignment;
+    :meth:`elsewhere` tells, of a network whose readings come keyed by station, the partitions its
+    stations' keys land in that this worker does not hold."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        #: the input partitions held, or None while the worker holds every one (or none yet)
+        self.held: frozenset[int] | None = None
+        self.logged: set[str] = set()  # networks already logged as split since the assignment
+        self._elsewhere: dict[str, tuple[int, ...]] = {}
+        self._version = -1  # the metadata version the cache is of
+
+    def hold(self, partitions: set[int]) -> None:
+        whole = not partitions or len(partitions) >= self.partitions
+        self.held = None if whole else frozenset(partitions)
+        self._elsewhere.clear()
+        self.logged.clear()
+
+    def elsewhere(self, networks: Networks, network: str) -> tuple[int, ...]:
+        if self.held is None:
+            return ()
+        if networks.version != self._version:
+            self._elsewhere.clear()
+            self._version = networks.version
+        found = self._elsewhere.get(network)
+        if found is None:
+            landing = {key_partition(sid.encode(), self.partitions) for sid in networks.member_ids(network)}
+            found = self._elsewhere[network] = tuple(sorted(landing - self.held))
+        return found
 
 
 class PartitionActivity:
@@ -192,6 +236,8 @@ class Processor:
         self.now_hour = now_hour
         #: the input topic's partition count (a network's clock is stored in a fixed one of them)
         self.partitions = partitions
+        #: networks whose readings, keyed by station, other workers share (logged and counted)
+        self.split = SplitNetworks(partitions)
         self.scorer = HindcastScorer()
         #: each station's online adaptation (pm25.adapt), authoritative while the worker owns the
         #: station; saved after the window in the station's state value
@@ -234,7 +280,29 @@ class Processor:
                     f"nor its network {meta.network!r}"
                 )
                 return self._dead("key_mismatch", detail)
+        elif self.split.held is not None:  # keyed by station while other workers share the topic
+            self._check_split(reading.station_id)
         return reading
+
+    def _check_split(self, station_id: str) -> None:
+        networks = self.engine.networks
+        network = networks.network_of(station_id)
+        if network is None:
+            return
+        elsewhere = self.split.elsewhere(networks, network)
+        if not elsewhere:
+            return
+        self.metrics.split_network_readings.inc()
+        if network not in self.split.logged:
+            self.split.logged.add(network)
+            log.warning(
+                "network %s: readings keyed by station, and its stations' keys also land in input "
+                "partitions %s, which this worker does not hold: its forecasts of the network see only "
+                "part of it (they differ from a backtest of the whole network); when several workers "
+                "share the topic, key the readings by network (pm25 produce --key network)",
+                network,
+                list(elsewhere),
+            )
 
     def apply(
         self, table: Mapping[str, bytes], reading: Reading, offset: int | None = None, partition: int = 0
@@ -384,7 +452,7 @@ class Processor:
         the one Kafka's default partitioner (murmur2, the Java client's and ours) gives the network's
         id, so that when the readings are keyed by network the clock is kept, and recovered, with
         its stations' windows by the worker that reads them."""
-        return (murmur2(network.encode()) & 0x7FFFFFFF) % self.partitions
+        return key_partition(network.encode(), self.partitions)
 
     def decode(self, state: bytes | None, station_id: str) -> StationWindow | None:
         if state is None:

@@ -238,8 +238,32 @@ def test_two_workers_share_networks_keyed_by_network_through_kill_9_and_restart(
     )
     assert all(p > 0 for p in published), published  # both took part
     assert not (why := forecast_mismatch(latest, expected, a, b, c)), why
+    assert [metric_value(w.metrics(), "pm25_readings_split_network_total") for w in (a, c)] == [0.0, 0.0]
     a.stop()
     c.stop()
+
+
+def test_two_workers_sharing_networks_keyed_by_station_say_that_they_see_part_of_each(broker, tmp_path, run_id):
+    """The misconfiguration the test above avoids: readings keyed by station spread a network over
+    the partitions, and two workers each see part of it (their forecasts differ from the backtest's).
+    Each worker says so: one warning per network in its log, and a count of such readings."""
+    env, settings, meta, _ = _app_with_four_networks(broker, run_id)
+    readings = list(load_source("multisite", [], hours=48))
+    workers = [WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / f"{n}.log") for n in "ab"]
+    try:
+        for w in workers:
+            w.start().wait_ready()
+        shared = _wait_for(lambda: [_partitions_of(w) for w in workers] == [2.0, 2.0], timeout=90)
+        assert shared, "the workers did not settle on two partitions each"
+        _paced_send(settings, readings, 2000.0)  # keyed by station
+        split = "pm25_readings_split_network_total"
+        assert _wait_for(lambda: all(metric_value(w.metrics(), split) > 0 for w in workers), timeout=60)
+        for w in workers:
+            warned = [line for line in w.log_path.read_text().splitlines() if "readings keyed by station" in line]
+            assert 0 < len(warned) <= len(NETWORKS), w.tail()  # once per network and assignment
+    finally:
+        for w in workers:
+            w.stop()
 
 
 def test_readings_rekeyed_from_station_to_network_keep_each_station_s_newer_state_over_a_restart(

@@ -189,6 +189,10 @@ def test_evaluate_scores_a_bundle_other_than_production(tmp_path, capsys):
     # the production bundle was refit on the validation year: its report says so
     main(argv)
     assert "IN-SAMPLE" in json.loads((tmp_path / "evaluation.json").read_text())["period"]
+    # a scenario on that year keeps the warning beside its own note
+    main([*argv, "--scenario", "quarter"])
+    period = json.loads((tmp_path / "evaluation.json").read_text())["period"]
+    assert "scenario quarter" in period and "IN-SAMPLE" in period
     assert main([*argv, "--bundle", "no-such-version"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "no-such-version" in err[-1] and "Traceback" not in "\n".join(err)

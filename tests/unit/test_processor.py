@@ -67,6 +67,42 @@ def test_a_network_s_clock_is_kept_in_the_partition_its_network_key_lands_in():
             assert proc.home_partition(network) == (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def test_a_network_keyed_by_station_that_workers_share_is_logged_once_and_counted(caplog):
+    """Keyed by station, a network's stations land in several input partitions: right while one
+    worker holds them all, wrong once workers share the topic (each one's clock sees part of the
+    network). The worker says so: a warning per network and assignment, a count per reading."""
+    import logging
+
+    from pm25.stations import Station
+    from stream_processor.processor import key_partition
+
+    city = [Station(sid, sid, 39.9 + i / 10, 116.4, "city") for i, sid in enumerate(("st-0", "st-1", "st-3"))]
+    proc = Processor(
+        make_engine(Settings(), [*city, Station("lone", "L", 40.0, 116.0, "own")]), WorkerMetrics(), partitions=4
+    )
+    assert {key_partition(s.station_id.encode(), 4) for s in city} == {1, 3}
+
+    def counted(sid: str, key: bytes) -> float:
+        assert isinstance(proc.parse(reading_to_json(Reading(sid, H0, pm25=1.0)), key), Reading)
+        return proc.metrics.split_network_readings._value.get()
+
+    assert counted("st-0", b"st-0") == 0  # nothing assigned yet
+    proc.split.hold({0, 1, 2, 3})
+    assert counted("st-0", b"st-0") == 0  # one worker holds every partition
+    proc.split.hold({1})  # another worker holds partition 3, where st-1's readings land
+    with caplog.at_level(logging.WARNING, logger="stream_processor.processor"):
+        assert counted("st-0", b"st-0") == 1
+        assert counted("st-3", b"st-3") == 2
+    warned = [r.getMessage() for r in caplog.records if "network city" in r.getMessage()]
+    assert len(warned) == 1 and "partitions [3]" in warned[0] and "--key network" in warned[0]
+    assert counted("st-0", b"city") == 2  # keyed by network: the whole network is in one partition
+    assert counted("lone", b"lone") == 2  # a station alone in its network
+    proc.split.hold({1, 3})  # this worker holds every partition the network's keys land in
+    assert counted("st-0", b"st-0") == 2
+    proc.engine.networks.update([Station("st-4", "st-4", 40.3, 116.2, "city")])  # its key lands in 0
+    assert counted("st-0", b"st-0") == 3
+
+
 def test_a_station_that_moved_to_another_partition_is_not_taken_for_a_replay():
     """A station whose key (or the topic's partition count) changed: offsets in its new partition
     say nothing about what it has applied."""

@@ -1,5 +1,6 @@
-"""The worker's response to input partitions that stop moving (stream_processor.app.Worker._kick),
-against its real Faust consumer with the broker calls recorded instead of made."""
+"""The worker's response to its input partitions (ones that stop moving: stream_processor.app.Worker._kick;
+readings held back; an assignment), against its real Faust consumer with the broker calls recorded
+instead of made."""
 
 import asyncio
 
@@ -68,3 +69,17 @@ def test_readings_held_back_are_given_back_only_while_a_revocation_stops_the_flo
     monkeypatch.setattr(type(worker.app), "should_stop", property(lambda self: True))
     worker._give_back_held()
     assert worker._held == []
+
+
+def test_an_assignment_tells_the_processor_which_input_partitions_the_worker_holds():
+    """What the split-network check (Processor.split) compares the networks' partitions with."""
+
+    async def run():
+        worker = Worker(Settings(bootstrap_servers="127.0.0.1:1", readings_topic="r", partitions=4))
+        await worker._on_assigned(None, {TP("r", 1), TP("r", 3), TP("other", 0)}, signal=None)
+        assert worker.processor.split.held == {1, 3}
+        assert worker.metrics.input_partitions._value.get() == 2
+        await worker._on_assigned(None, {TP("r", p) for p in range(4)}, signal=None)
+        assert worker.processor.split.held is None  # every partition: nothing is split
+
+    asyncio.run(run())
