@@ -243,7 +243,9 @@ def test_two_workers_share_networks_keyed_by_network_through_kill_9_and_restart(
     c.stop()
 
 
-def test_two_workers_sharing_networks_keyed_by_station_say_that_they_see_part_of_each(broker, tmp_path, run_id):
+def test_two_workers_sharing_networks_keyed_by_station_say_that_they_see_part_of_each(
+    broker, tmp_path, run_id, report_counts
+):
     """The misconfiguration the test above avoids: readings keyed by station spread a network over
     the partitions, and two workers each see part of it (their forecasts differ from the backtest's).
     Each worker says so: one warning per network in its log, and a count of such readings."""
@@ -258,9 +260,12 @@ def test_two_workers_sharing_networks_keyed_by_station_say_that_they_see_part_of
         _paced_send(settings, readings, 2000.0)  # keyed by station
         split = "pm25_readings_split_network_total"
         assert _wait_for(lambda: all(metric_value(w.metrics(), split) > 0 for w in workers), timeout=60)
+        counts = []
         for w in workers:
             warned = [line for line in w.log_path.read_text().splitlines() if "readings keyed by station" in line]
             assert 0 < len(warned) <= len(NETWORKS), w.tail()  # once per network and assignment
+            counts.append(f"{metric_value(w.metrics(), split):.0f} readings counted, {len(warned)} networks warned")
+        report_counts(f"readings {len(readings)} keyed by station, two workers: " + "; ".join(counts))
     finally:
         for w in workers:
             w.stop()
