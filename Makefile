@@ -38,10 +38,22 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: $(VENV)/.all chromium
+# promtool checks and unit-tests the alerting rules (monitoring/): taken from Debian's prometheus
+# package, unpacked into .cache (nothing installed, no service started).
+PROMTOOL := .cache/prometheus/usr/bin/promtool
+$(PROMTOOL):
+	@echo "fetching Debian's prometheus package for promtool (the alerting rules' tests)"
+	@mkdir -p .cache
+	@cd .cache && rm -f prometheus_*.deb && { apt-get download prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } \
+	  && dpkg-deb -x prometheus_*.deb prometheus && rm -f prometheus_*.deb
+	@test -x $@
+
+test: $(VENV)/.all chromium $(PROMTOOL)
 	$(BIN)/python -m pytest
 
-test-fast: $(VENV)/.all
+test-fast: $(VENV)/.all $(PROMTOOL)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.all
