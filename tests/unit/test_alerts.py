@@ -84,7 +84,7 @@ def test_the_rules_name_only_series_and_labels_the_worker_exports():
     assert "reason" not in exported["pm25_forecasts_out_total"]
 
 
-def test_prometheus_scrapes_the_workers_and_loads_the_rules_in_the_compose_monitoring_profile():
+def test_prometheus_scrapes_the_workers_and_loads_the_rules_in_the_compose_monitoring_profile(tmp_path):
     conf = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     (job,) = conf["scrape_configs"]
     assert job["job_name"] == "pm25-worker" and job["metrics_path"] == "/metrics"
@@ -98,3 +98,13 @@ def test_prometheus_scrapes_the_workers_and_loads_the_rules_in_the_compose_monit
     assert mounts["/etc/prometheus/prometheus.yml"] == "./monitoring/prometheus.yml"
     assert conf["rule_files"] == ["/etc/prometheus/alerts.yml"]
     assert mounts["/etc/prometheus/alerts.yml"] == "./monitoring/alerts.yml"
+    # promtool checks the configuration as the container sees it (the rules where the profile mounts them)
+    (tmp_path / "alerts.yml").write_text((MONITORING / "alerts.yml").read_text())
+    text = (
+        (MONITORING / "prometheus.yml").read_text().replace("/etc/prometheus/alerts.yml", str(tmp_path / "alerts.yml"))
+    )
+    (tmp_path / "prometheus.yml").write_text(text)
+    check = subprocess.run(
+        [_promtool(), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
