@@ -278,6 +278,18 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_uvloop() -> None:
+    """uvloop's event loop for what is built from here on (until 2026-12-04 the policy was set
+    after the Worker was built, whose Faust services had already taken the default loop: the
+    worker never ran on uvloop)."""
+    try:
+        import uvloop
+    except ImportError:
+        log.info("uvloop not installed; using the default asyncio loop")
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
@@ -287,18 +299,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # at start-up; an established broker lost later is retried
     counts = _worker_start_up(settings, args.connect_timeout, logging.getLogger().level)
+    _use_uvloop()  # before the Worker: Faust's services take the event loop when they are built
     worker = Worker(settings, copartitioned=len(set(counts.values())) == 1 and None not in counts.values())
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        log.info("uvloop not installed; using the default asyncio loop")
     log.info(
-        "worker: model %s, broker %s, web port %d",
+        "worker: model %s, broker %s, web port %d, event loop %s",
         worker.engine.model.version,
         settings.bootstrap_servers,
         settings.web_port,
+        type(worker.app.loop).__module__.split(".")[0],
     )
     faust.Worker(worker.app, loglevel=args.log_level.upper(), quiet=True).execute_from_commandline()
     return 0
