@@ -101,6 +101,8 @@ HELD_RETRY_S = 0.05
 BROKER_CHECK_S = 2.0
 #: How often the input partitions are checked for a hole at their end (see TailWatch).
 TAIL_CHECK_S = 1.0
+#: How often the input lag gauge is updated between batches (each batch updates it too).
+LAG_CHECK_S = 5.0
 #: The cyclic garbage collector's young-generation threshold while the agent runs (Python's default
 #: is 700 allocations). The worker allocates many short-lived containers per reading, nearly all
 #: freed by reference counting; the collections cost the event loop about a tenth as much with the
@@ -198,6 +200,7 @@ class Worker:
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)
         self.app.timer(TAIL_CHECK_S)(self._watch_tails)
+        self.app.timer(LAG_CHECK_S)(self._measure_lag)
         self.app.timer(BROKER_CHECK_S)(self._watch_broker)
         self.app.task(self._install_task_dump)
         self.app.task(self._follow_stations)
@@ -376,10 +379,13 @@ class Worker:
 
     def _lagging_partitions(self) -> set[int]:
         """The input partitions with messages not taken into a batch yet (or not known to have
-        none): the networks' watermark waits for them (Processor.watermark)."""
+        none): the networks' watermark waits for them (Processor.watermark). Sets the input lag
+        gauge: the messages known to be waiting (each partition's high watermark, as of the
+        consumer's last fetch, less the next offset to take)."""
         consumer = self.app.consumer
         committed = self._committed_offsets()
         out = set()
+        waiting = 0
         for tp in consumer.assignment():
             if tp.topic != self.settings.readings_topic:
                 continue
@@ -389,7 +395,14 @@ class Worker:
             high = consumer.highwater(tp)
             if high is None or expected < high:
                 out.add(tp.partition)
+                waiting += max(high - expected, 0) if high is not None else 0
+        self.metrics.input_lag.set(waiting)
         return out
+
+    async def _measure_lag(self) -> None:
+        """The input lag gauge between batches too (a worker that takes nothing in runs no batch)."""
+        if self._stream is not None:
+            self._lagging_partitions()
 
     # -- the delivery core's port (stream_processor.delivery.Port) ----------------------------
     async def send_outputs(self, outputs: Outputs) -> list[Awaitable[Any]]:

@@ -35,6 +35,12 @@ class WorkerMetrics:
             "Input partitions assigned to this worker (its share of the consumer group)",
             registry=r,
         )
+        self.input_lag = Gauge(
+            "pm25_input_lag_messages",
+            "Messages in this worker's input partitions not taken in yet (high watermark at the last fetch "
+            "less the next offset)",
+            registry=r,
+        )
         self.split_network_readings = Counter(
             "pm25_readings_split_network",
             "Readings keyed by station of a network whose other stations' keys land in input partitions "

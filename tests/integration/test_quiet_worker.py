@@ -15,7 +15,7 @@ import time
 import pytest
 
 from pm25.settings import Settings
-from pm25_ops.processes import WorkerProcess
+from pm25_ops.processes import WorkerProcess, metric_value
 from producer.replay import load_source
 from tests.integration.conftest import collect
 from tests.integration.test_faults import _paced_send, expected_forecasts
@@ -48,15 +48,18 @@ def test_a_healthy_worker_under_load_logs_no_error_or_warning(settings_env, sett
         time.sleep(2 * 7)  # two more liveness checks after the last reading
         loaded = time.monotonic() - started
         assert worker.proc is not None and worker.proc.poll() is None
+        lag = metric_value(worker.metrics(), "pm25_input_lag_messages")  # caught up: nothing waits
     finally:
         worker.stop()
     lines = log_path.read_text(errors="replace").splitlines()
     loud = [line for line in lines if LEVEL.match(line)]
     report_counts(
         f"readings {len(readings)} at {rate:.0f}/s over {loaded:.0f} s (stream timeout {STREAM_TIMEOUT_S} s), "
-        f"forecasts {len(msgs)} of {len(expected)}; log lines {len(lines)}, ERROR/WARNING {len(loud)}"
+        f"forecasts {len(msgs)} of {len(expected)}; log lines {len(lines)}, ERROR/WARNING {len(loud)}; "
+        f"input lag at the end {lag:.0f}"
     )
     assert len(msgs) >= len(expected)
+    assert lag == 0
     assert loaded > 3 * STREAM_TIMEOUT_S
     assert any(line.startswith("[") and "[INFO]" in line for line in lines)  # Faust's format was seen
     assert loud == [], "\n".join(loud[:20])

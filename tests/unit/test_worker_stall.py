@@ -83,3 +83,20 @@ def test_an_assignment_tells_the_processor_which_input_partitions_the_worker_hol
         assert worker.processor.split.held is None  # every partition: nothing is split
 
     asyncio.run(run())
+
+
+def test_the_input_lag_gauge_counts_the_messages_not_taken_in_yet():
+    worker = Worker(Settings(bootstrap_servers="127.0.0.1:1", readings_topic="r", partitions=3))
+    consumer = worker.app.consumer
+    consumer.assignment = lambda: {TP("r", 0), TP("r", 1), TP("r", 2), TP("other", 0)}
+    high = {TP("r", 0): 50, TP("r", 1): 10, TP("r", 2): None, TP("other", 0): 1000}
+    consumer.highwater = high.get
+    worker._committed_offsets = lambda: {TP("r", 1): 4}
+    for offset in range(20):
+        worker.offsets.check(0, offset)  # partition 0 taken in up to 19: 30 waiting
+    # partition 1 took nothing yet: from its committed offset 4, 6 waiting; 2 has not fetched yet
+    assert worker._lagging_partitions() == {0, 1, 2}
+    assert worker.metrics.input_lag._value.get() == 36
+    for offset in range(20, 50):
+        worker.offsets.check(0, offset)
+    assert worker._lagging_partitions() == {1, 2} and worker.metrics.input_lag._value.get() == 6
