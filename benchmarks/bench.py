@@ -272,8 +272,8 @@ def _offer(settings: Settings, readings: list[Reading], key: Callable[[Reading],
 
 async def _produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.partitioner import murmur2
 
+    from stream_processor.processor import key_partition
     from stream_processor.sending import BatchSender
 
     producer = AIOKafkaProducer(
@@ -287,7 +287,7 @@ async def _produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> f
     try:
         topic = settings.readings_topic
         partitions = sorted(await producer.partitions_for(topic))
-        routed = [(partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)], key, value) for key, value in messages]
+        routed = [(partitions[key_partition(key, len(partitions))], key, value) for key, value in messages]
         started = time.time()
         sender = BatchSender(producer)
         for partition, key, value in routed:

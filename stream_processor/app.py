@@ -395,7 +395,7 @@ class Worker:
             high = consumer.highwater(tp)
             if high is None or expected < high:
                 out.add(tp.partition)
-                waiting += max(high - expected, 0) if high is not None else 0
+                waiting += high - expected if high is not None else 0
         self.metrics.input_lag.set(waiting)
         return out
 

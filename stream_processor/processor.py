@@ -38,6 +38,7 @@ __all__ = [
     "Processor",
     "SplitNetworks",
     "StuckPartitions",
+    "key_partition",
     "wall_clock_hour",
 ]
 
