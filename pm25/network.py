@@ -79,9 +79,14 @@ class ClosedHour:
     reported: tuple[str, ...] = ()  # sorted: members and non-members
     #: ``log1p`` of each value (the neighbour features' scale, pm25.neighbours), computed once
     logs: dict[str, float] = field(init=False, compare=False, repr=False)
+    #: its part of the stored clock, encoded once (a closed hour is final; the clock is saved once
+    #: per batch for as long as it keeps the hour)
+    stored: orjson.Fragment = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "logs", {sid: log_level(v) for sid, v in self.values.items()})
+        doc = [_nulls(self.values), sorted(self.members), self.by_watermark, list(self.reported)]
+        object.__setattr__(self, "stored", orjson.Fragment(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)))
 
 
 def log_level(value: float | None) -> float:
@@ -124,6 +129,10 @@ class NetworkClock:
     #: for an hour in that hour's membership range drops it (the next hour to close is asked
     #: again at every reading while its members report, and the range rarely changes meanwhile).
     _members: tuple[int, frozenset[str]] | None = field(default=None, repr=False, compare=False)
+    #: each hour's stored list of stations seen, with the count it was encoded at: derived, never
+    #: stored (a set only grows, so an unchanged count is an unchanged set; a clock is saved once
+    #: per batch and most of its hours' sets no longer change)
+    _seen_stored: dict[int, tuple[int, orjson.Fragment]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.lateness_hours < 1:
@@ -247,16 +256,26 @@ class NetworkClock:
             "n": self.newest_hour,
             "h": [self.closed_hours, self.closed_by_watermark],
             "p": {str(h): _nulls(v) for h, v in self.pending.items()},
-            "s": {str(h): sorted(v) for h, v in self.seen.items()},
-            "r": {
-                str(h): [_nulls(c.values), sorted(c.members), c.by_watermark, list(c.reported)]
-                for h, c in self.recent.items()
-            },
+            "s": self._stored_seen(),
+            "r": {str(h): c.stored for h, c in self.recent.items()},
         }
         # orjson: several times faster than json, and the same document (json reads it); a copy,
         # because the bytes orjson returns keep its whole output buffer (kept in a table, the
         # buffers held megabytes, docs/benchmarks.md)
         return bytes(bytearray(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)))
+
+    def _stored_seen(self) -> dict[str, orjson.Fragment]:
+        cache = self._seen_stored
+        out = {}
+        for h, stations in self.seen.items():
+            kept = cache.get(h)
+            if kept is None or kept[0] != len(stations):
+                kept = cache[h] = (len(stations), orjson.Fragment(orjson.dumps(sorted(stations))))
+            out[str(h)] = kept[1]
+        if len(cache) > len(self.seen):
+            for h in [h for h in cache if h not in self.seen]:
+                del cache[h]
+        return out
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NetworkClock:

@@ -130,3 +130,44 @@ def test_bad_parameters_are_refused():
         NetworkClock(lateness_hours=0)
     with pytest.raises(ValueError):
         NetworkClock(lateness_hours=3, active_hours=3)
+
+
+def test_the_stored_clock_is_the_plain_json_document_whatever_parts_were_encoded_before():
+    """Closed hours are encoded once (ClosedHour.stored) and spliced into every later save: the
+    bytes must equal the whole document encoded at once (NaN as null, keys sorted), at every step."""
+    import math
+
+    import orjson
+
+    def plain(clock: NetworkClock) -> bytes:
+        nulls = lambda d: {k: None if math.isnan(v) else v for k, v in d.items()}  # noqa: E731
+        doc = {
+            "v": 1,
+            "l": clock.lateness_hours,
+            "a": clock.active_hours,
+            "k": clock.keep_hours,
+            "c": clock.closed_through,
+            "n": clock.newest_hour,
+            "h": [clock.closed_hours, clock.closed_by_watermark],
+            "p": {str(h): nulls(v) for h, v in clock.pending.items()},
+            "s": {str(h): sorted(v) for h, v in clock.seen.items()},
+            "r": {
+                str(h): [nulls(c.values), sorted(c.members), c.by_watermark, list(c.reported)]
+                for h, c in clock.recent.items()
+            },
+        }
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+    clock = NetworkClock(2, 12)  # goes through its stored form at every reading (nothing cached)
+    kept = NetworkClock(2, 12)  # saved at every reading, never read back (its encoded parts kept)
+    readings = arrival_order(network_readings(seed=7, hours=40), 2, seed=3)
+    readings[5] = Reading(readings[5].station_id, readings[5].hour)  # a reading without PM2.5 (NaN)
+    checked = 0
+    for r in readings:
+        clock.offer(r)
+        kept.offer(r)
+        stored = clock.to_bytes()
+        assert stored == plain(clock) == kept.to_bytes() == plain(kept)
+        clock = NetworkClock.from_bytes(stored)
+        checked += bool(clock.recent)
+    assert checked > 100  # most saves carried closed hours
