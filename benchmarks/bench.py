@@ -23,6 +23,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -687,6 +688,9 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: lis
     from pm25.schema import iso_to_hour
 
     lat = []
+    waited: list[float] = []  # ms: the wait for the network's last reading of the hour ...
+    after: list[float] = []  # ... and the rest of the latency
+    waits = network_waits(sent_at, {s.station_id: s.network for s in stations})
     by_second: dict[int, list[float]] = {}  # second of the run the reading was sent in -> latencies
     t_first = min(sent_at.values(), default=0.0)
     for m in msgs:
@@ -695,23 +699,59 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: lis
         if key in sent_at:
             lat.append(m.timestamp / 1000.0 - sent_at[key])
             by_second.setdefault(int(sent_at[key] - t_first), []).append(lat[-1] * 1000)
-    lat_ms = sorted(x * 1000 for x in lat)
-
-    def pct(p: float) -> float | None:
-        return round(lat_ms[min(len(lat_ms) - 1, int(p / 100 * len(lat_ms)))], 1) if lat_ms else None
-
-    return {
+            if key in waits:
+                waited.append(waits[key] * 1000)
+                after.append((lat[-1] - waits[key]) * 1000)
+    out: dict[str, Any] = {
         "offered_readings_per_s": round(offered, 1),
         "timed_readings": len(timed),
-        "forecasts_matched": len(lat_ms),
-        "latency_ms": {
-            "p50": pct(50),
-            "p95": pct(95),
-            "p99": pct(99),
-            "mean": round(statistics.fmean(lat_ms), 1) if lat_ms else None,
-        },
+        "forecasts_matched": len(lat),
+        "latency_ms": percentiles([x * 1000 for x in lat]),
         # per second of the run: the median and the highest latency of the readings sent in it
         "timeline_ms": [[s, round(statistics.median(v), 1), round(max(v), 1)] for s, v in sorted(by_second.items())],
+    }
+    if waited:
+        # the latency with networks in two parts: until the network's last reading of the hour was
+        # sent (no forecast of the hour can come earlier), and from then to the forecast
+        out["network_wait_ms"] = percentiles(waited)
+        out["after_network_ms"] = percentiles(after)
+    return out
+
+
+def network_waits(
+    sent_at: Mapping[tuple[str, int], float], network_of: Mapping[str, str]
+) -> dict[tuple[str, int], float]:
+    """For each (station, hour) sent at ``sent_at`` whose station has a network: how long after it
+    (s) the network's last reading of that hour was sent. A network's hour closes once every member
+    has reported it, so none of its forecasts can come earlier.
+
+    >>> network_waits({("a", 1): 10.0, ("b", 1): 10.5, ("c", 1): 10.25, ("a", 2): 11.0}, {"a": "n", "b": "n"})
+    {('a', 1): 0.5, ('b', 1): 0.0, ('a', 2): 0.0}
+    """
+    last: dict[tuple[str, int], float] = {}
+    for (sid, hour), t in sent_at.items():
+        net = network_of.get(sid)
+        if net is not None and t > last.get((net, hour), -math.inf):
+            last[(net, hour)] = t
+    return {(sid, hour): last[(network_of[sid], hour)] - t for (sid, hour), t in sent_at.items() if sid in network_of}
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50, p95, p99 (nearest rank from below) and mean, rounded to 0.1; None when empty.
+
+    >>> percentiles([float(x) for x in range(1, 101)])
+    {'p50': 51.0, 'p95': 96.0, 'p99': 100.0, 'mean': 50.5}
+    """
+    ordered = sorted(values)
+
+    def pct(p: float) -> float | None:
+        return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 1) if ordered else None
+
+    return {
+        "p50": pct(50),
+        "p95": pct(95),
+        "p99": pct(99),
+        "mean": round(statistics.fmean(ordered), 1) if ordered else None,
     }
 
 
