@@ -685,6 +685,13 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: lis
         msgs = _consume_until(settings, settings.forecasts_topic, expected, timeout=120)
     finally:
         worker.stop()
+    return _latency_summary(msgs, sent_at, stations, offered, len(timed))
+
+
+def _latency_summary(
+    msgs: list[Any], sent_at: dict[tuple[str, int], float], stations: list[Station], offered: float, timed: int
+) -> dict[str, Any]:
+    """The latencies of a run: each forecast's broker timestamp against its reading's send time."""
     from pm25.schema import iso_to_hour
 
     lat = []
@@ -704,7 +711,7 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: lis
                 after.append((lat[-1] - waits[key]) * 1000)
     out: dict[str, Any] = {
         "offered_readings_per_s": round(offered, 1),
-        "timed_readings": len(timed),
+        "timed_readings": timed,
         "forecasts_matched": len(lat),
         "latency_ms": percentiles([x * 1000 for x in lat]),
         # per second of the run: the median and the highest latency of the readings sent in it
