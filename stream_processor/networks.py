@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pm25.features import OWN_FIELDS
-from pm25.neighbours import MAX_NEIGHBOURS, Neighbour, nearest_of, row_features
+from pm25.neighbours import MAX_NEIGHBOUR_KM, MAX_NEIGHBOURS, Neighbour, nearest_of, row_features
 from pm25.network import NetworkClock
 from pm25.schema import Reading
 from pm25.stations import Station
@@ -56,11 +56,13 @@ class Networks:
         lateness_hours: int,
         neighbours: int = NEIGHBOURS,
         active_hours: int = ACTIVE_HOURS,
+        max_km: float = MAX_NEIGHBOUR_KM,
     ) -> None:
         if not 1 <= neighbours <= MAX_NEIGHBOURS:
             raise ValueError(f"neighbours must be 1..{MAX_NEIGHBOURS}")
         self.lateness_hours = lateness_hours
         self.k = neighbours
+        self.max_km = max_km
         self.active_hours = active_hours
         self.stations: dict[str, Station] = {}
         #: counts the metadata updates (what a caller caches about the networks is stale after one)
@@ -102,10 +104,13 @@ class Networks:
         return [s.station_id for s in self._members.get(network, ())]
 
     def neighbours(self, station_id: str) -> tuple[Neighbour, ...]:
+        """The station's nearest stations of its network within ``max_km`` (pm25.neighbours); none
+        in range: its network columns stay missing, as for a station alone (it still waits for its
+        network's hours, whose members it is)."""
         near = self._near.get(station_id)
         if near is None:
             meta = self.stations[station_id]
-            near = self._near[station_id] = nearest_of(meta, self._members[meta.network], self.k)
+            near = self._near[station_id] = nearest_of(meta, self._members[meta.network], self.k, self.max_km)
         return near
 
     def new_clock(self) -> NetworkClock:

@@ -13,7 +13,11 @@ other cities: what they change is what such a station would change for the forec
 * ``time-zone``: event times shifted by 7 hours, so the daily cycle falls on other UTC hours
   (a city seven time zones away);
 * ``cheap-sensor``: multiplicative noise (log-normal, sigma 0.25) and 5 % of readings lost;
-* ``coastal``: all of the above at once.
+* ``coastal``: all of the above at once;
+* ``unrelated-network``: each station's series moved in time by its own whole number of weeks (1 to
+  40, a checksum of its id; the year turned round, so the hours that leave one end come back at
+  the other): with ``--network``, a network whose stations do not share air, the case where the
+  neighbours of a station say nothing about its next hours (alone, each station is itself).
 """
 
 from __future__ import annotations
@@ -60,6 +64,15 @@ def _cheap_sensor(rs: list[Reading]) -> list[Reading]:
     return out
 
 
+def _unrelated(rs: list[Reading]) -> list[Reading]:
+    if not rs:
+        return rs
+    first, span = rs[0].hour, rs[-1].hour + 1 - rs[0].hour
+    weeks = 1 + zlib.crc32(rs[0].station_id.encode()) % 40
+    moved = [replace(r, hour=first + (r.hour - first + weeks * 168) % span) for r in rs]
+    return sorted(moved, key=lambda r: r.hour)
+
+
 def _coastal(rs: list[Reading]) -> list[Reading]:
     return _cheap_sensor(_time_zone(_partial_weather(_quarter(rs))))
 
@@ -71,6 +84,7 @@ SCENARIOS: dict[str, Callable[[list[Reading]], list[Reading]]] = {
     "time-zone": _time_zone,
     "cheap-sensor": _cheap_sensor,
     "coastal": _coastal,
+    "unrelated-network": _unrelated,
 }
 
 

@@ -4,6 +4,7 @@ network do not depend on the arrival order of its readings within the lateness b
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -78,3 +79,19 @@ def test_a_station_without_metadata_is_forecast_alone_on_its_reading(beijing):
     issued = [engine.ingest(windows, clocks, r).requests for r in lone]
     assert all(len(reqs) == 1 and reqs[0].end_hour == r.hour for reqs, r in zip(issued, lone, strict=True))
     assert clocks == {} and np.isnan(windows["Elsewhere"].rows[:, len(OWN_FIELDS) :]).all()
+
+
+def test_stations_farther_apart_than_the_model_learnt_from_are_forecast_as_alone(beijing):
+    """A network spread wider than the neighbour bound (pm25.neighbours.MAX_NEIGHBOUR_KM: an
+    agency's whole network under one id) gives each station no neighbour: its final forecasts are
+    those of the station alone, byte for byte; the same readings with Beijing's coordinates differ."""
+    settings = Settings()
+    readings = beijing[: 12 * 120]
+    meta = sorted(read_stations_csv().values(), key=lambda s: s.station_id)
+    spread = [replace(s, latitude=20.0 + i, longitude=100.0) for i, s in enumerate(meta)]  # 111 km apart
+    alone = _final(run_offline(make_engine(settings, ()), readings, batch_size=100))
+    far = _final(run_offline(make_engine(settings, spread), readings, batch_size=100))
+    near = _final(run_offline(make_engine(settings, meta), readings, batch_size=100))
+    assert len(far) >= len(readings) - 12 * settings.network_lateness_hours  # the last hours may be open
+    assert far == {key: alone[key] for key in far}
+    assert sum(near[key] != alone[key] for key in near) > len(near) // 2  # the comparison can fail

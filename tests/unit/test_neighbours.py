@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from pm25.neighbours import MAX_NEIGHBOURS, NB_FIELDS, Neighbour, bearing_deg, nearest_of
+from pm25.neighbours import MAX_NEIGHBOUR_KM, MAX_NEIGHBOURS, NB_FIELDS, Neighbour, bearing_deg, nearest_of
 from pm25.neighbours import neighbour_features as features_of
 from pm25.network import ClosedHour, NetworkClock
 from pm25.schema import WIND_DIRECTIONS, Reading
@@ -99,3 +99,25 @@ def test_features_from_the_clock_do_not_depend_on_arrival_order():
         assert got.keys() == reference.keys()
         for key, f in reference.items():
             assert all((a == b) or (math.isnan(a) and math.isnan(b)) for a, b in zip(f, got[key], strict=True)), key
+
+
+def test_neighbours_farther_than_the_bound_are_not_looked_at():
+    far = Station("f", "far", 40.0 + MAX_NEIGHBOUR_KM / 100, 116.0, "n")  # 0.01 degree of latitude is 1.11 km
+    near = nearest_of(CENTRE, [CENTRE, NORTH, far], 4)
+    assert [n.station_id for n in near] == ["n"]
+    assert [n.station_id for n in nearest_of(CENTRE, [CENTRE, NORTH, far], 4, max_km=1000.0)] == ["n", "f"]
+    assert nearest_of(CENTRE, [CENTRE, far], 4) == ()  # nothing in range: features missing, as alone
+    own = Reading("c", 10, pm25=10.0, wind_direction="N")
+    assert all(math.isnan(x) for x in neighbour_features(own, (), {10: content(10, {"f": 5.0})}))
+
+
+def test_the_bound_leaves_every_training_network_whole():
+    """The model learnt from these networks: the bound must not change a feature they gave it."""
+    from pm25.stations import distance_km
+    from training.dataset import DataConfig
+
+    meta = list(read_stations_csv(DataConfig().stations_csv).values())
+    farthest = max(distance_km(a, b) for a in meta for b in meta if a.network == b.network)
+    assert 50 < farthest <= MAX_NEIGHBOUR_KM
+    for st in meta:
+        assert len(nearest_of(st, meta, MAX_NEIGHBOURS)) == len(meta) - 1

@@ -3,6 +3,8 @@ the same way on every run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pm25.schema import Reading
 from training.scenarios import SCENARIOS, apply_scenario, shift_hours
 
@@ -53,4 +55,27 @@ def test_cheap_sensor_is_noisy_lossy_and_reproducible():
 def test_coastal_combines_them_all():
     out = apply_scenario("coastal", READINGS)
     assert out[0].hour >= 1007 and out[0].dew_point_c is None and out[0].pm25 < 20
-    assert set(SCENARIOS) == {"quarter", "no-weather", "partial-weather", "time-zone", "cheap-sensor", "coastal"}
+    assert set(SCENARIOS) == {
+        "quarter",
+        "no-weather",
+        "partial-weather",
+        "time-zone",
+        "cheap-sensor",
+        "coastal",
+        "unrelated-network",
+    }
+
+
+def test_unrelated_network_turns_each_station_s_year_round_by_its_own_whole_weeks():
+    shifts = set()
+    for sid in ("Dongsi", "Tiantan", "Wanliu"):
+        rs = [replace(r, station_id=sid) for r in READINGS]
+        out = apply_scenario("unrelated-network", rs)
+        assert [r.hour for r in out] == [r.hour for r in rs]  # the same hours, each once
+        assert sorted(r.pm25 for r in out) == sorted(r.pm25 for r in rs)  # the same values, moved
+        moved = {(r.hour - (r.pm25 - 40) - 1000) % len(rs) for r in out}  # pm25 = 40 + original offset
+        assert len(moved) == 1
+        shift = moved.pop()
+        assert shift in {w * 168 % len(rs) for w in range(1, 41)}  # whole weeks, turned round the span
+        shifts.add(shift)
+    assert len(shifts) == 3  # each station its own shift
