@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pm25.aqi import CATEGORIES, us_aqi
-from pm25.neighbours import bearing_deg
+from pm25.neighbours import MAX_NEIGHBOUR_KM, bearing_deg
 from pm25.schema import WIND_DIRECTIONS, Forecast, Reading, hour_to_iso, iso_to_hour
 from pm25.stations import Station, nearest
 
@@ -118,12 +118,15 @@ class DashboardState:
         }
 
     def _neighbours(self, station_id: str) -> list[dict[str, Any]]:
-        """The nearest stations of the same network, with where they are and what they read now."""
+        """The nearest stations of the same network that its forecasts look at (within
+        pm25.neighbours.MAX_NEIGHBOUR_KM), with where they are and what they read now."""
         me = self._meta.get(station_id)
         if me is None:
             return []
         out = []
         for other, km in nearest(me, self._meta.values(), NEIGHBOURS_SHOWN):
+            if km > MAX_NEIGHBOUR_KM:
+                break  # nearest first: the rest are farther
             st = self._stations.get(other.station_id)
             out.append(
                 {

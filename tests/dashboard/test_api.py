@@ -137,5 +137,10 @@ def test_station_page_shows_location_and_nearest_neighbours_of_its_network():
     assert near[0]["distance_km"] == 3.9 and near[0]["direction"] == "ENE"
     assert near[0]["latest_reading"]["pm25"] == 150.0
     assert near[1]["latest_reading"] is None and near[1]["direction"] == "S"  # Tiantan: no reading yet
+    # same network, over 100 km from every other station: beyond what its forecasts read
+    state.add_station(Station("Far", "far", 41.5, 116.4, "beijing"))
+    state.add_reading(Reading("Far", H0 + 59, pm25=20.0))
+    _, _, body = run(_get("/api/stations/Far", state))
+    assert orjson.loads(body)["location"]["network"] == "beijing" and orjson.loads(body)["neighbours"] == []
     _, _, body = run(_get("/api/stations/Wanliu", filled()))  # no metadata published: no location
     assert orjson.loads(body)["location"] is None and orjson.loads(body)["neighbours"] == []
