@@ -79,8 +79,8 @@ def multisite_files(data_dir: Path = DATA_DIR) -> list[Path]:
 
 def _open_text(path: Path) -> io.TextIOBase:
     if str(path).endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")  # a spreadsheet's byte-order mark is not a header
 
 
 def _num(text: str) -> float | None:

@@ -130,7 +130,7 @@ def read_stations_csv(path: Path = BEIJING_STATIONS) -> dict[str, Station]:
     id. Raises StationFileError naming the file and line of the first problem (a missing column,
     a bad value, a station listed twice)."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (spreadsheets) is no header
             reader = csv.DictReader(fh)
             absent = [k for k in FIELDS if k not in (reader.fieldnames or ())]
             if absent:

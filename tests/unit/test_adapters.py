@@ -63,3 +63,12 @@ def test_canonical_csv_reports_bad_rows(tmp_path):
     items = list(read_canonical_csv(p))
     assert isinstance(items[0], RowError) and items[0].line == 2
     assert items[1].hour == iso_to_hour("2013-03-01T01:00:00Z")
+
+
+def test_a_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_reads_the_same(tmp_path):
+    readings = [r for r in read_multisite(_write(tmp_path, "m.csv", MULTI)) if not isinstance(r, RowError)]
+    out = tmp_path / "c.csv"
+    write_canonical_csv(out, readings)
+    marked = tmp_path / "bom.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())
+    assert list(read_canonical_csv(marked)) == readings

@@ -91,3 +91,9 @@ def test_nearest_is_same_network_sorted_and_independent_of_input_order():
         assert nearest(dongsi, shuffled, k=4) == first
     twins = [Station(n, n, 40.0, 116.1, "n") for n in ("b", "a")]  # equal distances: by id
     assert [s.station_id for s, _ in nearest(Station("o", "o", 40, 116, "n"), twins, 2)] == ["a", "b"]
+
+
+def test_a_byte_order_mark_before_the_header_is_not_part_of_it(tmp_path):
+    path = tmp_path / "stations.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEADER + "A,a,1,1,n\n").encode())
+    assert list(read_stations_csv(path)) == ["A"]
