@@ -511,6 +511,16 @@ def cmd_regional(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coldstart(args: argparse.Namespace) -> int:
+    from training.coldstart import ColdStartConfig, run_coldstart
+
+    cc = ColdStartConfig(split=args.split, starts=args.starts, days=args.days, version=args.bundle)
+    report = run_coldstart(cc, Path(args.out), _settings(args))
+    print((Path(args.out) / "coldstart.md").read_text(encoding="utf-8"))
+    print(f"wrote {args.out}/coldstart.{{json,md,png}} in {report['seconds']} s")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.bench import BenchConfig, run_bench
 
@@ -726,6 +736,18 @@ def _add_measurement_commands(sub: Any) -> None:
     s.add_argument("--stations", help="stations CSV (default: the shipped data/stations/beijing.csv)")
     s.add_argument("--out", default="reports", help="output folder (default reports)")
     s.set_defaults(func=cmd_regional)
+
+    s = sub.add_parser(
+        "coldstart",
+        help="score a new station's first two weeks by its age, against the same station with history",
+    )
+    s.add_argument("--split", choices=["val", "test"], default="val", help="year replayed (default val)")
+    s.add_argument("--starts", type=_positive_int, default=30, help="start dates spread over the year (default 30)")
+    s.add_argument("--days", type=_positive_int, default=14, help="days replayed from each start (default 14)")
+    s.add_argument("--bundle", help="a bundle version of the store (default: production)")
+    s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
+    s.add_argument("--out", default="reports/coldstart", help="output folder (default reports/coldstart)")
+    s.set_defaults(func=cmd_coldstart)
 
     s = sub.add_parser("bench", help="inference and end-to-end benchmark on the embedded broker (JSON + plot)")
     s.add_argument("--out", default="reports/bench.json", help="JSON report path (plot beside it)")
