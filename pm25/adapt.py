@@ -17,7 +17,8 @@ forecast combines four *experts*:
 Their weights are the minimum-mean-squared-error combination (Bates and Granger) from the
 exponentially weighted covariance of the experts' errors (about the last 90 days of pairs, shrunk
 towards the diagonal, weights clipped at zero and summing to one), blended in from "the model
-alone" over the first two days of a new station; each expert is first corrected by its own
+alone" over a new station's first 30 days of pairs (at once where the model proves grossly wrong
+for it); each expert is first corrected by its own
 exponentially weighted bias (so a model that is right in shape but wrong in level is kept, and a
 change of weights never meets a stale bias). Correlated experts (the model and persistence at one
 hour) are weighed as such, which inverse-MSE weights cannot do. The 80 % interval is the combination moved by two
@@ -101,10 +102,20 @@ _RING_COLS = 4 + _A
 #: exponential weights: about the last 90 days of pairs (a plain mean before that); chosen on the
 #: validation year among 7, 30 and 90 days (`pm25 evaluate --split val`, docs/skill.md)
 _MSE_ALPHA_MIN = 1.0 / 2160
-#: the bias is shrunk towards 0 over the first pairs (a noisy early mean would hurt)
-_BIAS_PRIOR_PAIRS = 24.0
-#: pairs over which the weights move linearly from "model alone" to the estimated weights
-_WARMUP_PAIRS = 48.0
+#: the bias is shrunk towards 0 over the first pairs (a noisy early mean would hurt): about 14 days
+_BIAS_PRIOR_PAIRS = 336.0
+#: pairs over which the weights move linearly from "model alone" to the estimated weights: about 30
+#: days. Hourly errors come in episodes of days, so a few days of pairs hold few independent ones;
+#: with 2 days (and a bias prior of 24 pairs) a new station forecast worse than the model alone for
+#: its first weeks (`pm25 coldstart`, docs/skill.md item 7)
+_WARMUP_PAIRS = 720.0
+#: ... unless the model is grossly wrong for the station: from this many pairs on, where the model's
+#: own error (bias-corrected) is more than _PROVEN_RATIO times the combination's, the estimated
+#: weights apply at once (a model four times the truth is weighed out within days, not a month)
+_PROVEN_PAIRS = 48.0
+_PROVEN_RATIO = 2.0
+#: pairs before the model alone may replace a combination that has done worse than it
+_FALLBACK_PAIRS = 48.0
 #: quantile tracker step, as a share of the bundle's calibrated interval width at that horizon.
 #: Chosen on the validation year (docs/skill.md): 0.04, 0.015 and 0.007 all kept coverage at 80 %,
 #: but a run of correlated misses (a pollution episode) widened the 24-hour interval up to tenfold
@@ -431,7 +442,7 @@ class Adapter:
         bias = -(w * s[:, _B0 : _B0 + _K]).sum(axis=1, keepdims=True)
         # proposed rows carry the model's own bias correction last, for the like-for-like rival
         proposed = np.concatenate([w, bias, q, -s[:, _B0 : _B0 + 1]], axis=1)
-        alone = (s[:, _N] >= _WARMUP_PAIRS) & (s[:, _MM] < s[:, _MC])
+        alone = (s[:, _N] >= _FALLBACK_PAIRS) & (s[:, _MM] < s[:, _MC])
         model_only = np.zeros_like(proposed)
         model_only[:, 0] = 1.0
         model_only[:, _K] = -s[:, _B0]
@@ -516,7 +527,8 @@ def _weights_all(s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """[A, K] minimum-MSE combination weights per anchor from the statistics [A, cols]: the
     covariance of the bias-corrected errors, shrunk towards its diagonal, solved for weights
     summing to one, clipped at zero; blended in linearly from "the model alone" over the first
-    pairs."""
+    _WARMUP_PAIRS pairs, or at once where the model has proven grossly worse than the combination
+    (_PROVEN_RATIO)."""
     n = s[:, _N]
     m = np.empty((_A, _K, _K))
     for c, (j, k) in enumerate(_TRI):
@@ -536,5 +548,7 @@ def _weights_all(s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     alone = np.zeros((_A, _K))
     alone[:, 0] = 1.0
     w = np.where(total > 0, w / np.where(total > 0, total, 1.0), alone)
-    lam = np.minimum(n / _WARMUP_PAIRS, 1.0)[:, None]
+    combined = np.einsum("ak,akl,al->a", w, m, w)  # the combination's expected squared error
+    proven = (n >= _PROVEN_PAIRS) & (m[:, 0, 0] > _PROVEN_RATIO * combined)
+    lam = np.where(proven, 1.0, np.minimum(n / _WARMUP_PAIRS, 1.0))[:, None]
     return np.where(n[:, None] > 0, (1.0 - lam) * alone + lam * w, alone)
