@@ -116,6 +116,11 @@ _PROVEN_PAIRS = 48.0
 _PROVEN_RATIO = 2.0
 #: pairs before the model alone may replace a combination that has done worse than it
 _FALLBACK_PAIRS = 48.0
+#: a window with fewer PM2.5 observations than this (a new station's first hours, or a station back
+#: from a long gap) is mostly imputed, and the model is far from what it was trained on: its
+#: forecast moves towards persistence in proportion (observations / _YOUNG_OBSERVATIONS). Chosen
+#: on the validation year among 12, 24 and 48 (docs/skill.md item 8)
+_YOUNG_OBSERVATIONS = 12.0
 #: quantile tracker step, as a share of the bundle's calibrated interval width at that horizon.
 #: Chosen on the validation year (docs/skill.md): 0.04, 0.015 and 0.007 all kept coverage at 80 %,
 #: but a run of correlated misses (a pollution episode) widened the 24-hour interval up to tenfold
@@ -214,6 +219,7 @@ class Row:
     mean: float  # the 48-hour mean (µg/m³; stands in for the level before its first learned block)
     widen: float  # interval widening for the hours since the last observation
     level: float  # the station's level (µg/m³; NaN before its first learned block: the mean is used)
+    trust: float = 1.0  # the combination's share against persistence (below 1 for a young window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,11 +288,13 @@ class Adapter:
         model: F32 | None,
         mean: float = math.nan,
         gap_hours: int = 0,
+        observations: int | None = None,
     ) -> Row:
         """Record what is known at issue hour ``hour`` (its observation, or NaN; persistence, the
         window's mean and the model's forecast, or NaN/None when no forecast is issued; the hours
-        since the last observation), learn from every target newly sealed, and return what the
-        forecast at ``hour`` combines with."""
+        since the last observation; the PM2.5 observations in the model's window, None: a full
+        window), learn from every target newly sealed, and return what the forecast at ``hour``
+        combines with."""
         if st.ring.shape[0] != self.ring_rows:  # lateness changed by configuration: start afresh
             st.ring = np.full((self.ring_rows, _RING_COLS), np.nan, dtype=np.float32)
             st.newest = -1
@@ -306,7 +314,8 @@ class Adapter:
         snap = self._snapshot(st, hour)
         # the same hour yesterday for each target (NaN: persistence, filled in combine)
         ys = st.ring[i - 23 : i + 1, _Y].copy() if i >= 23 else self._no_history
-        return Row(snap[0], ys, persistence, float(row[_MEAN]), widen, snap[3])
+        trust = 1.0 if observations is None else min(1.0, observations / _YOUNG_OBSERVATIONS)
+        return Row(snap[0], ys, persistence, float(row[_MEAN]), widen, snap[3], trust)
 
     def _advance(self, st: StationAdaptation, hour: int) -> None:
         """Seal the targets up to ``hour - L - 1``; learn from them a block of SNAPSHOT_EVERY hours
@@ -473,6 +482,12 @@ class Adapter:
             empty = np.zeros((0, len(self.horizons)), dtype=np.float32)
             return Combined(empty, empty, empty)
         params = np.stack([r.params for r in rows]).astype(np.float64)  # [B, H, K+3]
+        trust = np.array([r.trust for r in rows], dtype=np.float64)
+        young = trust < 1.0
+        if young.any():  # a young window: the combination moves towards persistence
+            t = trust[young][:, None]
+            params[young, :, : _K + 1] *= t[:, :, None]
+            params[young, :, 1] += 1.0 - t
         pers = np.array([r.persistence for r in rows], dtype=np.float64)[:, None]
         mean = np.array([r.mean for r in rows], dtype=np.float64)[:, None]
         seasonal = np.stack([r.seasonal for r in rows]).astype(np.float64)

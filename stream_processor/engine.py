@@ -261,6 +261,7 @@ class Engine:
                 model=pred.point[i] if ok[i] else None,
                 mean=mean48[i],
                 gap_hours=gaps[i],
+                observations=int(np.count_nonzero(req.raw[:, 0] == req.raw[:, 0])),  # PM2.5 not NaN
             )
             if ok[i]:
                 rows.append(row)

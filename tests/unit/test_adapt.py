@@ -219,3 +219,16 @@ def test_the_level_expert_follows_the_station_level():
     learned = [r.level for r in rows if not np.isnan(r.level)]
     assert learned and learned[0] == pytest.approx(20.0)
     assert 20.0 < rows[-1].level < 80.0  # the later, higher hours pull it up, gradually
+
+
+def test_a_young_window_moves_the_forecast_towards_persistence():
+    """Few PM2.5 observations in the window (a new station's first hours): the model reads mostly
+    imputed hours, so its forecast is trusted in proportion to the observations (12 for full)."""
+    a = adapter()
+    model = np.full(24, 80.0, dtype=np.float32)
+    points = []
+    for obs in (3, 6, 12, 40, None):
+        st = a.new_state("s")
+        row = a.record(st, 100, observed=40.0, persistence=40.0, model=model, observations=obs)
+        points.append(float(a.combine([row], model[None, :]).point[0, 0]))
+    assert points == pytest.approx([50.0, 60.0, 80.0, 80.0, 80.0])  # 40 + share x (80 - 40)
