@@ -376,6 +376,7 @@ def _spawn(env: dict[str, str], log: Path, naive: bool) -> tuple[subprocess.Pope
         proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.naive_worker"],
             env={**os.environ, **env},
+            cwd=log.parent,  # Faust's data folder ({app id}-data) goes beside the log, as for the worker
             stdout=fh,
             stderr=subprocess.STDOUT,
         )

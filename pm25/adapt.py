@@ -2,7 +2,7 @@
 
 The model is trained on Beijing. A station elsewhere (other levels, other climate, other sensors)
 corrects it from its own data as readings arrive. For each station and horizon the published
-forecast combines four *experts*:
+forecast combines five *experts*:
 
 * ``model``: the ONNX model's forecast;
 * ``persistence``: the last observed PM2.5;
@@ -13,6 +13,12 @@ forecast combines four *experts*:
   48 hours until the station's first learned block). It replaced the 48-hour mean (format 3):
   weights summing to one over a 48-hour mean and persistence cannot revert to the level a station
   keeps over weeks, which a station without weather sensors needs most (docs/skill.md).
+* ``model_alone``: for a station in a network, the ONNX model's forecast from the same window with
+  the network's columns missing (the station as if alone; format 5). The model trained with the
+  network leans on the neighbours, which at long horizons, or in a network of sensors that do not
+  share the air, can do worse than the station's own history; the combination weighs the two
+  from the station's own errors (docs/regional.md). For a lone station it is the model's forecast,
+  and it is left out (its statistics equal the model's).
 
 Their weights are the minimum-mean-squared-error combination (Bates and Granger) from the
 exponentially weighted covariance of the experts' errors (about the last 90 days of pairs, shrunk
@@ -72,7 +78,7 @@ F32 = npt.NDArray[np.float32]
 
 #: Horizons (hours) at which each station's statistics are learned; the others are interpolated.
 ANCHORS: tuple[int, ...] = KEY_HORIZONS
-EXPERTS: tuple[str, ...] = ("model", "persistence", "seasonal_24h", "level_30d")
+EXPERTS: tuple[str, ...] = ("model", "persistence", "seasonal_24h", "level_30d", "model_alone")
 #: The statistics are learned in blocks of this many sealed hours, each ending with a snapshot.
 SNAPSHOT_EVERY = 24
 _K = len(EXPERTS)
@@ -96,9 +102,12 @@ _LEVEL_ALPHA_MIN = 1.0 / 720
 #: shrinkage of the error covariance towards its diagonal (stabilises the combination weights)
 _SHRINK = 0.15
 # ring columns: observation, persistence and 48-hour mean at issue, the interval widening of the
-# forecast issued then, the model's forecast per anchor (µg/m³)
+# forecast issued then, the model's forecast per anchor, then the model's without the network (µg/m³)
 _Y, _PERS, _MEAN, _WIDEN, _MODEL = 0, 1, 2, 3, 4
-_RING_COLS = 4 + _A
+_ALONE = _MODEL + _A
+_RING_COLS = 4 + 2 * _A
+# where the model_alone expert's statistics sit beside the model's (to tell when they are one)
+_ALONE_K = EXPERTS.index("model_alone")
 #: exponential weights: about the last 90 days of pairs (a plain mean before that); chosen on the
 #: validation year among 7, 30 and 90 days (`pm25 evaluate --split val`, docs/skill.md)
 _MSE_ALPHA_MIN = 1.0 / 2160
@@ -130,12 +139,13 @@ _Q_STEP = 0.015
 _Q_MISS = 0.1  # each bound is a 10 % / 90 % quantile
 #: interval widening per hour since the last PM2.5 observation: sqrt(1 + gap / _GAP_WIDEN_HOURS)
 _GAP_WIDEN_HOURS = 6.0
-_FORMAT = 4
+_FORMAT = 5
 _HEADER = struct.Struct("<BqqHBBB")  # format, newest, sealed, ring rows, anchors, experts, snapshots
 _PHASE = struct.Struct("<B")  # the station's phase, after the header
-#: format 4 has the level_30d expert where formats 2 and 3 had the 48-hour mean: those are refused,
-#: and the worker starts such a station's adaptation afresh (its window is kept)
-_READS = (4,)
+#: format 5 added the model_alone expert, format 4 the level_30d expert (where formats 2 and 3 had
+#: the 48-hour mean): older formats are refused, and the worker starts such a station's adaptation
+#: afresh (its window is kept)
+_READS = (5,)
 _SNAP_HEADER = struct.Struct("<q")
 
 
@@ -289,6 +299,7 @@ class Adapter:
         mean: float = math.nan,
         gap_hours: int = 0,
         observations: int | None = None,
+        model_alone: F32 | None = None,
     ) -> Row:
         """Record what is known at issue hour ``hour`` (its observation, or NaN; persistence, the
         window's mean and the model's forecast, or NaN/None when no forecast is issued; the hours
@@ -310,7 +321,9 @@ class Adapter:
         mean = persistence if mean != mean else mean
         row = st.ring[i]
         row[:_MODEL] = (observed, persistence, mean, widen)
-        row[_MODEL:] = np.nan if model is None else model[self._anchor_pos]
+        row[_MODEL:_ALONE] = np.nan if model is None else model[self._anchor_pos]
+        alone = model if model_alone is None else model_alone
+        row[_ALONE:] = np.nan if alone is None else alone[self._anchor_pos]
         snap = self._snapshot(st, hour)
         # the same hour yesterday for each target (NaN: persistence, filled in combine)
         ys = st.ring[i - 23 : i + 1, _Y].copy() if i >= 23 else self._no_history
@@ -380,6 +393,7 @@ class Adapter:
         issued = np.stack([rows[span - h : span - h + n_t] for h in ANCHORS], axis=1)  # [T, A, cols]
         pers, model, mean = issued[:, :, _PERS], issued[:, :, _MODEL : _MODEL + _A], issued[:, :, _MEAN]
         model = np.einsum("taa->ta", model)  # anchor a's own model column
+        alone = np.einsum("taa->ta", issued[:, :, _ALONE : _ALONE + _A])
         seas = np.where(np.isnan(seasonal)[:, None], pers, seasonal[:, None])
         # the forecasts as they were published at their issue hours (the snapshots they used)
         # which snapshot an issue hour used depends only on the boundary at or before its limit
@@ -390,8 +404,8 @@ class Adapter:
         which = np.searchsorted(distinct, keys), np.arange(_A)[None, :]
         level = np.array([x[3] for x in snaps], dtype=np.float64)[which[0]]  # [T, A] the level published
         level = np.where(np.isnan(level), mean, level)
-        f = np.stack([model, pers, seas, level], axis=2)  # [T, A, K]
-        valid = ~np.isnan(y)[:, None] & ~np.isnan(pers) & ~np.isnan(model)  # [T, A]
+        f = np.stack([model, pers, seas, level, alone], axis=2)  # [T, A, K] in EXPERTS order
+        valid = ~np.isnan(y)[:, None] & ~np.isnan(pers) & ~np.isnan(model) & ~np.isnan(alone)  # [T, A]
         s = st.stats.astype(np.float64)
         s[:, _LVL], s[:, _LVN] = _level_after(float(s[0, _LVL]), float(s[0, _LVN]), y)
         if not valid.any():
@@ -476,8 +490,9 @@ class Adapter:
         return out
 
     # -- a batch of forecasts, vectorised -------------------------------------------------------
-    def combine(self, rows: Sequence[Row], model_point: F32) -> Combined:
-        """The published forecasts of a batch: point, 10 % and 90 % bounds (µg/m³)."""
+    def combine(self, rows: Sequence[Row], model_point: F32, alone_point: F32 | None = None) -> Combined:
+        """The published forecasts of a batch: point, 10 % and 90 % bounds (µg/m³); ``alone_point``:
+        the model's forecasts without the network columns (None: the same as ``model_point``)."""
         if not rows:
             empty = np.zeros((0, len(self.horizons)), dtype=np.float32)
             return Combined(empty, empty, empty)
@@ -494,7 +509,9 @@ class Adapter:
         seasonal = np.where(np.isnan(seasonal), pers, seasonal)
         level = np.array([r.level for r in rows], dtype=np.float64)[:, None]
         level = np.where(np.isnan(level), mean, level)
-        experts = (model_point.astype(np.float64), pers, seasonal, level)
+        model = model_point.astype(np.float64)
+        alone = model if alone_point is None else alone_point.astype(np.float64)
+        experts = (model, pers, seasonal, level, alone)
         point = sum(params[:, :, k] * experts[k] for k in range(_K)) + params[:, :, _K]
         point = np.clip(point, 0.0, None)
         widen = np.array([r.widen for r in rows], dtype=np.float64)[:, None]
@@ -549,16 +566,22 @@ def _weights_all(s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     for c, (j, k) in enumerate(_TRI):
         m[:, j, k] = m[:, k, j] = s[:, c]
     b = s[:, _B0 : _B0 + _K]
+    # model_alone identical to the model so far (a station with no neighbours): left out, so that
+    # a lone station's combination is the one of the four other experts
+    twin = (m[:, :, _ALONE_K] == m[:, :, 0]).all(axis=1) & (b[:, _ALONE_K] == b[:, 0])
     m = m - b[:, :, None] * b[:, None, :]
     diag = np.einsum("aii->ai", m)
     m = (1.0 - _SHRINK) * m
     idx = np.arange(_K)
     m[:, idx, idx] += _SHRINK * diag + 1e-3
+    m[twin, _ALONE_K, :] = m[twin, :, _ALONE_K] = 0.0
+    m[twin, _ALONE_K, _ALONE_K] = 1.0
     try:
         w = np.linalg.solve(m, np.ones((_A, _K, 1)))[:, :, 0]
     except np.linalg.LinAlgError:
         w = 1.0 / np.maximum(np.einsum("aii->ai", m), 1e-9)
     w = np.clip(w, 0.0, None)
+    w[twin, _ALONE_K] = 0.0
     total = w.sum(axis=1, keepdims=True)
     alone = np.zeros((_A, _K))
     alone[:, 0] = 1.0

@@ -40,6 +40,7 @@ from pm25.schema import WIND_DIRECTIONS, Reading
 __all__ = [
     "FEATURES",
     "NB_FIELDS",
+    "NETWORK_COLUMNS",
     "OWN_FIELDS",
     "RAW_FIELDS",
     "WEATHER_FIELDS",
@@ -50,6 +51,7 @@ __all__ = [
     "scale",
     "target_scale",
     "wind_degrees",
+    "without_network",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -107,6 +109,17 @@ def encode_reading(r: Reading) -> F32:
 
 
 _NB_MISSING = (math.nan,) * len(NB_FIELDS)
+#: The raw columns the station's network fills (the last axis of a window or a batch of them).
+NETWORK_COLUMNS = slice(_NB, None)
+
+
+def without_network(raw: F32) -> F32:
+    """A copy of raw rows (one window or a batch) with the network's columns missing: the station
+    as the model sees one alone (training hides them so in some windows; the adaptation weighs
+    that forecast as an expert of its own)."""
+    alone = raw.copy()
+    alone[..., NETWORK_COLUMNS] = np.nan
+    return alone
 
 
 def wind_degrees(row: F32) -> float | None:

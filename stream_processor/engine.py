@@ -24,13 +24,14 @@ import numpy.typing as npt
 
 from pm25.adapt import Adapter, StationAdaptation
 from pm25.aqi import CATEGORIES, us_aqi_array
+from pm25.features import NETWORK_COLUMNS, without_network
 from pm25.network import ClosedHour, NetworkClock
 from pm25.schema import Forecast, Reading, encode_forecasts, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
 from stream_processor.inference import Forecaster, ModelInput
 from stream_processor.networks import Networks, fill_row
 
-__all__ = ["EncodedForecast", "Engine", "Ingested", "Request", "run_offline"]
+__all__ = ["EncodedForecast", "Engine", "GraphOut", "Ingested", "Request", "run_offline"]
 
 
 @dataclass(slots=True)
@@ -75,6 +76,14 @@ class Clocks(Protocol):
     def get(self, network: str) -> NetworkClock | None: ...
 
     def __setitem__(self, network: str, clock: NetworkClock) -> None: ...
+
+
+class GraphOut(NamedTuple):
+    """The graph's output for the usable windows of a batch, as read and without network columns
+    (the same array where no window had any)."""
+
+    network: npt.NDArray[np.float32]
+    alone: npt.NDArray[np.float32]
 
 
 class Ingested(NamedTuple):
@@ -223,17 +232,30 @@ class Engine:
         return self.encode(requests, model, inp, out, adaptations)
 
     @staticmethod
-    def run_model(requests: list[Request], model: Forecaster) -> tuple[ModelInput, npt.NDArray[np.float32]]:
+    def run_model(requests: list[Request], model: Forecaster) -> tuple[ModelInput, GraphOut]:
         """Features and the graph of the requests' windows (the worker runs this in its inference
-        thread): the windows' statistics and the graph's output for :meth:`encode`."""
-        return model.run_windows([r.raw for r in requests], [r.end_hour for r in requests])
+        thread): the windows' statistics and the graph's output for :meth:`encode`. The windows
+        that hold network columns run a second time without them (the station as if alone: the
+        adaptation's ``model_alone`` expert)."""
+        hours = [r.end_hour for r in requests]
+        inp, out = model.run_windows([r.raw for r in requests], hours)
+        linked = [i for i, r in enumerate(requests) if not np.isnan(r.raw[:, NETWORK_COLUMNS]).all()]
+        if not linked:
+            return inp, GraphOut(out, out)
+        masked = [without_network(requests[i].raw) for i in linked]
+        _, out_linked = model.run_windows(masked, [hours[i] for i in linked])
+        row_of = np.cumsum(inp.usable) - 1  # each usable window's row in the graph's output
+        rows = [int(row_of[i]) for i in linked if inp.usable[i]]
+        alone = out.copy()
+        alone[rows] = out_linked  # the masked windows are usable exactly where the others are
+        return inp, GraphOut(out, alone)
 
     def encode(
         self,
         requests: list[Request],
         model: Forecaster,
         inp: ModelInput,
-        out: npt.NDArray[np.float32],
+        out: GraphOut,
         adaptations: Adaptations,
     ) -> list[EncodedForecast | None]:
         """The forecast messages from the graph's output, through each station's online adaptation
@@ -241,7 +263,8 @@ class Engine:
         whole arrays). Rounding (0.1 µg/m³) and the AQI are computed on whole arrays, and the messages
         serialised for the whole batch at once (pm25.schema.encode_forecasts: no per-forecast
         objects on the hot path)."""
-        pred = model.finish(inp, out)
+        pred = model.finish(inp, out.network)
+        alone = pred.point if out.alone is out.network else model.finish(inp, out.alone).point
         usable = np.flatnonzero(pred.usable)
         adapter = self.adapter(model)
         rows = []
@@ -262,10 +285,11 @@ class Engine:
                 mean=mean48[i],
                 gap_hours=gaps[i],
                 observations=int(np.count_nonzero(req.raw[:, 0] == req.raw[:, 0])),  # PM2.5 not NaN
+                model_alone=alone[i] if ok[i] else None,
             )
             if ok[i]:
                 rows.append(row)
-        comb = adapter.combine(rows, pred.point[usable])
+        comb = adapter.combine(rows, pred.point[usable], alone[usable])
         amounts = np.round(np.stack([comb.point, comb.lo, comb.hi], axis=-1).astype(np.float64), 1)
         point = amounts[:, :, 0]
         aqi, cat = us_aqi_array(point)

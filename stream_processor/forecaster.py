@@ -13,12 +13,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
 from pm25.adapt import StationAdaptation
 from pm25.schema import hour_to_iso
-from stream_processor.engine import Engine, Request
+from stream_processor.engine import Engine, GraphOut, Request
 from stream_processor.hindcast import HindcastScorer
 from stream_processor.inference import Forecaster, ModelInput
 from stream_processor.metrics import WorkerMetrics
@@ -30,7 +27,7 @@ log = logging.getLogger(__name__)
 #: A valid reading applied: (station, epoch hour, PM2.5 or None), scored against earlier forecasts.
 Observation = tuple[str, int, float | None]
 #: What :meth:`Inference.run` gives :meth:`BatchForecaster.complete` (None: the batch had no requests).
-Computed = tuple[ModelInput, npt.NDArray[np.float32]] | None
+Computed = tuple[ModelInput, GraphOut] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,8 @@ async function renderStation() {
   const pct = (v) => (v === undefined ? "—" : `${Math.round(v * 100)} %`);
   document.querySelector("#adaptation tbody").replaceChildren(...(a.horizons || []).map((h, i) => el("tr", {},
     el("td", {}, `+${h} h`), el("td", {}, pct(a.model[i])), el("td", {}, pct(a.persistence[i])),
-    el("td", {}, pct(a.seasonal_24h[i])), el("td", {}, pct(a.level_30d[i])), el("td", {}, String(a.pairs[i])))));
+    el("td", {}, pct(a.seasonal_24h[i])), el("td", {}, pct(a.level_30d[i])),
+    el("td", {}, pct((a.model_alone || [])[i])), el("td", {}, String(a.pairs[i])))));
   status(`issued ${s.forecast ? hhmm(s.forecast.issued_at) : "—"} · updated ${new Date().toLocaleTimeString()}`);
 }
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pm25.adapters import RowError, multisite_files, read_multisite
-from pm25.features import OWN_FIELDS
+from pm25.features import OWN_FIELDS, without_network
 from pm25.schema import Reading
 from pm25.settings import Settings
 from pm25.stations import read_stations_csv
@@ -95,3 +95,27 @@ def test_stations_farther_apart_than_the_model_learnt_from_are_forecast_as_alone
     assert len(far) >= len(readings) - 12 * settings.network_lateness_hours  # the last hours may be open
     assert far == {key: alone[key] for key in far}
     assert sum(near[key] != alone[key] for key in near) > len(near) // 2  # the comparison can fail
+
+
+def test_the_model_alone_expert_is_the_graph_on_the_window_without_its_network(beijing):
+    """Engine.run_model runs each window that holds network columns a second time without them
+    (pm25.features.without_network: as a lone station's window, and as training hides them); a
+    window without any is not run twice."""
+    engine = make_engine(Settings(), read_stations_csv().values())
+    windows, clocks, requests = {}, {}, []
+    for r in beijing[: 12 * 100]:
+        requests += engine.ingest(windows, clocks, r).requests
+    lone = [Reading("Elsewhere", r.hour, pm25=r.pm25) for r in beijing if r.station_id == "Dongsi"][:60]
+    for r in lone:
+        requests += engine.ingest(windows, clocks, r).requests
+    requests = requests[-200:]
+    linked = [not np.isnan(q.raw[:, len(OWN_FIELDS) :]).all() for q in requests]
+    assert 0 < sum(linked) < len(requests)
+    inp, out = engine.run_model(requests, engine.model)
+    _, masked = engine.model.run_windows([without_network(q.raw) for q in requests], [q.end_hour for q in requests])
+    np.testing.assert_array_equal(out.alone, masked)
+    usable_linked = np.asarray(linked)[inp.usable]
+    np.testing.assert_array_equal(out.alone[~usable_linked], out.network[~usable_linked])
+    assert (out.alone[usable_linked] != out.network[usable_linked]).any(axis=1).mean() > 0.9
+    _, lone_only = engine.run_model([q for q, k in zip(requests, linked, strict=True) if not k], engine.model)
+    assert lone_only.alone is lone_only.network  # no second run

@@ -24,9 +24,10 @@ def series(n: int, seed: int = 0, level: float = 50.0) -> np.ndarray:
     return level * np.exp(0.3 * np.sin(t / 24 * 2 * np.pi) + noise)
 
 
-def replay(a: Adapter, y: np.ndarray, order, model_of, window: int = 48, station: str = ""):
+def replay(a: Adapter, y: np.ndarray, order, model_of, window: int = 48, station: str = "", alone_of=None):
     """The stream's re-issue rule (pm25.window): a reading re-issues every present later hour whose
-    window contains it. Returns the last forecast published for each issue hour."""
+    window contains it. Returns the last forecast published for each issue hour. ``alone_of``: the
+    model's forecast without the network (None: a lone station's, the model's)."""
     st = a.new_state(station)
     out, present, newest = {}, set(), -1
     for r in order:
@@ -35,8 +36,11 @@ def replay(a: Adapter, y: np.ndarray, order, model_of, window: int = 48, station
         for t in [r] + [h for h in range(r + 1, min(newest, r + window - 1) + 1) if h in present]:
             past = [y[h] for h in range(max(0, t - window + 1), t + 1) if h in present]
             model = model_of(t)
-            row = a.record(st, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(np.mean(past)))
-            c = a.combine([row], model[None])
+            alone = None if alone_of is None else alone_of(t)
+            row = a.record(
+                st, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(np.mean(past)), model_alone=alone
+            )
+            c = a.combine([row], model[None], None if alone is None else alone[None])
             out[t] = (c.point[0].copy(), c.lo[0].copy(), c.hi[0].copy())
     return out, st
 
@@ -192,18 +196,57 @@ def test_order_independence_holds_at_every_phase():
 
 
 def test_states_of_the_earlier_experts_are_refused_with_a_reason():
-    """Formats 2 and 3 had the 48-hour mean where format 4 has level_30d: refused, and the worker
-    starts the station's adaptation afresh (stream_processor.processor keeps its window)."""
+    """Formats 2 and 3 had the 48-hour mean where format 4 has level_30d, and format 4 had no
+    model_alone expert: refused, and the worker starts the station's adaptation afresh
+    (stream_processor.processor keeps its window)."""
     from pm25.adapt import AdaptFormatError
 
     y = series(200, seed=6)
     a = adapter()
     _, st = replay(a, y, range(200), lambda t: np.full(24, y[t], dtype=np.float32))
-    v4 = bytearray(st.to_bytes())
-    assert v4[0] == 4 and v4[20] == 4  # format 4, four experts
-    v3 = bytes([3]) + bytes(v4[1:])
-    with pytest.raises(AdaptFormatError, match="reads formats"):
-        StationAdaptation.from_bytes(v3)
+    v5 = bytearray(st.to_bytes())
+    assert v5[0] == 5 and v5[20] == 5  # format 5, five experts
+    for old in (3, 4):
+        with pytest.raises(AdaptFormatError, match="reads formats"):
+            StationAdaptation.from_bytes(bytes([old]) + bytes(v5[1:]))
+
+
+def test_a_lone_station_gives_the_model_alone_expert_no_weight():
+    """Without neighbours the model's forecast without the network is the model's: that expert is
+    left out of the combination (no double weight for the model), whether it is passed or not."""
+    y = series(24 * 40, seed=7, level=30.0)
+    a = adapter()
+    model_of = lambda t: np.full(24, 1.5 * y[t], dtype=np.float32)  # noqa: E731 - a model wrong in level
+    out_none, st = replay(a, y, range(len(y)), model_of)
+    out_same, _ = replay(a, y, range(len(y)), model_of, alone_of=model_of)
+    weights = a.current_weights(st)
+    assert weights["model_alone"] == [0.0] * len(weights["horizons"])
+    assert max(weights["persistence"]) > 0.1  # the other experts are weighed
+    for t in out_none:
+        np.testing.assert_array_equal(out_none[t][0], out_same[t][0])
+
+
+def test_the_model_without_the_network_is_weighed_where_it_does_better():
+    """A network whose neighbours mislead the model (unrelated sensors): the model's forecast
+    without them is weighed up and the combination does better than the model."""
+    y = series(24 * 80, seed=8)
+    rng = np.random.default_rng(9)
+    misled = rng.normal(0, 0.5, len(y))
+
+    def model_of(t):
+        return np.full(24, y[t] * np.exp(misled[t]), dtype=np.float32)
+
+    def alone_of(t):
+        return np.full(24, y[t], dtype=np.float32)
+
+    out, st = replay(a := adapter(), y, range(len(y)), model_of, alone_of=alone_of)
+    weights = a.current_weights(st)
+    assert all(wa > 2 * wm for wa, wm in zip(weights["model_alone"], weights["model"], strict=True)), weights
+    late = range(24 * 40, len(y) - 24)
+    for h in (1, 12, 24):
+        err = np.sqrt(np.mean([(out[t][0][h - 1] - y[t + h]) ** 2 for t in late]))
+        model = np.sqrt(np.mean([(model_of(t)[h - 1] - y[t + h]) ** 2 for t in late]))
+        assert err < 0.8 * model, (h, err, model)
 
 
 def test_the_level_expert_follows_the_station_level():
