@@ -7,6 +7,8 @@ A bundle is a folder::
                         output [batch, len(horizons)] float32 (see spec["target"])
         spec.json       window, horizons, features, scaler, target transform, interval
                         calibration, metrics, data checksums, config, package versions
+        model_alone.onnx  (optional, spec["alone_graph"]) the graph of the adaptation's
+                        model_alone expert: an ensemble's smallest member, same input and output
         (other files)   model card, plots
         MANIFEST.json   {"version": ..., "files": {name: sha256}}
 
@@ -41,6 +43,8 @@ __all__ = [
 MANIFEST = "MANIFEST.json"
 SPEC = "spec.json"
 MODEL = "model.onnx"
+#: spec["alone_graph"]["file"] names it; without it the worker runs the whole graph for that expert
+ALONE_KEY = "alone_graph"
 POINTER = "production.json"
 _REQUIRED_SPEC = ("version", "window_hours", "horizons", "features", "scaler", "target", "intervals", "max_gap_hours")
 
@@ -59,6 +63,7 @@ class Bundle:
     spec: Mapping[str, Any]
     onnx_bytes: bytes
     manifest_sha256: str
+    alone_onnx_bytes: bytes | None = None  # spec["alone_graph"] (None: the whole graph serves)
 
     @property
     def version(self) -> str:
@@ -100,7 +105,19 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleIntegrityError(f"{path}: spec lacks {missing_keys}")
     if spec["version"] != manifest.get("version"):
         raise BundleIntegrityError(f"{path}: spec version {spec['version']!r} != manifest version")
-    return Bundle(path=path, spec=spec, onnx_bytes=contents[MODEL], manifest_sha256=_sha256(manifest_bytes))
+    alone = None
+    if ALONE_KEY in spec:
+        name = str(spec[ALONE_KEY].get("file", ""))
+        if name not in contents:
+            raise BundleIntegrityError(f"{path}: spec names {ALONE_KEY} file {name!r}, which the bundle lacks")
+        alone = contents[name]
+    return Bundle(
+        path=path,
+        spec=spec,
+        onnx_bytes=contents[MODEL],
+        manifest_sha256=_sha256(manifest_bytes),
+        alone_onnx_bytes=alone,
+    )
 
 
 def write_bundle(

@@ -41,6 +41,7 @@ __all__ = [
     "FEATURES",
     "NB_FIELDS",
     "NETWORK_COLUMNS",
+    "NETWORK_FEATURES",
     "OWN_FIELDS",
     "RAW_FIELDS",
     "WEATHER_FIELDS",
@@ -49,6 +50,7 @@ __all__ = [
     "make_features",
     "postprocess",
     "scale",
+    "scaled_without_network",
     "target_scale",
     "wind_degrees",
     "without_network",
@@ -111,6 +113,23 @@ def encode_reading(r: Reading) -> F32:
 _NB_MISSING = (math.nan,) * len(NB_FIELDS)
 #: The raw columns the station's network fills (the last axis of a window or a batch of them).
 NETWORK_COLUMNS = slice(_NB, None)
+
+
+#: The features the network's columns make (missing, and flagged, for a station alone).
+NETWORK_FEATURES: tuple[str, ...] = (*NB_FIELDS, "nb_missing")
+
+
+def scaled_without_network(x: F32, names: Sequence[str], mean: F32, std: F32) -> F32:
+    """Scaled graph input [B, W, F] (columns ``names``) as the same windows give with the network's
+    columns missing: ``scale(make_features(without_network(raw)))`` without computing the features
+    again (the network's features are 0 after scaling, the flag is set; a test checks the bytes)."""
+    out = x.copy()
+    for j, name in enumerate(names):
+        if name == "nb_missing":
+            out[:, :, j] = (np.float32(1.0) - mean[j]) / std[j]
+        elif name in NB_FIELDS:
+            out[:, :, j] = 0.0
+    return out
 
 
 def without_network(raw: F32) -> F32:

@@ -408,6 +408,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_alone_graph(args: argparse.Namespace) -> int:
+    """A new bundle: an ensemble bundle trained before the model_alone expert, with that expert's
+    graph added (the same trained model; training writes it itself since 2026-12-04)."""
+    from model_store import BundleError, default_store
+    from training.export import derive_with_alone_graph
+
+    store = Path(args.model_store) if args.model_store else default_store()
+    try:
+        version = derive_with_alone_graph(store, args.version)
+    except (BundleError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    print(f"bundle {version} written in {store} (not promoted: `pm25 promote {version}`)")
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     """Make a bundle of the store production (after `pm25 evaluate --bundle` scored it): the bundle
     is verified first; an experiment trained on a shifted split is refused."""
@@ -715,6 +730,13 @@ def _add_model_commands(sub: Any) -> None:
     s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser(
+        "add-alone-graph", help="a new bundle: an older ensemble bundle plus its model_alone expert's graph"
+    )
+    s.add_argument("version", help="the bundle's version (a folder of model_store/bundles)")
+    s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
+    s.set_defaults(func=cmd_add_alone_graph)
 
     s = sub.add_parser("promote", help="make a verified bundle of the model store production")
     s.add_argument("version", help="the bundle's version (a folder of model_store/bundles)")

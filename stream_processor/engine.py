@@ -20,18 +20,17 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from pm25.adapt import Adapter, StationAdaptation
 from pm25.aqi import CATEGORIES, us_aqi_array
-from pm25.features import NETWORK_COLUMNS, without_network
+from pm25.features import NETWORK_COLUMNS
 from pm25.network import ClosedHour, NetworkClock
 from pm25.schema import Forecast, Reading, encode_forecasts, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
-from stream_processor.inference import Forecaster, ModelInput
+from stream_processor.inference import Forecaster, GraphOut, ModelInput
 from stream_processor.networks import Networks, fill_row
 
-__all__ = ["EncodedForecast", "Engine", "GraphOut", "Ingested", "Request", "run_offline"]
+__all__ = ["EncodedForecast", "Engine", "Ingested", "Request", "run_offline"]
 
 
 @dataclass(slots=True)
@@ -76,14 +75,6 @@ class Clocks(Protocol):
     def get(self, network: str) -> NetworkClock | None: ...
 
     def __setitem__(self, network: str, clock: NetworkClock) -> None: ...
-
-
-class GraphOut(NamedTuple):
-    """The graph's output for the usable windows of a batch, as read and without network columns
-    (the same array where no window had any)."""
-
-    network: npt.NDArray[np.float32]
-    alone: npt.NDArray[np.float32]
 
 
 class Ingested(NamedTuple):
@@ -235,20 +226,10 @@ class Engine:
     def run_model(requests: list[Request], model: Forecaster) -> tuple[ModelInput, GraphOut]:
         """Features and the graph of the requests' windows (the worker runs this in its inference
         thread): the windows' statistics and the graph's output for :meth:`encode`. The windows
-        that hold network columns run a second time without them (the station as if alone: the
+        that hold network columns also run without them (the station as if alone: the
         adaptation's ``model_alone`` expert)."""
-        hours = [r.end_hour for r in requests]
-        inp, out = model.run_windows([r.raw for r in requests], hours)
-        linked = [i for i, r in enumerate(requests) if not np.isnan(r.raw[:, NETWORK_COLUMNS]).all()]
-        if not linked:
-            return inp, GraphOut(out, out)
-        masked = [without_network(requests[i].raw) for i in linked]
-        _, out_linked = model.run_windows(masked, [hours[i] for i in linked])
-        row_of = np.cumsum(inp.usable) - 1  # each usable window's row in the graph's output
-        rows = [int(row_of[i]) for i in linked if inp.usable[i]]
-        alone = out.copy()
-        alone[rows] = out_linked  # the masked windows are usable exactly where the others are
-        return inp, GraphOut(out, alone)
+        linked = [not np.isnan(r.raw[:, NETWORK_COLUMNS]).all() for r in requests]
+        return model.run_windows([r.raw for r in requests], [r.end_hour for r in requests], linked)
 
     def encode(
         self,

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from pm25.adapt import StationAdaptation
 from pm25.schema import hour_to_iso
-from stream_processor.engine import Engine, GraphOut, Request
+from stream_processor.engine import Engine, Request
 from stream_processor.hindcast import HindcastScorer
-from stream_processor.inference import Forecaster, ModelInput
+from stream_processor.inference import Forecaster, GraphOut, ModelInput
 from stream_processor.metrics import WorkerMetrics
 
 __all__ = ["BatchForecaster", "Inference", "Observation"]

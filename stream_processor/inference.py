@@ -18,16 +18,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from model_store import Bundle, BundleError
-from pm25.features import FEATURES, RAW_FIELDS, make_features, postprocess, scale
+from pm25.features import FEATURES, RAW_FIELDS, make_features, postprocess, scale, scaled_without_network
 
-__all__ = ["Forecaster", "ModelInput", "OnnxForecaster", "Prediction"]
+__all__ = ["Forecaster", "GraphOut", "ModelInput", "OnnxForecaster", "Prediction"]
 
 log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -60,6 +60,15 @@ class ModelInput:
     x: list[F32]  # scaled graph input of the usable windows, in chunks of <= GRAPH_ROWS_MAX rows
 
 
+class GraphOut(NamedTuple):
+    """The graph's output for the usable windows of a batch, as read and with the network's
+    columns missing (the adaptation's ``model_alone`` expert; the same array object where no window
+    was run without them)."""
+
+    network: F32
+    alone: F32
+
+
 class Forecaster(Protocol):
     version: str
     window_hours: int
@@ -71,7 +80,9 @@ class Forecaster(Protocol):
 
     def infer(self, inp: ModelInput) -> F32: ...
 
-    def run_windows(self, raws: Sequence[F32], end_hours: Sequence[int]) -> tuple[ModelInput, F32]: ...
+    def run_windows(
+        self, raws: Sequence[F32], end_hours: Sequence[int], linked: Sequence[bool] = ()
+    ) -> tuple[ModelInput, GraphOut]: ...
 
     def finish(self, inp: ModelInput, out: F32) -> Prediction: ...
 
@@ -115,6 +126,16 @@ class OnnxForecaster:
             self._session = ort.InferenceSession(bundle.onnx_bytes, opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own untyped errors on a bad graph
             raise BundleError(f"bundle {self.version}: onnxruntime cannot load the graph: {err}") from err
+        self._alone_session = self._session
+        if bundle.alone_onnx_bytes is not None:  # an ensemble's smallest member (training.export.alone_graph)
+            try:
+                self._alone_session = ort.InferenceSession(
+                    bundle.alone_onnx_bytes, opts, providers=["CPUExecutionProvider"]
+                )
+            except Exception as err:  # onnxruntime raises its own untyped errors on a bad graph
+                raise BundleError(
+                    f"bundle {self.version}: onnxruntime cannot load the model_alone graph: {err}"
+                ) from err
         graph_in = self._session.get_inputs()[0]
         self._input = graph_in.name
         expected = [self.window_hours, len(names)]
@@ -134,14 +155,15 @@ class OnnxForecaster:
         raw = np.zeros((2, self.window_hours, len(RAW_FIELDS)), dtype=np.float32)
         raw[:, :, 0] = 50.0
         try:
-            pred = self.predict(raw, np.array([400_000, 400_001], dtype=np.int64))
+            _, out = self.run_windows(list(raw), [400_000, 400_001], linked=[True, True])
         except Exception as err:  # onnxruntime raises untyped errors for a graph it cannot run
             raise BundleError(f"bundle {self.version}: smoke inference failed: {err}") from err
-        if pred.point.shape != (2, len(self.horizons)) or not np.isfinite(pred.point).all():
-            raise BundleError(
-                f"bundle {self.version}: smoke inference gave shape {pred.point.shape} "
-                f"or non-finite values; expected (2, {len(self.horizons)})"
-            )
+        for what, y in (("graph", out.network), ("model_alone graph", out.alone)):
+            if y.shape != (2, len(self.horizons)) or not np.isfinite(y).all():
+                raise BundleError(
+                    f"bundle {self.version}: smoke inference of the {what} gave shape {y.shape} "
+                    f"or non-finite values; expected (2, {len(self.horizons)})"
+                )
 
     def predict(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> Prediction:
         inp = self.prepare(raw, end_hours)
@@ -157,19 +179,42 @@ class OnnxForecaster:
             ]
         )
 
-    def run_windows(self, raws: Sequence[F32], end_hours: Sequence[int]) -> tuple[ModelInput, F32]:
+    def run_windows(
+        self, raws: Sequence[F32], end_hours: Sequence[int], linked: Sequence[bool] = ()
+    ) -> tuple[ModelInput, GraphOut]:
         """Features, scaling and the graph, one chunk of GRAPH_ROWS_MAX windows after the other:
         only one chunk's graph input exists at a time (the worker runs this in its inference
         thread, so a micro-batch in flight holds its windows, not their scaled features). Returns
-        the windows' statistics (``x`` empty) and the graph's output for the usable ones."""
-        parts, outs = [], []
+        the windows' statistics (``x`` empty) and the graph's output for the usable ones. The
+        windows flagged in ``linked`` (they hold network columns) also run without their network
+        (:func:`pm25.features.scaled_without_network`: the same input a lone station's window gives)."""
+        parts, outs, alones = [], [], []
         for start in range(0, len(raws), GRAPH_ROWS_MAX):
             stop = start + GRAPH_ROWS_MAX
             chunk = self._prepare_chunk(np.stack(raws[start:stop]), np.asarray(end_hours[start:stop], dtype=np.int64))
-            outs.append(self.infer(chunk))
+            out = self.infer(chunk)
+            rows = [k for k, i in enumerate(np.flatnonzero(chunk.usable).tolist()) if linked and linked[start + i]]
+            alone = out
+            if rows:
+                alone = out.copy()
+                alone[rows] = self.infer_alone(chunk.x[0][rows])
+            outs.append(out)
+            alones.append(alone)
             parts.append(chunk)
-        out = np.concatenate(outs) if outs else np.zeros((0, len(self.horizons)), dtype=np.float32)
-        return _joined(parts, keep_x=False), out
+        empty = np.zeros((0, len(self.horizons)), dtype=np.float32)
+        network = np.concatenate(outs) if outs else empty
+        same = all(a is o for a, o in zip(alones, outs, strict=True))
+        return _joined(parts, keep_x=False), GraphOut(network, network if same else np.concatenate(alones))
+
+    def infer_alone(self, x: F32) -> F32:
+        """The model_alone expert's graph output for scaled input rows, read without the network's
+        columns."""
+        return self.run_alone_graph(scaled_without_network(x, self._names, self._mean, self._std))
+
+    def run_alone_graph(self, x: F32) -> F32:
+        """The model_alone expert's graph (the bundle's ``alone_graph``, else the whole graph) on
+        scaled input rows [batch, window, features]."""
+        return np.asarray(self._alone_session.run(None, {self._input: x})[0], dtype=np.float32)
 
     def _prepare_chunk(self, raw: F32, end_hours: npt.NDArray[np.int64]) -> ModelInput:
         batch = make_features(raw, end_hours, self.max_gap_hours, self._names)

@@ -575,10 +575,12 @@ def stage_packaging(
 ) -> Path:
     """The bundle: graph, spec, model card with plots, the Keras model (provenance)."""
     from training.card import card_plots
+    from training.export import with_alone_graph
 
     one = test.station == names.index("Dongsi") if "Dongsi" in names else np.ones(len(test.y), dtype=bool)
     plots = card_plots(spec["metrics"], test.end_hour[one], test.y[one], *(p[one] for p in test_pred))
     extra = {"MODEL_CARD.md": _model_card(spec, list(plots)).encode(), "model.keras": _keras_bytes(model), **plots}
+    extra.update(with_alone_graph(spec, onnx_bytes))
     return write_bundle(store, spec, onnx_bytes, extra)
 
 

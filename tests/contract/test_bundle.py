@@ -42,7 +42,7 @@ def test_committed_production_bundle_loads_and_forecasts(production_bundle):
     assert (pred.lo <= pred.point).all() and (pred.point <= pred.hi).all()
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "spec.json"])
+@pytest.mark.parametrize("name", ["model.onnx", "spec.json", "model_alone.onnx"])
 def test_changed_byte_is_refused(store, production_bundle, name):
     _flip_byte(store / "bundles" / production_bundle.version / name)
     with pytest.raises(BundleIntegrityError, match="sha256 mismatch"):
@@ -98,3 +98,37 @@ def test_graph_in_chunks_equals_one_run(production_bundle, monkeypatch):
     chunked = model.predict(raw, ends)
     np.testing.assert_allclose(chunked.point, whole.point, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(chunked.hi, whole.hi, rtol=1e-5, atol=1e-4)
+
+
+def test_the_model_alone_graph_is_the_ensembles_smallest_member(tmp_path, production_bundle):
+    """training.export.alone_graph cuts the member with the fewest parameters out of the ensemble's
+    graph; `pm25 add-alone-graph` made the production bundle from the one trained before it: the
+    same graph and files under a new version, plus that member's graph."""
+    from training.export import alone_graph, derive_with_alone_graph
+
+    spec = production_bundle.spec
+    assert spec["alone_graph"]["file"] == "model_alone.onnx" and spec["alone_graph"]["members"] == 3
+    origin = load_bundle(production_bundle.path.parent / spec["derived_from"])
+    assert origin.onnx_bytes == production_bundle.onnx_bytes and origin.alone_onnx_bytes is None
+    cut, info = alone_graph(origin.onnx_bytes)
+    assert cut == production_bundle.alone_onnx_bytes and info["parameters"] == spec["alone_graph"]["parameters"]
+    assert alone_graph(cut) is None  # a single model: its whole graph serves the expert
+    model = OnnxForecaster(production_bundle)
+    x = np.random.default_rng(0).normal(size=(16, model.window_hours, len(spec["features"]))).astype(np.float32)
+    member, ensemble = model.run_alone_graph(x), model.run_graph(x)[0]
+    assert member.shape == ensemble.shape and np.abs(member - ensemble).max() > 1e-3  # not the ensemble
+
+    shutil.copytree(origin.path, tmp_path / "bundles" / origin.version)
+    version = derive_with_alone_graph(tmp_path, origin.version)
+    derived = load_bundle(tmp_path / "bundles" / version)
+    assert version == production_bundle.version and derived.manifest_sha256 == production_bundle.manifest_sha256
+    with pytest.raises(ValueError, match="already"):
+        derive_with_alone_graph(tmp_path, version)
+
+
+def test_a_spec_naming_a_missing_alone_graph_is_refused(tmp_path, production_bundle):
+    spec = {**production_bundle.spec, "version": "v-missing"}
+    spec["alone_graph"] = {**spec["alone_graph"], "file": "elsewhere.onnx"}
+    folder = write_bundle(tmp_path, spec, production_bundle.onnx_bytes)
+    with pytest.raises(BundleIntegrityError, match="lacks"):
+        load_bundle(folder)

@@ -97,10 +97,11 @@ def test_stations_farther_apart_than_the_model_learnt_from_are_forecast_as_alone
     assert sum(near[key] != alone[key] for key in near) > len(near) // 2  # the comparison can fail
 
 
-def test_the_model_alone_expert_is_the_graph_on_the_window_without_its_network(beijing):
-    """Engine.run_model runs each window that holds network columns a second time without them
-    (pm25.features.without_network: as a lone station's window, and as training hides them); a
-    window without any is not run twice."""
+def test_the_model_alone_expert_is_its_graph_on_the_window_without_its_network(beijing):
+    """Engine.run_model runs each window that holds network columns through the model_alone graph
+    (the bundle's smallest ensemble member) as the window reads without them: the same bytes as
+    the features of pm25.features.without_network (a lone station's window, and how training
+    hides them); a window without any is not run twice."""
     engine = make_engine(Settings(), read_stations_csv().values())
     windows, clocks, requests = {}, {}, []
     for r in beijing[: 12 * 100]:
@@ -109,13 +110,17 @@ def test_the_model_alone_expert_is_the_graph_on_the_window_without_its_network(b
     for r in lone:
         requests += engine.ingest(windows, clocks, r).requests
     requests = requests[-200:]
-    linked = [not np.isnan(q.raw[:, len(OWN_FIELDS) :]).all() for q in requests]
-    assert 0 < sum(linked) < len(requests)
-    inp, out = engine.run_model(requests, engine.model)
-    _, masked = engine.model.run_windows([without_network(q.raw) for q in requests], [q.end_hour for q in requests])
-    np.testing.assert_array_equal(out.alone, masked)
-    usable_linked = np.asarray(linked)[inp.usable]
-    np.testing.assert_array_equal(out.alone[~usable_linked], out.network[~usable_linked])
-    assert (out.alone[usable_linked] != out.network[usable_linked]).any(axis=1).mean() > 0.9
-    _, lone_only = engine.run_model([q for q, k in zip(requests, linked, strict=True) if not k], engine.model)
+    linked = np.array([not np.isnan(q.raw[:, len(OWN_FIELDS) :]).all() for q in requests])
+    assert 0 < linked.sum() < len(requests)
+    model = engine.model
+    assert model.bundle.alone_onnx_bytes is not None  # the production bundle carries the member graph
+    inp, out = engine.run_model(requests, model)
+    masked = model.prepare(np.stack([without_network(q.raw) for q in requests]), np.array([q.end_hour for q in requests]))
+    np.testing.assert_array_equal(masked.usable, inp.usable)
+    expected = model.run_alone_graph(np.concatenate(masked.x))
+    on = linked[inp.usable]
+    np.testing.assert_array_equal(out.alone[on], expected[on])
+    np.testing.assert_array_equal(out.alone[~on], out.network[~on])
+    assert (out.alone[on] != out.network[on]).any(axis=1).mean() > 0.9
+    _, lone_only = engine.run_model([q for q, k in zip(requests, linked, strict=True) if not k], model)
     assert lone_only.alone is lone_only.network  # no second run

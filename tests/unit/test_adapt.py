@@ -38,7 +38,13 @@ def replay(a: Adapter, y: np.ndarray, order, model_of, window: int = 48, station
             model = model_of(t)
             alone = None if alone_of is None else alone_of(t)
             row = a.record(
-                st, t, observed=float(y[t]), persistence=float(y[t]), model=model, mean=float(np.mean(past)), model_alone=alone
+                st,
+                t,
+                observed=float(y[t]),
+                persistence=float(y[t]),
+                model=model,
+                mean=float(np.mean(past)),
+                model_alone=alone,
             )
             c = a.combine([row], model[None], None if alone is None else alone[None])
             out[t] = (c.point[0].copy(), c.lo[0].copy(), c.hi[0].copy())
