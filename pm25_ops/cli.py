@@ -591,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_broker_commands(sub)
     _add_stream_commands(sub)
     _add_model_commands(sub)
+    _add_store_commands(sub)
     _add_measurement_commands(sub)
     _add_dashboard_and_demo(sub)
     return p
@@ -731,6 +732,12 @@ def _add_model_commands(sub: Any) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("eda", help="exploratory report of the training data (Markdown + PNG plots)")
+    s.add_argument("--out", default="reports/eda", help="output folder (default reports/eda)")
+    s.set_defaults(func=cmd_eda)
+
+
+def _add_store_commands(sub: Any) -> None:
     s = sub.add_parser(
         "add-alone-graph", help="a new bundle: an older ensemble bundle plus its model_alone expert's graph"
     )
@@ -742,10 +749,6 @@ def _add_model_commands(sub: Any) -> None:
     s.add_argument("version", help="the bundle's version (a folder of model_store/bundles)")
     s.add_argument("--model-store", help="model store folder (env PM25_MODEL_STORE)")
     s.set_defaults(func=cmd_promote)
-
-    s = sub.add_parser("eda", help="exploratory report of the training data (Markdown + PNG plots)")
-    s.add_argument("--out", default="reports/eda", help="output folder (default reports/eda)")
-    s.set_defaults(func=cmd_eda)
 
 
 def _add_measurement_commands(sub: Any) -> None:

@@ -115,7 +115,9 @@ def test_the_model_alone_expert_is_its_graph_on_the_window_without_its_network(b
     model = engine.model
     assert model.bundle.alone_onnx_bytes is not None  # the production bundle carries the member graph
     inp, out = engine.run_model(requests, model)
-    masked = model.prepare(np.stack([without_network(q.raw) for q in requests]), np.array([q.end_hour for q in requests]))
+    masked = model.prepare(
+        np.stack([without_network(q.raw) for q in requests]), np.array([q.end_hour for q in requests])
+    )
     np.testing.assert_array_equal(masked.usable, inp.usable)
     expected = model.run_alone_graph(np.concatenate(masked.x))
     on = linked[inp.usable]

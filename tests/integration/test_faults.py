@@ -151,7 +151,8 @@ def test_model_promoted_mid_stream_swaps_and_tampered_one_is_refused(settings, s
     wait_for(len(keys0))
     # promote a new bundle (same graph, new version)
     new_spec = dict(prod.spec) | {"version": prod.version + "-b"}
-    write_bundle(store, new_spec, prod.onnx_bytes)
+    alone = {prod.spec["alone_graph"]["file"]: prod.alone_onnx_bytes}  # the model_alone expert's graph
+    write_bundle(store, new_spec, prod.onnx_bytes, alone)
     promote(store, new_spec["version"])
     _wait_metric(worker, 'pm25_model_swaps_total{result="swapped"} 1.0')
     send_readings(settings, parts[1])
@@ -159,7 +160,7 @@ def test_model_promoted_mid_stream_swaps_and_tampered_one_is_refused(settings, s
     wait_for(len(keys01))
     # promote a bundle, then tamper with it: refused, the previous one keeps serving
     bad_spec = dict(prod.spec) | {"version": prod.version + "-c"}
-    bad_path = write_bundle(store, bad_spec, prod.onnx_bytes)
+    bad_path = write_bundle(store, bad_spec, prod.onnx_bytes, alone)
     promote(store, bad_spec["version"])
     onnx = bad_path / "model.onnx"
     data = bytearray(onnx.read_bytes())
