@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pm25.adapters import RowError, multisite_files, read_multisite
 from pm25.schema import Reading
 from pm25.settings import Settings
 from stream_processor.backtest import make_engine
 from stream_processor.engine import EncodedForecast, run_offline
-from training.dataset import DataConfig
+from training.evaluate import last_observed, multisite_split
 
 __all__ = ["AGE_BINS", "ColdStartConfig", "run_coldstart", "score_by_age"]
 
@@ -49,15 +48,7 @@ class ColdStartConfig:
 
 
 def _series(split: str) -> tuple[dict[str, list[Reading]], tuple[int, int]]:
-    cfg = DataConfig()
-    start, end = cfg.bounds()[split]
-    out = {}
-    for path in multisite_files():
-        if split != "test" and any(name in path.name for name in cfg.new_stations):
-            continue
-        rs = [r for r in read_multisite(path) if not isinstance(r, RowError)]
-        out[rs[0].station_id] = [r for r in rs if start - HISTORY_DAYS * 24 <= r.hour < end]
-    return out, (start, end)
+    return multisite_split(split, before_hours=HISTORY_DAYS * 24)
 
 
 def score_by_age(
@@ -67,11 +58,7 @@ def score_by_age(
     (horizon, age bin); ``first``: the hour the station's age counts from (its final forecast per
     issue hour; ages outside :data:`AGE_BINS` are left out)."""
     actual = {r.hour: r.pm25 for r in readings}
-    last, last_by_hour = None, {}
-    for r in readings:
-        if r.pm25 is not None:
-            last = r.pm25
-        last_by_hour[r.hour] = last
+    last_by_hour = last_observed(readings)
     final = {f.end_hour: f for f in forecasts}
     for hour, f in final.items():
         age = hour - first
@@ -80,8 +67,8 @@ def score_by_age(
             continue
         points = f.decode().horizons
         for h in HORIZONS:
-            y, p = actual.get(hour + h), last_by_hour.get(hour)
-            if y is None or p is None:
+            y, p = actual.get(hour + h), last_by_hour.get(hour, math.nan)
+            if y is None or math.isnan(p):
                 continue
             acc = sums.setdefault((h, b), [0.0, 0.0, 0])
             acc[0] += (points[h - 1].pm25 - y) ** 2

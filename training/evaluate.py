@@ -36,7 +36,15 @@ from stream_processor.backtest import make_engine
 from stream_processor.engine import EncodedForecast, Engine, run_offline
 from training.metrics import REPORT_HORIZONS, coverage, horizon_metrics, json_safe
 
-__all__ = ["Evaluation", "StationResult", "evaluate_stations", "shipped_test_year", "write_report"]
+__all__ = [
+    "Evaluation",
+    "StationResult",
+    "evaluate_stations",
+    "last_observed",
+    "multisite_split",
+    "shipped_test_year",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +183,38 @@ def shipped_test_year(split: str = "test") -> tuple[list[list[Reading]], tuple[i
     """The multi-site stations' readings (warm-up + the split's year) and the year's hour bounds:
     the test year for all 12 stations, or the validation year (``split="val"``, where every tuning
     of the adaptation is done) without the new stations."""
+    per_station, bounds = multisite_split(split, before_hours=WARMUP_HOURS, after_hours=24)
+    return list(per_station.values()), bounds
+
+
+def multisite_split(
+    split: str, *, before_hours: int, after_hours: int = 0
+) -> tuple[dict[str, list[Reading]], tuple[int, int]]:
+    """Each multi-site station's readings from ``before_hours`` before the split's year to
+    ``after_hours`` after it, by station id in file order, and the year's hour bounds; the new
+    stations only in the test split (they are never used for a choice)."""
     from training.dataset import DataConfig
 
     cfg = DataConfig()
     start, end = cfg.bounds()[split]
-    per_station = []
+    out = {}
     for path in multisite_files():
         if split != "test" and any(name in path.name for name in cfg.new_stations):
             continue
         rs = [r for r in read_multisite(path) if not isinstance(r, RowError)]
-        per_station.append([r for r in rs if start - WARMUP_HOURS <= r.hour < end + 24])
-    return per_station, (start, end)
+        out[rs[0].station_id] = [r for r in rs if start - before_hours <= r.hour < end + after_hours]
+    return out, (start, end)
+
+
+def last_observed(readings: Iterable[Reading]) -> dict[int, float]:
+    """Persistence as scored: the last PM2.5 observed at or before each reading's hour (NaN before
+    the first observation)."""
+    last, out = math.nan, {}
+    for r in readings:
+        if r.pm25 is not None:
+            last = r.pm25
+        out[r.hour] = last
+    return out
 
 
 def _score_station(
@@ -199,11 +228,7 @@ def _score_station(
     """Score one station's forecasts: from its own replay, or from ``run`` (the forecasts of a
     replay of the whole network, and its adaptations)."""
     actual = {r.hour: (math.nan if r.pm25 is None else r.pm25) for r in readings}
-    last_obs, last_by_hour = math.nan, {}
-    for r in readings:
-        if r.pm25 is not None:
-            last_obs = r.pm25
-        last_by_hour[r.hour] = last_obs
+    last_by_hour = last_observed(readings)
     horizons = len(engine.model.horizons)
     issued, pred, lo, hi, act, pers = [], [], [], [], [], []
     adaptations: dict[str, Any] = {}
