@@ -13,12 +13,13 @@ forecast combines five *experts*:
   48 hours until the station's first learned block). It replaced the 48-hour mean (format 3):
   weights summing to one over a 48-hour mean and persistence cannot revert to the level a station
   keeps over weeks, which a station without weather sensors needs most (docs/skill.md).
-* ``model_alone``: for a station in a network, the ONNX model's forecast from the same window with
-  the network's columns missing (the station as if alone; format 5). The model trained with the
-  network leans on the neighbours, which at long horizons, or in a network of sensors that do not
-  share the air, can do worse than the station's own history; the combination weighs the two
-  from the station's own errors (docs/regional.md). For a lone station it is the model's forecast,
-  and it is left out (its statistics equal the model's).
+* ``model_alone``: for a station in a network, the forecast of the bundle's model_alone graph (an
+  ensemble's smallest member, training.export.alone_graph) from the same window with the network's
+  columns missing (the station as if alone; format 5). The model trained with the network leans on
+  the neighbours, which at long horizons, or in a network of sensors that do not share the air,
+  can do worse than the station's own history; the combination weighs the two from the station's
+  own errors (docs/regional.md). For a lone station it is the model's forecast, and it is left out
+  (its statistics equal the model's).
 
 Their weights are the minimum-mean-squared-error combination (Bates and Granger) from the
 exponentially weighted covariance of the experts' errors (about the last 90 days of pairs, shrunk
