@@ -23,7 +23,6 @@ import numpy as np
 
 from pm25.adapt import Adapter, StationAdaptation
 from pm25.aqi import CATEGORIES, us_aqi_array
-from pm25.features import NETWORK_COLUMNS
 from pm25.network import ClosedHour, NetworkClock
 from pm25.schema import Forecast, Reading, encode_forecasts, forecast_from_json, hour_to_iso
 from pm25.window import StationWindow, TooLate, apply_reading
@@ -228,8 +227,7 @@ class Engine:
         thread): the windows' statistics and the graph's output for :meth:`encode`. The windows
         that hold network columns also run without them (the station as if alone: the
         adaptation's ``model_alone`` expert)."""
-        linked = [not np.isnan(r.raw[:, NETWORK_COLUMNS]).all() for r in requests]
-        return model.run_windows([r.raw for r in requests], [r.end_hour for r in requests], linked)
+        return model.run_windows([r.raw for r in requests], [r.end_hour for r in requests])
 
     def encode(
         self,

@@ -25,7 +25,15 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from model_store import Bundle, BundleError
-from pm25.features import FEATURES, RAW_FIELDS, make_features, postprocess, scale, scaled_without_network
+from pm25.features import (
+    FEATURES,
+    NETWORK_COLUMNS,
+    RAW_FIELDS,
+    make_features,
+    postprocess,
+    scale,
+    scaled_without_network,
+)
 
 __all__ = ["Forecaster", "GraphOut", "ModelInput", "OnnxForecaster", "Prediction"]
 
@@ -81,7 +89,7 @@ class Forecaster(Protocol):
     def infer(self, inp: ModelInput) -> F32: ...
 
     def run_windows(
-        self, raws: Sequence[F32], end_hours: Sequence[int], linked: Sequence[bool] = ()
+        self, raws: Sequence[F32], end_hours: Sequence[int], alone: bool = True
     ) -> tuple[ModelInput, GraphOut]: ...
 
     def finish(self, inp: ModelInput, out: F32) -> Prediction: ...
@@ -155,7 +163,7 @@ class OnnxForecaster:
         raw = np.zeros((2, self.window_hours, len(RAW_FIELDS)), dtype=np.float32)
         raw[:, :, 0] = 50.0
         try:
-            _, out = self.run_windows(list(raw), [400_000, 400_001], linked=[True, True])
+            _, out = self.run_windows(list(raw), [400_000, 400_001])  # network columns 0: both run alone too
         except Exception as err:  # onnxruntime raises untyped errors for a graph it cannot run
             raise BundleError(f"bundle {self.version}: smoke inference failed: {err}") from err
         for what, y in (("graph", out.network), ("model_alone graph", out.alone)):
@@ -180,26 +188,29 @@ class OnnxForecaster:
         )
 
     def run_windows(
-        self, raws: Sequence[F32], end_hours: Sequence[int], linked: Sequence[bool] = ()
+        self, raws: Sequence[F32], end_hours: Sequence[int], alone: bool = True
     ) -> tuple[ModelInput, GraphOut]:
         """Features, scaling and the graph, one chunk of GRAPH_ROWS_MAX windows after the other:
         only one chunk's graph input exists at a time (the worker runs this in its inference
         thread, so a micro-batch in flight holds its windows, not their scaled features). Returns
-        the windows' statistics (``x`` empty) and the graph's output for the usable ones. The
-        windows flagged in ``linked`` (they hold network columns) also run without their network
-        (:func:`pm25.features.scaled_without_network`: the same input a lone station's window gives)."""
+        the windows' statistics (``x`` empty) and the graph's output for the usable ones. With
+        ``alone``, the windows that hold network columns also run without them through the
+        model_alone graph (:func:`pm25.features.scaled_without_network`: the input a lone
+        station's window gives); the others' output stands for it."""
         parts, outs, alones = [], [], []
         for start in range(0, len(raws), GRAPH_ROWS_MAX):
             stop = start + GRAPH_ROWS_MAX
-            chunk = self._prepare_chunk(np.stack(raws[start:stop]), np.asarray(end_hours[start:stop], dtype=np.int64))
+            raw = np.stack(raws[start:stop])
+            chunk = self._prepare_chunk(raw, np.asarray(end_hours[start:stop], dtype=np.int64))
             out = self.infer(chunk)
-            rows = [k for k, i in enumerate(np.flatnonzero(chunk.usable).tolist()) if linked and linked[start + i]]
-            alone = out
-            if rows:
-                alone = out.copy()
-                alone[rows] = self.infer_alone(chunk.x[0][rows])
+            result = out
+            if alone and len(out):
+                linked = ~np.isnan(raw[:, :, NETWORK_COLUMNS]).all(axis=(1, 2))[chunk.usable]
+                if linked.any():
+                    result = out.copy()
+                    result[linked] = self.infer_alone(chunk.x[0][linked])
             outs.append(out)
-            alones.append(alone)
+            alones.append(result)
             parts.append(chunk)
         empty = np.zeros((0, len(self.horizons)), dtype=np.float32)
         network = np.concatenate(outs) if outs else empty
