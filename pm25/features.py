@@ -48,6 +48,7 @@ __all__ = [
     "FeatureBatch",
     "encode_reading",
     "make_features",
+    "network_features_alone",
     "postprocess",
     "scale",
     "scaled_without_network",
@@ -119,16 +120,26 @@ NETWORK_COLUMNS = slice(_NB, None)
 NETWORK_FEATURES: tuple[str, ...] = (*NB_FIELDS, "nb_missing")
 
 
-def scaled_without_network(x: F32, names: Sequence[str], mean: F32, std: F32) -> F32:
-    """Scaled graph input [B, W, F] (columns ``names``) as the same windows give with the network's
-    columns missing: ``scale(make_features(without_network(raw)))`` without computing the features
-    again (the network's features are 0 after scaling, the flag is set; a test checks the bytes)."""
+def network_features_alone(names: Sequence[str], mean: F32, std: F32, max_gap_hours: int) -> tuple[list[int], F32]:
+    """The columns of the network's features in ``names`` and their scaled values in a window
+    whose network columns are missing: what this feature code gives a lone station's window
+    (computed by it, on a probe window), the same in every such window (checked here)."""
+    cols = [j for j, name in enumerate(names) if name in NETWORK_FEATURES]
+    probe = np.zeros((2, 3, len(RAW_FIELDS)), dtype=np.float32)
+    probe[1] = 40.0  # two unlike windows: a value that depended on the window would show
+    batch = make_features(without_network(probe), np.array([1000, 2000]), max_gap_hours, names)
+    x = scale(batch.features, range(len(names)), mean, std)[:, :, cols]
+    if not (x == x[:1, :1]).all():
+        raise ValueError("a network feature of a window without its network depends on the window")
+    return cols, x[0, 0].copy()
+
+
+def scaled_without_network(x: F32, cols: Sequence[int], values: F32) -> F32:
+    """Scaled graph input [B, W, F] as the same windows give with the network's columns missing
+    (``cols``, ``values``: :func:`network_features_alone`), without computing the features again;
+    a contract test compares the bytes with the features of :func:`without_network` windows."""
     out = x.copy()
-    for j, name in enumerate(names):
-        if name == "nb_missing":
-            out[:, :, j] = (np.float32(1.0) - mean[j]) / std[j]
-        elif name in NB_FIELDS:
-            out[:, :, j] = 0.0
+    out[:, :, list(cols)] = values
     return out
 
 

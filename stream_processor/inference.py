@@ -30,6 +30,7 @@ from pm25.features import (
     NETWORK_COLUMNS,
     RAW_FIELDS,
     make_features,
+    network_features_alone,
     postprocess,
     scale,
     scaled_without_network,
@@ -88,9 +89,7 @@ class Forecaster(Protocol):
 
     def infer(self, inp: ModelInput) -> F32: ...
 
-    def run_windows(
-        self, raws: Sequence[F32], end_hours: Sequence[int], alone: bool = True
-    ) -> tuple[ModelInput, GraphOut]: ...
+    def run_windows(self, raws: Sequence[F32], end_hours: Sequence[int]) -> tuple[ModelInput, GraphOut]: ...
 
     def finish(self, inp: ModelInput, out: F32) -> Prediction: ...
 
@@ -134,6 +133,7 @@ class OnnxForecaster:
             self._session = ort.InferenceSession(bundle.onnx_bytes, opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own untyped errors on a bad graph
             raise BundleError(f"bundle {self.version}: onnxruntime cannot load the graph: {err}") from err
+        self._network_alone = network_features_alone(names, self._mean, self._std, self.max_gap_hours)
         self._alone_session = self._session
         if bundle.alone_onnx_bytes is not None:  # an ensemble's smallest member (training.export.alone_graph)
             try:
@@ -187,14 +187,12 @@ class OnnxForecaster:
             ]
         )
 
-    def run_windows(
-        self, raws: Sequence[F32], end_hours: Sequence[int], alone: bool = True
-    ) -> tuple[ModelInput, GraphOut]:
+    def run_windows(self, raws: Sequence[F32], end_hours: Sequence[int]) -> tuple[ModelInput, GraphOut]:
         """Features, scaling and the graph, one chunk of GRAPH_ROWS_MAX windows after the other:
         only one chunk's graph input exists at a time (the worker runs this in its inference
         thread, so a micro-batch in flight holds its windows, not their scaled features). Returns
-        the windows' statistics (``x`` empty) and the graph's output for the usable ones. With
-        ``alone``, the windows that hold network columns also run without them through the
+        the windows' statistics (``x`` empty) and the graph's output for the usable ones. The
+        windows that hold network columns also run without them through the
         model_alone graph (:func:`pm25.features.scaled_without_network`: the input a lone
         station's window gives); the others' output stands for it."""
         parts, outs, alones = [], [], []
@@ -204,7 +202,7 @@ class OnnxForecaster:
             chunk = self._prepare_chunk(raw, np.asarray(end_hours[start:stop], dtype=np.int64))
             out = self.infer(chunk)
             result = out
-            if alone and len(out):
+            if len(out):
                 linked = ~np.isnan(raw[:, :, NETWORK_COLUMNS]).all(axis=(1, 2))[chunk.usable]
                 if linked.any():
                     result = out.copy()
@@ -220,7 +218,7 @@ class OnnxForecaster:
     def infer_alone(self, x: F32) -> F32:
         """The model_alone expert's graph output for scaled input rows, read without the network's
         columns."""
-        return self.run_alone_graph(scaled_without_network(x, self._names, self._mean, self._std))
+        return self.run_alone_graph(scaled_without_network(x, *self._network_alone))
 
     def run_alone_graph(self, x: F32) -> F32:
         """The model_alone expert's graph (the bundle's ``alone_graph``, else the whole graph) on

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pm25.adapters import CST, RowError, multisite_files, read_multisite, read_single_site, single_site_file
-from pm25.features import NETWORK_COLUMNS, OWN_FIELDS, RAW_FIELDS, WEATHER_FIELDS, encode_reading, make_features
+from pm25.features import OWN_FIELDS, RAW_FIELDS, WEATHER_FIELDS, encode_reading, make_features, without_network
 from pm25.schema import Reading
 from pm25.stations import BEIJING_STATIONS, read_stations_csv
 
@@ -289,7 +289,7 @@ def make_samples(
         _hide_weather(raw, weather_dropout, np.random.default_rng(seed + 1_000_003))
     if network_dropout > 0 and len(index):
         alone = np.random.default_rng(seed + 2_000_003).random(len(index)) < network_dropout
-        raw[alone, :, NETWORK_COLUMNS] = np.nan  # as pm25.features.without_network
+        raw[alone] = without_network(raw[alone])
     batch = make_features(raw, series.hours[index], max_gap_hours, names)
     keep = batch.usable
     future = np.lib.stride_tricks.sliding_window_view(series.pm25, horizons)  # [T-H+1, H]
