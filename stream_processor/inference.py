@@ -203,7 +203,8 @@ class OnnxForecaster:
             out = self.infer(chunk)
             result = out
             if len(out):
-                linked = ~np.isnan(raw[:, :, NETWORK_COLUMNS]).all(axis=(1, 2))[chunk.usable]
+                holds = np.asarray(~np.isnan(raw[:, :, NETWORK_COLUMNS]).all(axis=(1, 2)))  # [B]
+                linked = holds[chunk.usable]
                 if linked.any():
                     result = out.copy()
                     result[linked] = self.infer_alone(chunk.x[0][linked])
