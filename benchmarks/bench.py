@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from pm25.embedded import EmbeddedBroker, free_port
-from pm25.kafka import ensure_topics, make_consumer, make_producer, publish_stations
+from pm25.kafka import ensure_topics, make_consumer, make_producer, partition_counts, publish_stations
 from pm25.schema import Reading, forecast_from_json, reading_to_json
 from pm25.settings import Settings
 from pm25.stations import Station
@@ -208,6 +208,70 @@ def bench_inference(cfg: BenchConfig, settings: Settings) -> dict[str, Any]:
     return out
 
 
+def _await_published(settings: Settings, topic: str, expected: int, timeout: float, quiet_s: float = 0.0) -> int:
+    """Wait until ``topic`` holds at least ``expected`` messages and, with ``quiet_s``, until none
+    was added for that long; returns the count.
+
+    Reading the forecasts as the worker writes them with a kafka-python consumer (it decodes each
+    record in Python) took most of a core of this 2-core machine from the worker it measures (6.6 s
+    of CPU in a 7.6 s timed phase, /proc, 2026-12-04). On Apache Kafka the count is the sum of the
+    partitions' end offsets (the topics are fresh and nothing is written transactionally), asked a
+    few times a second; the embedded broker answers end offsets wrongly (the last batch's base
+    offset + 1, ``pm25.embedded``), so there the records are counted by an aiokafka consumer, which
+    decodes record batches in compiled code. The span is taken from the forecasts' broker
+    timestamps afterwards, so it does not depend on when they are read."""
+    count = asyncio.run(_count_published(settings, topic, expected, timeout, quiet_s))
+    if count < expected:
+        _say(f"  only {count}/{expected} forecasts published within {timeout:.0f} s")
+    return count
+
+
+async def _count_published(settings: Settings, topic: str, expected: int, timeout: float, quiet_s: float) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from pm25.embedded import aiokafka_consumer_overrides
+
+    partitions = partition_counts(settings, topic)[topic] or 0
+    extra = aiokafka_consumer_overrides() if settings.embedded_broker else {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="pm25-bench-count",
+        **extra,
+        **settings.aiokafka_security(),
+    )
+    await consumer.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last_report = 0.0
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        if settings.embedded_broker:
+            consumer.assign(parts)
+        count, changed = -1, loop.time()
+        consumed = 0
+        while loop.time() < deadline:
+            if settings.embedded_broker:
+                batches = await consumer.getmany(timeout_ms=200, max_records=20000)
+                consumed += sum(len(b) for b in batches.values())
+                now = consumed
+            else:
+                now = sum((await consumer.end_offsets(parts)).values())
+                await asyncio.sleep(0.2)
+            if now != count:
+                count, changed = now, loop.time()
+            if count >= expected and loop.time() - changed >= quiet_s:
+                break
+            if loop.time() - last_report > 5:
+                _say(f"  {count}/{expected} forecasts published")
+                last_report = loop.time()
+    finally:
+        await consumer.stop()
+    return count
+
+
 def _consume_until(settings: Settings, topic: str, expected: int, timeout: float, distinct: bool = False) -> list[Any]:
     """Messages of ``topic`` from the beginning until ``expected`` of them arrived, or ``expected``
     distinct (station, issued_at) forecasts with ``distinct`` (several workers in one group may
@@ -309,9 +373,12 @@ def _timed_phase(
     The final forecasts (the last message of each station and hour) are compared with the
     backtest's by sha256."""
     topic = settings.forecasts_topic
-    _consume_until(settings, topic, load.warm_expected, timeout=600, distinct=distinct)
+    # several workers may republish forecasts after a rebalance: then wait until none are added
+    quiet = 2.0 if distinct else 0.0
+    _await_published(settings, topic, load.warm_expected, timeout=600, quiet_s=quiet)
     first_in = _offer(settings, load.timed, key)
-    msgs = _consume_until(settings, topic, load.expected, timeout=1200, distinct=distinct)
+    _await_published(settings, topic, load.expected, timeout=1200, quiet_s=quiet)
+    msgs = _consume_until(settings, topic, load.expected, timeout=600, distinct=distinct)
     first_out: dict[tuple[str, str], float] = {}
     for m in msgs:
         first_out.setdefault(_key(m.value), m.timestamp / 1000.0)
@@ -662,7 +729,7 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: lis
         producer.flush()
         # wait until the worker has caught up with the warm-up backlog, so the timed readings
         # meet an idle worker and the latency is not the backlog's
-        _consume_until(settings, settings.forecasts_topic, expected_warm, timeout=300)
+        _await_published(settings, settings.forecasts_topic, expected_warm, timeout=300)
         sent_at: dict[tuple[str, int], float] = {}
         # the load generator must not pause: its cyclic garbage collector, scanning the workload's
         # objects, held this process (and the producer's sending thread) up to 150 ms at a time,
