@@ -208,25 +208,35 @@ def bench_inference(cfg: BenchConfig, settings: Settings) -> dict[str, Any]:
     return out
 
 
-def _await_published(settings: Settings, topic: str, expected: int, timeout: float, quiet_s: float = 0.0) -> int:
+def _await_published(
+    settings: Settings,
+    topic: str,
+    expected: int,
+    timeout: float,
+    quiet_s: float = 0.0,
+    start: Mapping[int, int] | None = None,
+) -> dict[int, int]:
     """Wait until ``topic`` holds at least ``expected`` messages and, with ``quiet_s``, until none
-    was added for that long; returns the count.
+    was added for that long; returns each partition's end (its next offset: the sum is the count).
+    ``start``: the ends a previous call returned (nothing before them is read again).
 
     Reading the forecasts as the worker writes them with a kafka-python consumer (it decodes each
     record in Python) took most of a core of this 2-core machine from the worker it measures (6.6 s
     of CPU in a 7.6 s timed phase, /proc, 2026-12-04). On Apache Kafka the count is the sum of the
     partitions' end offsets (the topics are fresh and nothing is written transactionally), asked a
     few times a second; the embedded broker answers end offsets wrongly (the last batch's base
-    offset + 1, ``pm25.embedded``), so there the records are counted by an aiokafka consumer, which
-    decodes record batches in compiled code. The span is taken from the forecasts' broker
-    timestamps afterwards, so it does not depend on when they are read."""
-    count = asyncio.run(_count_published(settings, topic, expected, timeout, quiet_s))
-    if count < expected:
-        _say(f"  only {count}/{expected} forecasts published within {timeout:.0f} s")
-    return count
+    offset + 1, ``pm25.embedded``), so there the records after ``start`` are read by an aiokafka
+    consumer, which decodes record batches in compiled code. The span is taken from the forecasts'
+    broker timestamps afterwards, so it does not depend on when they are read."""
+    ends = asyncio.run(_count_published(settings, topic, expected, timeout, quiet_s, dict(start or {})))
+    if sum(ends.values()) < expected:
+        _say(f"  only {sum(ends.values())}/{expected} forecasts published within {timeout:.0f} s")
+    return ends
 
 
-async def _count_published(settings: Settings, topic: str, expected: int, timeout: float, quiet_s: float) -> int:
+async def _count_published(
+    settings: Settings, topic: str, expected: int, timeout: float, quiet_s: float, ends: dict[int, int]
+) -> dict[int, int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from pm25.embedded import aiokafka_consumer_overrides
@@ -250,16 +260,18 @@ async def _count_published(settings: Settings, topic: str, expected: int, timeou
         parts = [TopicPartition(topic, p) for p in range(partitions)]
         if settings.embedded_broker:
             consumer.assign(parts)
+            for tp in parts:
+                if ends.get(tp.partition):
+                    consumer.seek(tp, ends[tp.partition])
         count, changed = -1, loop.time()
-        consumed = 0
         while loop.time() < deadline:
             if settings.embedded_broker:
                 batches = await consumer.getmany(timeout_ms=200, max_records=20000)
-                consumed += sum(len(b) for b in batches.values())
-                now = consumed
+                ends.update({tp.partition: records[-1].offset + 1 for tp, records in batches.items() if records})
             else:
-                now = sum((await consumer.end_offsets(parts)).values())
+                ends = {tp.partition: end for tp, end in (await consumer.end_offsets(parts)).items()}
                 await asyncio.sleep(0.2)
+            now = sum(ends.values())
             if now != count:
                 count, changed = now, loop.time()
             if count >= expected and loop.time() - changed >= quiet_s:
@@ -269,7 +281,7 @@ async def _count_published(settings: Settings, topic: str, expected: int, timeou
                 last_report = loop.time()
     finally:
         await consumer.stop()
-    return count
+    return ends
 
 
 def _consume_until(settings: Settings, topic: str, expected: int, timeout: float, distinct: bool = False) -> list[Any]:
@@ -375,9 +387,9 @@ def _timed_phase(
     topic = settings.forecasts_topic
     # several workers may republish forecasts after a rebalance: then wait until none are added
     quiet = 2.0 if distinct else 0.0
-    _await_published(settings, topic, load.warm_expected, timeout=600, quiet_s=quiet)
+    warm = _await_published(settings, topic, load.warm_expected, timeout=600, quiet_s=quiet)
     first_in = _offer(settings, load.timed, key)
-    _await_published(settings, topic, load.expected, timeout=1200, quiet_s=quiet)
+    _await_published(settings, topic, load.expected, timeout=1200, quiet_s=quiet, start=warm)
     msgs = _consume_until(settings, topic, load.expected, timeout=600, distinct=distinct)
     first_out: dict[tuple[str, str], float] = {}
     for m in msgs:
