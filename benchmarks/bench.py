@@ -376,7 +376,11 @@ async def _produce(settings: Settings, messages: list[tuple[bytes, bytes]]) -> f
 
 
 def _timed_phase(
-    settings: Settings, load: Workload, distinct: bool, key: Callable[[Reading], bytes] = station_key
+    settings: Settings,
+    load: Workload,
+    distinct: bool,
+    key: Callable[[Reading], bytes] = station_key,
+    pids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """With the worker(s) running: wait until the warm-up backlog is forecast, then offer the timed
     readings as fast as possible. Readings/s = timed readings / (first timed reading in -> last
@@ -388,8 +392,14 @@ def _timed_phase(
     # several workers may republish forecasts after a rebalance: then wait until none are added
     quiet = 2.0 if distinct else 0.0
     warm = _await_published(settings, topic, load.warm_expected, timeout=600, quiet_s=quiet)
+    # CPU of the worker process(es) and of this one (load generator and waits) while the timed
+    # readings go through: the worker's per reading says how much of the figure is the code and
+    # how much the machine's speed; this process's, that the bench leaves the cores to the worker
+    cpu_before = [_cpu_s(p) for p in pids], _cpu_s(os.getpid())
     first_in = _offer(settings, load.timed, key)
     _await_published(settings, topic, load.expected, timeout=1200, quiet_s=quiet, start=warm)
+    worker_cpu = sum(_cpu_s(p) - b for p, b in zip(pids, cpu_before[0], strict=True))
+    bench_cpu = _cpu_s(os.getpid()) - cpu_before[1]
     msgs = _consume_until(settings, topic, load.expected, timeout=600, distinct=distinct)
     first_out: dict[tuple[str, str], float] = {}
     for m in msgs:
@@ -410,6 +420,9 @@ def _timed_phase(
         "timed_forecasts": len(timed),
         "seconds_first_reading_in_to_last_forecast_out": round(span, 2),
         "readings_per_s": round(len(load.timed) / span, 1) if span > 0 else None,
+        "worker_cpu_s_timed_phase": round(worker_cpu, 2) if pids else None,
+        "worker_cpu_us_per_timed_reading": round(worker_cpu / len(load.timed) * 1e6, 1) if pids else None,
+        "bench_cpu_s_timed_phase": round(bench_cpu, 2),
     }
 
 
@@ -431,12 +444,27 @@ def _scale_out_run(
         for i in range(workers)
     ]
     try:
-        result = _timed_phase(settings, load, distinct=True, key=key)
-        rss = [_peak_rss_mb(w.proc.pid) for w in procs if w.proc is not None]
+        pids = [w.proc.pid for w in procs if w.proc is not None]
+        result = _timed_phase(settings, load, distinct=True, key=key, pids=pids)
+        rss = [_peak_rss_mb(pid) for pid in pids]
     finally:
         for w in procs:
             w.stop()
     return {"workers": workers, **result, "peak_rss_mb_per_worker": rss}
+
+
+def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None and not math.isnan(r[key])]
+    return round(statistics.median(values), 1) if values else None
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far; NaN once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -480,7 +508,7 @@ def _throughput_run(env: dict[str, str], settings: Settings, load: Workload, log
     _offer(settings, load.warm)
     proc, handle = _spawn(env, log, naive)
     try:
-        result = _timed_phase(settings, load, distinct=False)
+        result = _timed_phase(settings, load, distinct=False, pids=[proc.pid])
         rss = _peak_rss_mb(proc.pid)
     finally:
         _stop(proc, handle)
@@ -667,6 +695,8 @@ def _suite(
         "readings_per_s_min": min(rates, default=None),
         "readings_per_s_max": max(rates, default=None),
         "peak_rss_mb": max((r["peak_rss_mb"] for r in prod_runs if r["peak_rss_mb"]), default=None),
+        # the worker's CPU per timed reading (all its threads): what the code costs on this machine
+        "worker_cpu_us_per_reading": _median_of(prod_runs, "worker_cpu_us_per_timed_reading"),
         "runs": prod_runs,
     }
     env_b, settings_b = target.app("naive")
