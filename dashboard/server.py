@@ -18,7 +18,6 @@ import orjson
 from aiohttp import web
 
 from dashboard.state import DashboardState
-from pm25.embedded import aiokafka_consumer_overrides
 from pm25.schema import InvalidReading, forecast_from_json, parse_reading
 from pm25.settings import Settings
 from pm25.stations import station_from_json
@@ -88,15 +87,7 @@ async def _consume(app: web.Application, settings: Settings) -> None:
     from aiokafka import AIOKafkaConsumer
 
     state, changed = app[STATE], app[CHANGED]
-    kwargs: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "group_id": None,
-        "auto_offset_reset": "earliest",
-        "enable_auto_commit": False,
-    }
-    if settings.embedded_broker:
-        kwargs.update(aiokafka_consumer_overrides())
-    kwargs.update(settings.aiokafka_security())
+    kwargs = settings.aiokafka_reader()
     topics = (settings.readings_topic, settings.forecasts_topic, settings.scores_topic, settings.stations_topic)
     while True:
         consumer = AIOKafkaConsumer(*topics, **kwargs)

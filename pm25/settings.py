@@ -187,6 +187,21 @@ class Settings:
             out["ssl_cafile"] = self.ssl_cafile
         return out
 
+    def aiokafka_reader(self) -> dict[str, Any]:
+        """Keyword arguments for an aiokafka consumer that reads topics from the beginning, in no
+        group (the station feed, the dashboard, the benchmark's count), with the embedded broker's
+        settings when it is the broker."""
+        from pm25.embedded import aiokafka_consumer_overrides
+
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "group_id": None,
+            "auto_offset_reset": "earliest",
+            "enable_auto_commit": False,
+            **(aiokafka_consumer_overrides() if self.embedded_broker else {}),
+            **self.aiokafka_security(),
+        }
+
     def aiokafka_security(self) -> dict[str, Any]:
         """Security keyword arguments for aiokafka clients (TLS as an SSL context)."""
         out = self._sasl()

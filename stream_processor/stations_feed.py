@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pm25.embedded import aiokafka_consumer_overrides
 from pm25.settings import Settings
 from pm25.stations import Station, station_from_json
 
@@ -32,14 +31,7 @@ async def follow_stations(
     """Read the topic to its end (then set ``caught_up``) and keep following it; ``apply`` gets
     each batch of valid stations. Broker errors are retried; a topic still unknown after
     ``TOPIC_WAIT_S`` means no metadata for now (it is followed once it appears)."""
-    kwargs = {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "group_id": None,
-        "auto_offset_reset": "earliest",
-        "enable_auto_commit": False,
-        **(aiokafka_consumer_overrides() if settings.embedded_broker else {}),
-        **settings.aiokafka_security(),
-    }
+    kwargs = settings.aiokafka_reader()
     topic = settings.stations_topic
     while True:
         consumer = AIOKafkaConsumer(**kwargs)

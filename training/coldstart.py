@@ -47,10 +47,6 @@ class ColdStartConfig:
     version: str | None = None  # a bundle of the store other than production's
 
 
-def _series(split: str) -> tuple[dict[str, list[Reading]], tuple[int, int]]:
-    return multisite_split(split, before_hours=HISTORY_DAYS * 24)
-
-
 def score_by_age(
     forecasts: Iterable[EncodedForecast], readings: Sequence[Reading], first: int, sums: dict[Any, list[float]]
 ) -> None:
@@ -92,7 +88,7 @@ def run_coldstart(cc: ColdStartConfig, out_dir: Path, settings: Settings | None 
     """Replay, score, and write ``coldstart.{json,md,png}`` to ``out_dir``; returns the report."""
     t0 = time.monotonic()
     settings = settings or Settings()
-    series, (start, end) = _series(cc.split)
+    series, (start, end) = multisite_split(cc.split, before_hours=HISTORY_DAYS * 24)
     span = cc.days * 24
     engine = make_engine(settings, (), cc.version)
     new: dict[Any, list[float]] = {}
