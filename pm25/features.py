@@ -174,6 +174,7 @@ class FeatureBatch:
     gap_hours: npt.NDArray[np.int64]  # [B] hours from the last PM2.5 observation to the window's end
     level: F32  # [B] the window's typical PM2.5: exp of the mean observed log1p, minus 1 (µg/m³)
     mean_pm25: F32  # [B] the mean observed PM2.5 of the window (µg/m³; NaN when none)
+    observations: npt.NDArray[np.int64]  # [B] the PM2.5 observations in the window (hours not NaN)
 
 
 class _Ctx:
@@ -319,7 +320,9 @@ def make_features(
     total = np.where(c.missing_pm, 0.0, c.pm).sum(axis=1, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n_obs > 0, total / n_obs, np.nan).astype(np.float32)
-    return FeatureBatch(features=out, usable=usable, last_pm25=last, gap_hours=gap, level=level, mean_pm25=mean)
+    return FeatureBatch(
+        features=out, usable=usable, last_pm25=last, gap_hours=gap, level=level, mean_pm25=mean, observations=n_obs
+    )
 
 
 def scale(features: F32, selected: Sequence[int], mean: F32, std: F32) -> F32:

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from pm25.schema import Reading
+from pm25.schema import Reading, kept_json
 
 __all__ = ["ClockFormatError", "ClosedHour", "NetworkClock", "Offered"]
 
@@ -86,7 +86,7 @@ class ClosedHour:
     def __post_init__(self) -> None:
         object.__setattr__(self, "logs", {sid: log_level(v) for sid, v in self.values.items()})
         doc = [_nulls(self.values), sorted(self.members), self.by_watermark, list(self.reported)]
-        object.__setattr__(self, "stored", orjson.Fragment(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)))
+        object.__setattr__(self, "stored", orjson.Fragment(kept_json(doc, orjson.OPT_SORT_KEYS)))
 
 
 def log_level(value: float | None) -> float:
@@ -259,10 +259,9 @@ class NetworkClock:
             "s": self._stored_seen(),
             "r": {str(h): c.stored for h, c in self.recent.items()},
         }
-        # orjson: several times faster than json, and the same document (json reads it); a copy,
-        # because the bytes orjson returns keep its whole output buffer (kept in a table, the
-        # buffers held megabytes, docs/benchmarks.md)
-        return bytes(bytearray(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)))
+        # orjson: several times faster than json, and the same document (json reads it); kept in a
+        # table, so a copy of its own size (kept_json)
+        return kept_json(doc, orjson.OPT_SORT_KEYS)
 
     def _stored_seen(self) -> dict[str, orjson.Fragment]:
         cache = self._seen_stored
@@ -270,7 +269,7 @@ class NetworkClock:
         for h, stations in self.seen.items():
             kept = cache.get(h)
             if kept is None or kept[0] != len(stations):
-                kept = cache[h] = (len(stations), orjson.Fragment(orjson.dumps(sorted(stations))))
+                kept = cache[h] = (len(stations), orjson.Fragment(kept_json(sorted(stations))))
             out[str(h)] = kept[1]
         if len(cache) > len(self.seen):
             for h in [h for h in cache if h not in self.seen]:

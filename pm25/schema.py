@@ -40,6 +40,7 @@ __all__ = [
     "forecast_to_json",
     "hour_to_iso",
     "iso_to_hour",
+    "kept_json",
     "parse_reading",
     "reading_from_mapping",
     "reading_to_json",
@@ -133,6 +134,17 @@ class Forecast:
     issued_at: str
     model_version: str
     horizons: tuple[HorizonForecast, ...]
+
+
+def kept_json(value: Any, option: int | None = None) -> bytes:
+    """``orjson.dumps(value)`` as a bytes object of its own size, for JSON that is kept or queued:
+    the object orjson returns holds its whole output buffer (4 KB for a short text), so a thousand
+    cached keys held 4 MB (docs/benchmarks.md, "The worker's settings").
+
+    >>> len(kept_json("station-1")), kept_json({"b": 1, "a": 2}, orjson.OPT_SORT_KEYS)
+    (11, b'{"a":2,"b":1}')
+    """
+    return bytes(memoryview(orjson.dumps(value, option=option)))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -300,7 +312,7 @@ def _integer_table() -> npt.NDArray[np.object_]:
 def _text_table(values: list[float] | list[int]) -> npt.NDArray[np.object_]:
     """orjson's texts of ``values``, each copied: a bytes object orjson returns keeps the memory of
     its output buffer (docs/benchmarks.md, "The worker's settings")."""
-    return np.array([bytes(memoryview(orjson.dumps(v))) for v in values], dtype=object)
+    return np.array([kept_json(v) for v in values], dtype=object)
 
 
 def _amount_texts(x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.object_]:

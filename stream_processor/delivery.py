@@ -75,7 +75,8 @@ class Port(Protocol):
         ...
 
     async def send_states(self, states: list[tuple[str, int, bytes]]) -> list[Awaitable[Any]]:
-        """Queue (station, input partition, state) records; futures as for outputs."""
+        """Queue (station, input partition, state) records; futures as for outputs. The port may
+        take the records off ``states`` as it queues them (as for the forecasts)."""
         ...
 
     def release(self, inputs: list[Input]) -> None:
@@ -205,14 +206,16 @@ class DeliveryCore:
         await asyncio.gather(*await computing)  # 1. the outputs, acknowledged by the broker ...
         if after is not None:
             await after
-        states = [(sid, batch.partition_of[sid], state) for sid, state in batch.states.items()]
         # 2. ... then the states: the stations' windows, and once they are acknowledged the
         # networks' clocks. A restart may find a window newer than its network's clock (the
         # replayed readings are offered to the clock again) but never a clock newer than a window:
         # that clock has closed hours the window must apply again, and every later forecast of the
         # station would differ from the backtest.
-        windows = [s for s in states if not s[0].startswith(NETWORK_KEY_PREFIX)]
-        clocks = [s for s in states if s[0].startswith(NETWORK_KEY_PREFIX)]
+        windows: list[tuple[str, int, bytes]] = []
+        clocks: list[tuple[str, int, bytes]] = []
+        for sid, state in batch.states.items():
+            (clocks if sid.startswith(NETWORK_KEY_PREFIX) else windows).append((sid, batch.partition_of[sid], state))
+        batch.states.clear()  # each state is then held by one list, which the port empties as it sends
         if windows:
             await asyncio.gather(*await self.port.send_states(windows))
         if clocks:

@@ -53,7 +53,14 @@ class EncodedForecast:
 class Request:
     station_id: str
     end_hour: int
-    raw: np.ndarray  # [W, n_raw] copy of the buffer rows
+    raw: np.ndarray  # [W, n_raw] copy of the buffer rows (read by the features alone)
+
+    def without_window(self) -> Request:
+        """The request once the features have read its window: what encoding needs."""
+        return Request(self.station_id, self.end_hour, _NO_WINDOW)
+
+
+_NO_WINDOW = np.zeros((0, 0), dtype=np.float32)
 
 
 #: Each station's adaptation state (pm25.adapt), kept by the caller beside its window.
@@ -251,6 +258,8 @@ class Engine:
         persistence = pred.last_pm25.tolist()
         gaps = pred.gap_hours.tolist()
         mean48 = pred.mean_pm25.tolist()
+        observed = inp.observed.tolist()
+        observations = inp.observations.tolist()
         for i, req in enumerate(requests):
             st = adaptations.get(req.station_id)
             if st is None:
@@ -258,12 +267,12 @@ class Engine:
             row = adapter.record(
                 st,
                 req.end_hour,
-                observed=float(req.raw[-1, 0]),
+                observed=observed[i],
                 persistence=persistence[i] if ok[i] else math.nan,
                 model=pred.point[i] if ok[i] else None,
                 mean=mean48[i],
                 gap_hours=gaps[i],
-                observations=int(np.count_nonzero(req.raw[:, 0] == req.raw[:, 0])),  # PM2.5 not NaN
+                observations=observations[i],
                 model_alone=alone[i] if ok[i] else None,
             )
             if ok[i]:

@@ -18,9 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from pm25.schema import KEY_HORIZONS, hour_to_iso
+from pm25.schema import KEY_HORIZONS, hour_to_iso, kept_json
 
 __all__ = ["SCORED_HORIZONS", "HindcastScorer", "Skill"]
 
@@ -153,4 +151,4 @@ class HindcastScorer:
         }
         if extra is not None:
             body.update(extra())
-        return orjson.dumps(body)
+        return kept_json(body)  # queued with the batch's outputs

@@ -66,6 +66,8 @@ class ModelInput:
     gap_hours: npt.NDArray[np.int64]  # [B] hours since the last PM2.5 observation
     level: F32  # [B] the window's PM2.5 level (the unit of a level_delta target)
     mean_pm25: F32  # [B] the window's mean observed PM2.5
+    observed: F32  # [B] the PM2.5 of the window's last hour as stored (NaN: not observed)
+    observations: npt.NDArray[np.int64]  # [B] the PM2.5 observations in the window
     x: list[F32]  # scaled graph input of the usable windows, in chunks of <= GRAPH_ROWS_MAX rows
 
 
@@ -230,7 +232,16 @@ class OnnxForecaster:
         batch = make_features(raw, end_hours, self.max_gap_hours, self._names)
         rows = np.flatnonzero(batch.usable)
         x = [scale(batch.features[rows], self._selected, self._mean, self._std)] if len(rows) else []
-        return ModelInput(batch.usable, batch.last_pm25, batch.gap_hours, batch.level, batch.mean_pm25, x)
+        return ModelInput(
+            batch.usable,
+            batch.last_pm25,
+            batch.gap_hours,
+            batch.level,
+            batch.mean_pm25,
+            raw[:, -1, 0].copy(),  # column 0 is PM2.5
+            batch.observations,
+            x,
+        )
 
     def infer(self, inp: ModelInput) -> F32:
         """The graph's output for the usable windows (thread-safe: onnxruntime sessions are)."""
@@ -257,12 +268,15 @@ def _joined(parts: list[ModelInput], keep_x: bool = True) -> ModelInput:
     """Chunks' inputs as one, in order (``keep_x=False``: without the graph input)."""
     if not parts:
         empty = np.zeros(0, dtype=np.float32)
-        return ModelInput(np.zeros(0, dtype=bool), empty, np.zeros(0, dtype=np.int64), empty, empty, [])
+        count = np.zeros(0, dtype=np.int64)
+        return ModelInput(np.zeros(0, dtype=bool), empty, count, empty, empty, empty, count, [])
     return ModelInput(
         np.concatenate([p.usable for p in parts]),
         np.concatenate([p.last_pm25 for p in parts]),
         np.concatenate([p.gap_hours for p in parts]),
         np.concatenate([p.level for p in parts]),
         np.concatenate([p.mean_pm25 for p in parts]),
+        np.concatenate([p.observed for p in parts]),
+        np.concatenate([p.observations for p in parts]),
         [x for p in parts for x in p.x] if keep_x else [],
     )
