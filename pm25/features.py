@@ -175,6 +175,7 @@ class FeatureBatch:
     level: F32  # [B] the window's typical PM2.5: exp of the mean observed log1p, minus 1 (µg/m³)
     mean_pm25: F32  # [B] the mean observed PM2.5 of the window (µg/m³; NaN when none)
     observations: npt.NDArray[np.int64]  # [B] the PM2.5 observations in the window (hours not NaN)
+    observed: F32  # [B] the PM2.5 of the window's last hour as reported (NaN: not reported)
 
 
 class _Ctx:
@@ -321,7 +322,14 @@ def make_features(
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n_obs > 0, total / n_obs, np.nan).astype(np.float32)
     return FeatureBatch(
-        features=out, usable=usable, last_pm25=last, gap_hours=gap, level=level, mean_pm25=mean, observations=n_obs
+        features=out,
+        usable=usable,
+        last_pm25=last,
+        gap_hours=gap,
+        level=level,
+        mean_pm25=mean,
+        observations=n_obs,
+        observed=raw[:, -1, _PM].copy(),
     )
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "hour_to_iso",
     "iso_to_hour",
     "kept_json",
+    "own_size",
     "parse_reading",
     "reading_from_mapping",
     "reading_to_json",
@@ -144,7 +145,13 @@ def kept_json(value: Any, option: int | None = None) -> bytes:
     >>> len(kept_json("station-1")), kept_json({"b": 1, "a": 2}, orjson.OPT_SORT_KEYS)
     (11, b'{"a":2,"b":1}')
     """
-    return bytes(memoryview(orjson.dumps(value, option=option)))
+    return own_size(orjson.dumps(value, option=option))
+
+
+def own_size(data: bytes) -> bytes:
+    """A copy of ``data`` that holds only its bytes (for orjson's output, or what a library made
+    with it, e.g. Faust's JSON keys)."""
+    return bytes(memoryview(data))
 
 
 @functools.lru_cache(maxsize=65536)

@@ -32,7 +32,7 @@ from faust.types import TP, EventT, StreamT
 
 from model_store import BundleError, default_store, load_production, production_version
 from pm25.embedded import CHANGELOG_END_KEY, WORKER_FETCH_MAX_WAIT_MS, faust_overrides
-from pm25.schema import Reading
+from pm25.schema import Reading, own_size
 from pm25.settings import Settings
 from pm25.window import StationWindow, supersedes
 from stream_processor.delivery import DeliveryCore, Input, Outputs
@@ -582,8 +582,7 @@ class Worker:
         if key is None:
             table = cast(Any, self.windows)
             key = table.changelog_topic.prepare_key(station_id, table.key_serializer)[0]
-            # Faust's JSON is orjson's: a copy of its own size (pm25.schema.kept_json)
-            key = self._changelog_keys[station_id] = bytes(memoryview(key))
+            key = self._changelog_keys[station_id] = own_size(key)  # Faust's JSON is orjson's
         return key
 
     async def _dead_letter(self, event: EventT, letter: DeadLetter) -> Awaitable[Any]:

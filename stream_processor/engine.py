@@ -53,14 +53,7 @@ class EncodedForecast:
 class Request:
     station_id: str
     end_hour: int
-    raw: np.ndarray  # [W, n_raw] copy of the buffer rows (read by the features alone)
-
-    def without_window(self) -> Request:
-        """The request once the features have read its window: what encoding needs."""
-        return Request(self.station_id, self.end_hour, _NO_WINDOW)
-
-
-_NO_WINDOW = np.zeros((0, 0), dtype=np.float32)
+    raw: np.ndarray  # [W, n_raw] copy of the buffer rows
 
 
 #: Each station's adaptation state (pm25.adapt), kept by the caller beside its window.

@@ -40,14 +40,8 @@ class Inference:
 
     def run(self) -> Computed:
         """Features and the graph (the worker runs this in a thread: onnxruntime releases the GIL,
-        and only one chunk's scaled features exist at a time); None: no requests. The windows are
-        let go once read (encoding uses the statistics the features give): a batch waiting for the
-        event loop to encode it holds no copies of them."""
-        if not self.requests:
-            return None
-        computed = Engine.run_model(self.requests, self.model)
-        self.requests[:] = [r.without_window() for r in self.requests]
-        return computed
+        and only one chunk's scaled features exist at a time); None: no requests."""
+        return Engine.run_model(self.requests, self.model) if self.requests else None
 
 
 class BatchForecaster:

@@ -238,7 +238,7 @@ class OnnxForecaster:
             batch.gap_hours,
             batch.level,
             batch.mean_pm25,
-            raw[:, -1, 0].copy(),  # column 0 is PM2.5
+            batch.observed,
             batch.observations,
             x,
         )
