@@ -55,7 +55,7 @@ from stream_processor.processor import DeadLetter, PartitionActivity, Processor,
 from stream_processor.sending import BatchSender
 from stream_processor.stations_feed import follow_stations
 
-__all__ = ["BATCH_MAX", "TAKE_WITHIN_S", "Worker"]
+__all__ = ["BATCH_MAX", "CHECKPOINT_S", "TAKE_WITHIN_S", "Worker"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,11 @@ log = logging.getLogger(__name__)
 #: (docs/benchmarks.md, "The worker's settings").
 BATCH_MAX = 1536
 TAKE_WITHIN_S = 0.005
+#: At most this long between two checkpoints while batches follow each other (an idle worker
+#: saves at once): each station's state is written once per checkpoint, not once per batch
+#: (stream_processor.delivery). Under load a state then covers several batches' readings; a crash
+#: replays at most about this long of readings. Faust commits every 2.8 s.
+CHECKPOINT_S = 2.0
 #: Batches between intake and release at once (computing or waiting for the broker's acks): more
 #: costs memory without adding throughput (measurements: docs/benchmarks.md, "The worker's settings").
 MAX_IN_FLIGHT = 2
@@ -200,7 +205,9 @@ class Worker:
             self.app, "station-windows", supersedes, key_type=str, value_type=bytes, partitions=settings.partitions
         )
         self.table = cast(MutableMapping[str, bytes], self.windows.data)  # the delivery core's view (Port.table)
-        self.core = DeliveryCore(self.processor, self, self._inference, max_in_flight=MAX_IN_FLIGHT)
+        self.core = DeliveryCore(
+            self.processor, self, self._inference, max_in_flight=MAX_IN_FLIGHT, checkpoint_s=CHECKPOINT_S
+        )
         self.app.agent(self.readings, name="forecast")(self._agent)
         self.app.timer(MODEL_POLL_S)(self._watch_model)
         self.app.timer(TAIL_CHECK_S)(self._watch_tails)
@@ -243,9 +250,10 @@ class Worker:
         queue = self._queue
         await self.stations_loaded.wait()  # the first forecasts already see the networks
         while True:
-            if self._held or self.processor.lagging or self.processor.active:
+            if self._held or self.processor.lagging or self.processor.active or self.core.unsaved:
                 # readings held back, or a watermark held by partitions that were behind: look
-                # again soon even if nothing arrives (their messages may all be in by now)
+                # again soon even if nothing arrives (their messages may all be in by now); inputs
+                # waiting for a checkpoint: an empty batch makes one once the core is idle
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._queued.wait(), HELD_RETRY_S)
             else:
@@ -258,7 +266,8 @@ class Worker:
             if not queue:
                 self._queued.clear()
             self._room.set()
-            if not events and not self._held and not self.processor.lagging and not self.processor.active:
+            idle_checkpoint = self.core.unsaved and not self.core.busy()
+            if not (events or self._held or self.processor.lagging or self.processor.active or idle_checkpoint):
                 continue
             self._waiting = False
             await self.handle_batch(events)
@@ -483,6 +492,7 @@ class Worker:
         await self.core.drain()  # what is already taken in is delivered before the partitions go
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.readings_topic}
         self._held = [(item, r) for item, r in self._held if item.partition not in partitions]  # never acked
+        self.core.forget(partitions)  # (Faust waited for the acks, so this is empty unless that timed out)
         self._activity.forget(partitions)
         # the adaptations go back into the table beside their windows: the table is what a
         # station's next owner (this worker again, or another after the changelog) starts from

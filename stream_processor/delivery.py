@@ -4,14 +4,24 @@ At least once without transactions. Every input taken in holds its acknowledgeme
 has acknowledged, in this order,
 
 1. the batch's dead letters, forecasts and scores (:meth:`DeliveryCore._compute` sends them);
-2. then, after every earlier batch has been released, its new station states (one per station per
-   batch), each recording the input offset it has applied (:meth:`DeliveryCore._release`);
+2. then, after every earlier batch has been released, the new station states (one per station per
+   checkpoint, below), each recording the input offset it has applied (:meth:`DeliveryCore._release`);
 
 and only then are the inputs released, so their offsets may be committed. A crash at any point
 leaves the committed input offset at or behind the saved states, never ahead of them: a replayed
 message at or before its station's recorded offset is recognised and skipped (its forecasts were
 delivered before its state was saved), and a message after it is processed as new. A failed send
 fails its batch and every later one: nothing after it is released.
+
+States are saved at *checkpoints*, not with every batch (as Kafka Streams' record cache saves a
+key once per commit interval): a batch is a checkpoint when no earlier batch is still in flight
+(an idle worker saves at once) or ``checkpoint_s`` has passed since the last one. A batch that is
+not one forecasts as any other, but saves no state and releases nothing; the next checkpoint saves
+the newest state of every key changed since the last one and releases every input taken in
+meanwhile, in order. Under load a station's state is written once per interval instead of once per
+batch; the cost is a replay of up to that interval's readings after a crash (their forecasts are
+published again, byte-identical). :attr:`DeliveryCore.unsaved` says that inputs wait for a
+checkpoint: the caller runs an empty batch once the core is idle (:meth:`DeliveryCore.busy`).
 
 Batches are pipelined: a batch's intake (parse, apply, new states) runs on the event loop while
 earlier batches are still computing or waiting for the broker; the graphs run one at a time in the
@@ -101,14 +111,36 @@ class Batch:
 
 
 class DeliveryCore:
-    def __init__(self, processor: Processor, port: Port, executor: Executor, max_in_flight: int = 2) -> None:
+    def __init__(
+        self,
+        processor: Processor,
+        port: Port,
+        executor: Executor,
+        max_in_flight: int = 2,
+        checkpoint_s: float = 0.0,
+    ) -> None:
         self.processor = processor
         self.port = port
         self.executor = executor
         self.max_in_flight = max_in_flight
+        self.checkpoint_s = checkpoint_s  # 0: every batch is a checkpoint
         self.graph: asyncio.Future[Any] | None = None  # the newest batch's graph
         self._computing: asyncio.Future[list[Awaitable[Any]]] | None = None
         self._in_flight: deque[asyncio.Future[None]] = deque()
+        #: since the last checkpoint: the newest state of each key changed (changelog partition,
+        #: bytes; the same objects as the port's table holds) and the inputs taken in
+        self._unsaved_states: dict[str, tuple[int, bytes]] = {}
+        self._unsaved_inputs: list[Input] = []
+        self._last_checkpoint = time.monotonic()
+
+    @property
+    def unsaved(self) -> bool:
+        """Inputs taken in wait for the next checkpoint to be released."""
+        return bool(self._unsaved_inputs)
+
+    def busy(self) -> bool:
+        """A batch taken in is not released yet."""
+        return any(not f.done() for f in self._in_flight)
 
     def intake(self, inputs: Sequence[Input], model: Forecaster, held: Sequence[tuple[Input, Reading]] = ()) -> Batch:
         """Stage 1, on the event loop: parse and apply every input; the new states go into the
@@ -148,10 +180,32 @@ class DeliveryCore:
                 batch.requests.extend(reqs)
                 batch.arrived.append(item.timestamp)
         batch.requests.extend(proc.advance(store))  # hours the batch's watermark closed elsewhere
+        unsaved = self._unsaved_states
         for key, (partition, state) in proc.take_states().items():  # serialised once per batch
-            store[key] = pending[key] = state
+            store[key] = state
+            unsaved[key] = (partition, state)
             batch.partition_of[key] = partition
+        self._unsaved_inputs.extend(batch.held)
+        now = time.monotonic()
+        if self.busy() and now - self._last_checkpoint < self.checkpoint_s:
+            batch.held = []  # not a checkpoint: released by the next one
+            return batch
+        self._last_checkpoint = now
+        batch.held, self._unsaved_inputs = self._unsaved_inputs, []
+        for key, (partition, state) in unsaved.items():
+            pending[key] = state  # each key's newest since the last checkpoint
+            batch.partition_of[key] = partition
+        unsaved.clear()
         return batch
+
+    def forget(self, partitions: set[int]) -> None:
+        """Input partitions were revoked: their inputs waiting for a checkpoint are never released
+        (their next owner reads them again from the committed offset, beside the states saved with
+        it) and their states waiting for one are never saved (the partition's changelog is the next
+        owner's to write)."""
+        self._unsaved_inputs = [item for item in self._unsaved_inputs if item.partition not in partitions]
+        for key in [k for k, (p, _) in self._unsaved_states.items() if p in partitions]:
+            del self._unsaved_states[key]
 
     async def submit(self, batch: Batch) -> None:
         """Start the batch's delivery; waits while ``max_in_flight`` batches are undelivered (and
