@@ -277,3 +277,36 @@ def test_checkpoints_publish_what_the_backtest_does_and_never_release_an_input_a
     offline = [(f.station_id.encode(), f.value) for f in run_offline(make_engine(Settings()), readings, batch_size=64)]
     assert streamed == offline
     assert violations == []
+
+
+def test_revoked_partitions_inputs_and_states_waiting_for_a_checkpoint_are_dropped():
+    """After a revocation the partitions' next owner reads their inputs again from the committed
+    offset and writes their changelog: nothing of theirs may be released or saved here later."""
+    from pm25.window import StationWindow
+
+    async def run():
+        port = StatePort(auto=True)
+        core = new_core(port, max_in_flight=3, checkpoint_s=3600.0)
+        model = core.processor.engine.model
+        readings = synthetic_readings(2, 4)
+        gone = readings[0].station_id  # its readings are in partition 1, the other station's in 0
+
+        def inputs(rs, start):
+            return [
+                Input(None, int(r.station_id == gone), start + i, r.station_id.encode(), reading_to_json(r), 0.0)
+                for i, r in enumerate(rs)
+            ]
+
+        later = inputs(readings[4:], 4)
+        await core.submit(core.intake(inputs(readings[:4], 0), model))  # a checkpoint: both saved
+        await core.submit(core.intake(later, model))  # taken in behind it: waits for the next
+        await core.drain()
+        assert core.unsaved and port.records == 2
+        core.forget({1})  # partition 1 revoked
+        await core.submit(core.intake([], model))  # the next checkpoint
+        await core.drain()
+        assert not core.unsaved and port.records == 3  # the kept station's newer state only
+        assert port.released == [0, 1, 2, 3] + [i.offset for i in later if i.partition == 0]
+        assert StationWindow.split(port.saved[gone])[0].last_offset < 4  # as of the first checkpoint
+
+    asyncio.run(run())
