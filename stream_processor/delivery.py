@@ -108,6 +108,7 @@ class Batch:
     arrived: list[float] = field(default_factory=list)  # input timestamps of readings forecast
     #: readings held back (too far ahead of a partition still behind): for a later batch
     deferred: list[tuple[Input, Reading]] = field(default_factory=list)
+    checkpoint: bool = False  # it saves the states changed since the last one and releases the inputs
 
 
 class DeliveryCore:
@@ -191,6 +192,7 @@ class DeliveryCore:
             batch.held = []  # not a checkpoint: released by the next one
             return batch
         self._last_checkpoint = now
+        batch.checkpoint = True
         batch.held, self._unsaved_inputs = self._unsaved_inputs, []
         for key, (partition, state) in unsaved.items():
             pending[key] = state  # each key's newest since the last checkpoint
@@ -270,12 +272,17 @@ class DeliveryCore:
         for sid, state in batch.states.items():
             (clocks if sid.startswith(NETWORK_KEY_PREFIX) else windows).append((sid, batch.partition_of[sid], state))
         batch.states.clear()  # each state is then held by one list, which the port empties as it sends
+        saved = len(windows) + len(clocks)
         if windows:
             await asyncio.gather(*await self.port.send_states(windows))
         if clocks:
             await asyncio.gather(*await self.port.send_states(clocks))
         self.port.release(batch.held)  # 3. ... then the input offsets may be committed
+        metrics = self.processor.metrics
+        if batch.checkpoint:
+            metrics.checkpoints.inc()
+            metrics.states_saved.inc(saved)
         now = time.time()
-        observe = self.processor.metrics.reading_to_forecast_seconds.observe
+        observe = metrics.reading_to_forecast_seconds.observe
         for ts in batch.arrived:
             observe(max(now - ts, 0.0))

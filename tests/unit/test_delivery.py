@@ -234,6 +234,8 @@ def test_batches_in_flight_save_no_state_until_a_checkpoint_which_saves_each_key
         assert port.released == list(range(12)) and not core.unsaved
         assert port.saved == {sid: core.processor.state_value(sid, port.table[sid]) for sid in port.table}
         assert port.records == 4  # two stations, two checkpoints (not three batches)
+        metrics = core.processor.metrics
+        assert metrics.checkpoints._value.get() == 2 and metrics.states_saved._value.get() == 4
 
     asyncio.run(run())
 
