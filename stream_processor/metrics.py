@@ -55,12 +55,8 @@ class WorkerMetrics:
         self.input_seeks = Counter(
             "pm25_input_seeks", "Times the consumer skipped input offsets and the worker read them again", registry=r
         )
-        self.checkpoints = Counter(
-            "pm25_checkpoints", "Checkpoints: states saved, then the inputs they cover released", registry=r
-        )
-        self.states_saved = Counter(
-            "pm25_states_saved", "Station windows and network clocks saved to the changelog", registry=r
-        )
+        self.checkpoints = Counter("pm25_checkpoints", "States saved, then the inputs they cover released", registry=r)
+        self.states_saved = Counter("pm25_states_saved", "Windows and network clocks saved (changelog)", registry=r)
         self.forecasts_out = Counter("pm25_forecasts_out", "Forecast messages published", registry=r)
         self.suspended = Counter(
             "pm25_forecasts_suspended", "Forecasts not issued because the window had a long gap", registry=r
