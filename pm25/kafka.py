@@ -81,9 +81,10 @@ def wait_for_broker(settings: Settings, timeout: float = 10.0) -> None:
         quiet.setLevel(level)
 
 
-def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create the project's topics if missing (readings, forecasts, DLQ, scores, stations); returns the
-    names created. Partition counts follow the readings topic (forecasts are co-partitioned)."""
+def ensure_topics(settings: Settings, timeout: float = 30.0, *, routed: bool = False) -> list[str]:
+    """Create the project's topics if missing (readings, forecasts, DLQ, scores, stations, and with
+    ``routed`` the station-keyed readings topic that ``pm25 route`` reads); returns the names
+    created. Partition counts follow the readings topic (forecasts are co-partitioned)."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
@@ -105,6 +106,8 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         settings.scores_topic: ("scores", 1),
         settings.stations_topic: ("stations", 1),
     }
+    if routed:
+        wanted[settings.station_readings_topic] = ("readings", settings.partitions)
     created = []
     try:
         existing = set(admin.list_topics())

@@ -13,6 +13,9 @@ PM25_FORECASTS_TOPIC           output topic                               pm25.f
 PM25_DLQ_TOPIC                 dead-letter topic                          pm25.readings.dlq
 PM25_SCORES_TOPIC              hindcast scores topic                      pm25.scores
 PM25_STATIONS_TOPIC            station metadata topic (compacted)         pm25.stations
+PM25_STATION_READINGS_TOPIC    readings keyed by station, which           pm25.readings.by-station
+                               ``pm25 route`` forwards to the input topic
+                               keyed by network
 PM25_PARTITIONS                partitions of the input topic              4
 PM25_MODEL_STORE               model store folder                         the bundled store
 PM25_EMBEDDED_BROKER           1 = tune clients for the embedded broker   0
@@ -82,6 +85,7 @@ class Settings:
     dlq_topic: str = "pm25.readings.dlq"
     scores_topic: str = "pm25.scores"
     stations_topic: str = "pm25.stations"
+    station_readings_topic: str = "pm25.readings.by-station"
     partitions: int = 4
     model_store: Path | None = None
     embedded_broker: bool = False
@@ -151,6 +155,7 @@ class Settings:
             "dlq_topic": get("DLQ_TOPIC") or _DEFAULTS["dlq_topic"],
             "scores_topic": get("SCORES_TOPIC") or _DEFAULTS["scores_topic"],
             "stations_topic": get("STATIONS_TOPIC") or _DEFAULTS["stations_topic"],
+            "station_readings_topic": get("STATION_READINGS_TOPIC") or _DEFAULTS["station_readings_topic"],
             "partitions": as_int("PARTITIONS", _DEFAULTS["partitions"]),
             "model_store": Path(store) if store else None,
             "embedded_broker": (get("EMBEDDED_BROKER") or "0").lower() in ("1", "true", "yes"),

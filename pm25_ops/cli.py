@@ -278,6 +278,30 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    """The repartition stage in the foreground until Ctrl-C or SIGTERM (stream_processor.router)."""
+    import signal
+
+    from pm25.kafka import ensure_topics
+    from stream_processor.router import Router
+
+    settings = _settings(args)
+    source = args.station_readings_topic or settings.station_readings_topic
+    if source == settings.readings_topic:
+        raise UsageError(f"the router reads {source} and writes {settings.readings_topic}: give two different topics")
+    _reachable(settings, args.connect_timeout)
+    ensure_topics(replace(settings, station_readings_topic=source), routed=True)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    log.info("routing %s (keyed by station) to %s keyed by network", source, settings.readings_topic)
+    try:
+        forwarded = Router(settings, source, max_records=args.max_poll_records).run(lambda: bool(stopping))
+    except KeyboardInterrupt:
+        return 0
+    log.info("router stopped after %d readings", forwarded)
+    return 0
+
+
 def _use_uvloop() -> None:
     """uvloop's event loop for what is built from here on (until 2026-12-04 the policy was set
     after the Worker was built, whose Faust services had already taken the default loop: the
@@ -647,6 +671,26 @@ def _add_stream_commands(sub: Any) -> None:
     s.add_argument("--station-file", help="with --key network: station metadata CSV (default: the shipped one)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_produce)
+
+    s = sub.add_parser(
+        "route",
+        help="forward readings keyed by station to the readings topic keyed by network, in event-time "
+        "order (run one router when several workers share networks)",
+    )
+    _kafka_args(s, "readings", "stations")
+    s.add_argument(
+        "--station-readings-topic",
+        metavar="NAME",
+        help="the station-keyed topic to read (env PM25_STATION_READINGS_TOPIC, default pm25.readings.by-station)",
+    )
+    s.add_argument(
+        "--max-poll-records",
+        type=_positive_int,
+        default=4000,
+        metavar="N",
+        help="readings taken per poll (default 4000; a backlog is merged across partitions poll by poll)",
+    )
+    s.set_defaults(func=cmd_route)
 
     s = sub.add_parser("worker", help="run the stream processor (Faust worker)")
     _kafka_args(s, "readings", "forecasts", "dlq")

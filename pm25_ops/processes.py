@@ -10,29 +10,68 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Self
 
-__all__ = ["WorkerProcess", "metric_value"]
+__all__ = ["RouterProcess", "WorkerProcess", "metric_value"]
 
 
-class WorkerProcess:
-    """`pm25 worker` as a child process with its log in a file (used by the demo and tests)."""
+class _Child:
+    """A `pm25` command as a child process with its log in a file."""
 
-    def __init__(self, settings_env: dict[str, str], log_path: Path) -> None:
+    command = ""
+
+    def __init__(self, settings_env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.env = {**os.environ, **settings_env}
         self.log_path = log_path
+        self.args = args  # the command's arguments
         self.proc: subprocess.Popen[bytes] | None = None
-        self.web_port = int(settings_env["PM25_WEB_PORT"])
 
-    def start(self) -> WorkerProcess:
+    def start(self) -> Self:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pm25_ops.cli", "worker"],
+        self.proc = subprocess.Popen(  # noqa: S603 - our own command, its arguments from the caller
+            [sys.executable, "-m", "pm25_ops.cli", self.command, *self.args],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.log_path.parent,  # Faust creates its data folder ({app id}-data) beside the log
         )
         return self
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+class RouterProcess(_Child):
+    """`pm25 route` as a child process (the integration tests)."""
+
+    command = "route"
+
+
+class WorkerProcess(_Child):
+    """`pm25 worker` as a child process with its log in a file (used by the demo and tests)."""
+
+    command = "worker"
+
+    def __init__(self, settings_env: dict[str, str], log_path: Path) -> None:
+        super().__init__(settings_env, log_path)
+        self.web_port = int(settings_env["PM25_WEB_PORT"])
 
     def wait_ready(self, timeout: float = 90.0) -> float:
         """Seconds until /ready answered 200; raises RuntimeError if the worker died or timed out."""
@@ -63,12 +102,6 @@ class WorkerProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
             return str(resp.read().decode())
 
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
     def events(self, limit: int = 400) -> str:
         """The log's lines that tell what happened, from the start (for a failed test's report):
         warnings and errors, the worker's own lines, and the milestones of each rebalance (Faust's
@@ -88,20 +121,6 @@ class WorkerProcess:
             and "Stopping..." not in line
         ]
         return "\n".join(line[:300] for line in keep[-limit:])
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if hasattr(self, "_log"):
-            self._log.close()
 
 
 def metric_value(text: str, name: str) -> float:

@@ -51,7 +51,8 @@ from stream_processor.inference import OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.networks import Networks
 from stream_processor.offsets import OffsetGuard, TailWatch, Verdict
-from stream_processor.processor import DeadLetter, PartitionActivity, Processor, StuckPartitions
+from stream_processor.partitions import PartitionActivity, StuckPartitions
+from stream_processor.processor import DeadLetter, Processor
 from stream_processor.sending import BatchSender
 from stream_processor.stations_feed import follow_stations
 

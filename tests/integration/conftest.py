@@ -29,6 +29,7 @@ def worker_env(servers: str, embedded: bool, run_id: str) -> dict[str, str]:
         "PM25_DLQ_TOPIC": f"dlq-{run_id}",
         "PM25_SCORES_TOPIC": f"scores-{run_id}",
         "PM25_STATIONS_TOPIC": f"stations-{run_id}",
+        "PM25_STATION_READINGS_TOPIC": f"readings-by-station-{run_id}",
         "PM25_WEB_PORT": str(free_port()),
     }
 

@@ -313,3 +313,89 @@ def test_readings_rekeyed_from_station_to_network_keep_each_station_s_newer_stat
     finally:  # a failing run leaves no worker behind
         first.stop()
         second.stop()
+
+
+#: the router's arguments in the test: readings taken per poll
+ROUTER_ARGS = ("--max-poll-records", "100")
+
+
+def _wait_for_settled_hours(settings: Settings, part: list, expected: dict) -> None:
+    """Wait for the forecasts of ``part``'s readings but each station's last few hours (a network's
+    hour closes when its members have reported it, or once the lateness bound has passed)."""
+    newest: dict[str, int] = {}
+    for r in part:
+        newest[r.station_id] = max(newest.get(r.station_id, r.hour), r.hour)
+    settled = min(newest.values()) - 4
+    due = {(r.station_id, r.timestamp) for r in part if r.hour < settled} & expected.keys()
+    collect(settings, settings.forecasts_topic, lambda m: due <= by_key(m)[0].keys(), timeout=120)
+
+
+def test_readings_keyed_by_station_routed_by_network_through_backlogs_kill_9_and_restarts(
+    broker, tmp_path, run_id, report_counts
+):
+    """The repartition stage (`pm25 route`): readings keyed by station, as sensors publish them,
+    routed by network to two workers that share the networks. Twice the router meets a backlog in
+    which the stations of one input partition are 12 hours behind the others (read in that order,
+    every network with such a station would get hours outside the lateness bound): at its first
+    start, and after it was SIGKILLed (with a worker) and restarted; then a new worker joins and the
+    last hours come live. The final forecasts equal the backtest's of the readings in hour order.
+    The test can fail: with the merge's wait taken out, every partition of the routed topic had
+    readings outside the bound (78 each, of 1080)."""
+    from dataclasses import replace
+
+    from pm25_ops.processes import RouterProcess
+
+    env, settings, meta, _ = _app_with_four_networks(broker, run_id)
+    ensure_topics(settings, routed=True)
+    readings = list(load_source("multisite", [], hours=360))
+    expected = expected_forecasts(settings, readings, meta)
+    behind = {s.station_id for s in meta if _kafka_partition(s.station_id, settings.partitions) == 0}
+    assert 0 < len(behind) < len(meta)
+
+    def backlog(lo: int, hi: int) -> list:  # hours lo..hi-1, the stations behind 12 hours late
+        part = [r for r in readings if lo <= r.hour - readings[0].hour < hi]
+        return sorted(part, key=lambda r: r.hour + (12 if r.station_id in behind else 0))
+
+    producers = replace(settings, readings_topic=settings.station_readings_topic)  # where sensors write
+
+    def start(name: str) -> WorkerProcess:
+        return WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / f"{name}.log").start()
+
+    def settle(*pair: WorkerProcess) -> None:
+        for w in pair:
+            w.wait_ready()
+        shared = _wait_for(lambda: [_partitions_of(w) for w in pair] == [2.0, 2.0], timeout=90)
+        assert shared, f"the workers did not settle on two partitions each:\n{pair[0].tail()}\n{pair[1].tail()}"
+
+    first, second = backlog(0, 120), backlog(120, 240)
+    live = [r for r in readings if r.hour - readings[0].hour >= 240]
+    a, b = start("a"), start("b")
+    settle(a, b)
+    _paced_send(producers, first, 20000.0)  # keyed by station, before any router runs
+    # small polls: a backlog is read in several, each with some partitions' readings only
+    router = RouterProcess(env, tmp_path / "router.log", ROUTER_ARGS).start()
+    _wait_for_settled_hours(settings, first, expected)
+    published = [metric_value(w.metrics(), "pm25_forecasts_out_total") for w in (a, b)]
+    b.stop(kill=True)  # SIGKILL: a takes its two partitions over
+    router.stop(kill=True)  # SIGKILL: the next router reads on from its last commit
+    _paced_send(producers, second, 20000.0)
+    router = RouterProcess(env, tmp_path / "router2.log", ROUTER_ARGS).start()
+    _wait_for_settled_hours(settings, second, expected)
+    c = start("c")  # joins: takes two partitions back, recovering their states from the changelog
+    settle(a, c)
+    _paced_send(producers, live, 2000.0)
+    msgs, latest, seen = _every_forecast(settings, expected)
+    report_counts(
+        f"readings {len(readings)} keyed by station, routed by network (two backlogs with {len(behind)} "
+        f"stations 12 h behind the others, then live); forecasts expected {len(expected)}, received "
+        f"{len(msgs)} (duplicates {_duplicates(seen)}); two workers (forecasts published by each in the "
+        f"first third: {published[0]:.0f}, {published[1]:.0f}), one SIGKILLed, the router SIGKILLed and "
+        f"restarted, a new worker joined; {_defences(a, c)}"
+    )
+    try:
+        assert all(p > 0 for p in published), published
+        assert not (why := forecast_mismatch(latest, expected, a, b, c)), why + "\nrouter:\n" + router.tail()
+        assert [metric_value(w.metrics(), "pm25_readings_split_network_total") for w in (a, c)] == [0.0, 0.0]
+    finally:
+        for p in (a, c, router):
+            p.stop()

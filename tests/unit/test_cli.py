@@ -21,6 +21,7 @@ from pm25_ops.cli import main
         ["stations"],
         ["stations", "load"],
         ["produce", "--key", "region"],
+        ["route", "--max-poll-records", "0"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
@@ -79,12 +80,19 @@ def test_backtest_writes_forecasts(tmp_path):
         ["worker", "--connect-timeout", "2"],
         ["dashboard", "--connect-timeout", "2"],
         ["stations", "load", str(BEIJING_STATIONS), "--connect-timeout", "2"],
+        ["route", "--connect-timeout", "2"],
     ],
 )
 def test_an_unreachable_broker_is_one_line_and_a_non_zero_exit(argv, capsys):
     assert main([*argv, "--bootstrap-servers", "127.0.0.1:1"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot reach a Kafka broker at 127.0.0.1:1 within 2 s" in err[0]
+
+
+def test_route_refuses_to_read_the_topic_it_writes(capsys):
+    assert main(["route", "--station-readings-topic", "pm25.readings", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "two different topics" in err[0]
 
 
 def test_kafka_without_java_or_maven_says_so_and_exits_2(monkeypatch, tmp_path, capsys):

@@ -4,7 +4,8 @@ from pm25.schema import Reading, reading_to_json
 from pm25.settings import Settings
 from stream_processor.backtest import make_engine
 from stream_processor.metrics import WorkerMetrics
-from stream_processor.processor import DeadLetter, PartitionActivity, Processor, StuckPartitions
+from stream_processor.partitions import PartitionActivity, StuckPartitions
+from stream_processor.processor import DeadLetter, Processor
 
 H0 = 378_360
 
