@@ -104,8 +104,9 @@ class EventTimeMerge(Generic[T]):
         for p, queue in self._queues.items():
             while queue and queue[0][0] is None:
                 out.append((p, queue.popleft()[1]))
-            if queue:
-                heads.append((queue[0][0], p))  # type: ignore[arg-type]  # not None: skipped above
+            first = queue[0][0] if queue else None  # an hour: the items without one went out above
+            if first is not None:
+                heads.append((first, p))
         heapq.heapify(heads)
         while heads:
             hour, p = heads[0]
@@ -119,10 +120,11 @@ class EventTimeMerge(Generic[T]):
                 if h is not None:
                     self._newest[p] = max(self._newest.get(p, h), h)
                 out.append((p, item))
-            if queue:  # its head is newer than ``hour`` now
-                heapq.heapreplace(heads, (queue[0][0], p))  # type: ignore[arg-type]
-            else:
+            nxt = queue[0][0] if queue else None  # newer than ``hour`` (an item without one went out)
+            if nxt is None:
                 heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (nxt, p))
         return out
 
 
@@ -266,7 +268,7 @@ class Router:
         router = self
         s = self.settings
 
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 router.revoked(revoked)
 
