@@ -11,6 +11,9 @@
 3. The same run through the naive worker (``benchmarks.naive_worker``), same bench.
 4. Scale-out: the same run through two worker processes in one consumer group.
 5. Worker peak RSS (VmHWM) and cold start (process spawn to first forecast).
+6. On Apache Kafka, the repartition stage (``pm25 route``): the readings keyed by station routed
+   to the readings topic keyed by network (readings/s and the router's CPU per reading, from a
+   backlog), and the latency run again with the readings keyed by station through the router.
 
 Latency on the embedded broker is bounded by its fetch behaviour (a waiting fetch is answered when
 Faust's 1.5 s fetch wait expires); it is reported as measured and is not Apache Kafka's latency.
@@ -32,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,7 @@ from pm25.kafka import ensure_topics, make_consumer, make_producer, partition_co
 from pm25.schema import Reading, forecast_from_json, reading_to_json
 from pm25.settings import Settings
 from pm25.stations import Station
-from pm25_ops.processes import WorkerProcess
+from pm25_ops.processes import RouterProcess, WorkerProcess
 from producer.replay import network_keys, station_key
 
 __all__ = ["BenchConfig", "run_bench"]
@@ -611,6 +614,7 @@ class _Target:
         tag = f"{self.tag}-{tag}"
         return {
             "PM25_STATIONS_TOPIC": f"stations-{tag}",
+            "PM25_STATION_READINGS_TOPIC": f"{self.tag}-by-station-{readings_topic}",
             "PM25_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "PM25_EMBEDDED_BROKER": "1" if self.embedded else "0",
             "PM25_APP_ID": f"bench-{tag}",
@@ -723,21 +727,84 @@ def _suite(
         _say(json.dumps(alone))
         out["latency_alone_ms"] = alone["latency_ms"]
         out["latency_alone"] = alone
+    if target.kafka is not None and networks:
+        _router_figures(cfg, target, load, workdir, networks, out)
     if target.kafka is not None:
         out["broker_rss_mb"] = round(target.kafka.rss_bytes() / 2**20, 1)
     return out
 
 
-def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: list[Station]) -> dict[str, Any]:
+def _router_figures(
+    cfg: BenchConfig, target: _Target, load: Workload, workdir: Path, networks: list[Station], out: dict[str, Any]
+) -> None:
+    """The repartition stage: its throughput from a backlog, and the latency through it."""
+    _say(f"[{target.tag}] router: the readings keyed by station, a backlog, routed keyed by network")
+    out["router"] = _route_run(target, load, workdir / f"{target.tag}-router.log")
+    _say(json.dumps(out["router"]))
+    _say(f"[{target.tag}] latency, readings keyed by station through the router")
+    routed = _latency_run(
+        cfg, target.env("latency-routed", "readings-latency-routed"), workdir / "routed.log", networks, routed=True
+    )
+    _say(json.dumps(routed))
+    out["latency_routed_ms"] = routed["latency_ms"]
+    out["latency_routed"] = routed
+
+
+def _route_run(target: _Target, load: Workload, log: Path) -> dict[str, Any]:
+    """The router alone: the bench's readings (warm-up and timed hours) keyed by station, written
+    to the station-keyed topic before it starts, forwarded keyed by network. Readings/s from the
+    first routed reading to the last (the readings topic's end offsets, looked at every 0.1 s) and
+    the router's CPU per reading."""
+    env, settings = target.app("route")
+    ensure_topics(settings, routed=True)
+    readings = load.warm + load.timed
+    _offer(replace(settings, readings_topic=settings.station_readings_topic), readings)
+    consumer = make_consumer(settings, group_id=None)
+    router = RouterProcess(env, log).start()
+    assert router.proc is not None
+    try:
+        from kafka.structs import TopicPartition
+
+        tps = [TopicPartition(settings.readings_topic, p) for p in range(settings.partitions)]
+        first = done = None
+        deadline = time.monotonic() + 300
+        while done is None and time.monotonic() < deadline:
+            routed = sum(consumer.end_offsets(tps).values())
+            now = time.monotonic()
+            if routed and first is None:
+                first = now
+            if routed >= len(readings):
+                done = now
+            time.sleep(0.1)
+        cpu = _cpu_s(router.proc.pid)
+        rss = _peak_rss_mb(router.proc.pid)
+    finally:
+        router.stop()
+        consumer.close()
+    rate = len(readings) / (done - first) if first is not None and done is not None and done > first else None
+    return {
+        "readings": len(readings),
+        "readings_per_s": round(rate, 1) if rate else None,
+        "router_cpu_us_per_reading": round(cpu * 1e6 / len(readings), 1),
+        "router_peak_rss_mb": rss,
+    }
+
+
+def _latency_run(
+    cfg: BenchConfig, env: dict[str, str], log: Path, stations: list[Station], routed: bool = False
+) -> dict[str, Any]:
     """Readings offered at a fixed rate, one hour of every station per second; with ``stations``
-    (their networks) a forecast waits for the last member of its network to report the hour."""
+    (their networks) a forecast waits for the last member of its network to report the hour; with
+    ``routed`` the readings go to the station-keyed topic and through the router (``pm25 route``)."""
     from stream_processor.backtest import make_engine
     from stream_processor.engine import run_offline
 
     settings = Settings.from_env({**os.environ, **env})
-    ensure_topics(settings)
+    ensure_topics(settings, routed=routed)
     if stations:
         publish_stations(settings, stations)
+    topic = settings.station_readings_topic if routed else settings.readings_topic
+    router = RouterProcess(env, log.with_name(log.stem + "-router.log")).start() if routed else None
     worker = WorkerProcess(env, log).start()
     try:
         worker.wait_ready()
@@ -750,7 +817,7 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: lis
         expected_warm = sum(1 for _ in run_offline(make_engine(settings, stations), warm, batch_size=512))
         producer = make_producer(settings)
         for r in warm:
-            producer.send(settings.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))
+            producer.send(topic, key=r.station_id.encode(), value=reading_to_json(r))
         producer.flush()
         # wait until the worker has caught up with the warm-up backlog, so the timed readings
         # meet an idle worker and the latency is not the backlog's
@@ -768,7 +835,7 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: lis
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            producer.send(settings.readings_topic, key=r.station_id.encode(), value=reading_to_json(r))
+            producer.send(topic, key=r.station_id.encode(), value=reading_to_json(r))
             sent_at[(r.station_id, r.hour)] = time.time()
         producer.flush()
         offered = len(timed) / (time.monotonic() - t0)
@@ -778,6 +845,8 @@ def _latency_run(cfg: BenchConfig, env: dict[str, str], log: Path, stations: lis
         msgs = _consume_until(settings, settings.forecasts_topic, expected, timeout=120)
     finally:
         worker.stop()
+        if router is not None:
+            router.stop()
     return _latency_summary(msgs, sent_at, stations, offered, len(timed))
 
 
@@ -886,17 +955,17 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax[1].set(title="End-to-end readings/s, one worker")
     ax[1].legend()
     ax[1].tick_params(axis="x", labelsize=7)
-    width = 0.38
-    for k, (name, suite) in enumerate((("embedded", e2e), ("Apache Kafka", kafka))):
-        if not suite:
-            continue
-        lat = suite["latency_ms"]
-        xs = np.arange(3) + (k - 0.5) * width
+    groups = [("embedded", e2e.get("latency_ms")), ("Apache Kafka", kafka.get("latency_ms"))]
+    groups.append(("Kafka, keyed by station\nthrough pm25 route", kafka.get("latency_routed_ms")))
+    groups = [(name, lat) for name, lat in groups if lat]
+    width = 0.8 / max(len(groups), 1)
+    for k, (name, lat) in enumerate(groups):
+        xs = np.arange(3) + (k - (len(groups) - 1) / 2) * width
         ax[2].bar(xs, [lat["p50"] or 0, lat["p95"] or 0, lat["p99"] or 0], width, label=name)
     ax[2].set_xticks(np.arange(3), ["p50", "p95", "p99"])
     ax[2].axhline(100, color="k", ls="--", lw=0.8)
     ax[2].set(title=f"Reading-to-forecast latency (ms) at {e2e['latency']['offered_readings_per_s']:.0f}/s")
-    ax[2].legend()
+    ax[2].legend(fontsize=7)
     for name, suite in (("embedded", e2e), ("Apache Kafka", kafka)):
         timeline = (suite.get("latency") or {}).get("timeline_ms") or []
         if timeline:
