@@ -237,7 +237,8 @@ class Processor:
                 "network %s: readings keyed by station, and its stations' keys also land in input "
                 "partitions %s, which this worker does not hold: its forecasts of the network see only "
                 "part of it (they differ from a backtest of the whole network); when several workers "
-                "share the topic, key the readings by network (pm25 produce --key network)",
+                "share the topic, key the readings by network (pm25 produce --key network), or publish them "
+                "keyed by station to the router's topic and run pm25 route",
                 network,
                 list(elsewhere),
             )

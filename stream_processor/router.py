@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from pm25.embedded import kafka_consumer_overrides
 from pm25.schema import InvalidReading, parse_reading
 from pm25.settings import Settings
 from pm25.stations import InvalidStation, Station, station_from_json
@@ -289,10 +290,9 @@ class Router:
             client_id="pm25-router",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
-            # a router killed is out of the group 10 s later (its successor waits for that)
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=3_000,
             **s.kafka_python_security(),
+            # a router killed is out of the group 10 s later (its successor waits for that)
+            **{"session_timeout_ms": 10_000, "heartbeat_interval_ms": 3_000, **self._embedded},
         )
         self._consumer.subscribe([self.source], listener=Listener())
         self._stations = KafkaConsumer(
@@ -302,6 +302,7 @@ class Router:
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             **s.kafka_python_security(),
+            **self._embedded,
         )
 
     def revoked(self, revoked: Any) -> None:
@@ -311,6 +312,11 @@ class Router:
             self._commit()
         self.merge.forget(tp.partition for tp in revoked)
         self._paused.difference_update(revoked)
+
+    @property
+    def _embedded(self) -> dict[str, Any]:
+        """The embedded broker's consumer settings when it is the broker (pm25.embedded)."""
+        return kafka_consumer_overrides() if self.settings.embedded_broker else {}
 
     def assigned(self, assigned: Any) -> None:
         partitions = self._consumer.partitions_for_topic(self.source) or set()

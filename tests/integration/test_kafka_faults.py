@@ -194,6 +194,18 @@ def _partitions_of(worker: WorkerProcess) -> float:
         return -1.0
 
 
+def _start_worker(env: dict[str, str], folder, name: str) -> WorkerProcess:
+    return WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, folder / f"{name}.log").start()
+
+
+def _settle(*pair: WorkerProcess) -> None:
+    """Wait until both workers are ready and hold two of the four partitions each."""
+    for w in pair:
+        w.wait_ready()
+    shared = _wait_for(lambda: [_partitions_of(w) for w in pair] == [2.0, 2.0], timeout=90)
+    assert shared, f"the workers did not settle on two partitions each:\n{pair[0].tail()}\n{pair[1].tail()}"
+
+
 def test_two_workers_share_networks_keyed_by_network_through_kill_9_and_restart(
     broker, tmp_path, run_id, report_counts
 ):
@@ -211,23 +223,17 @@ def test_two_workers_share_networks_keyed_by_network_through_kill_9_and_restart(
     expected = expected_forecasts(settings, readings, meta)
 
     def start(name: str) -> WorkerProcess:
-        return WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / f"{name}.log").start()
-
-    def settle(*pair: WorkerProcess) -> None:
-        for w in pair:
-            w.wait_ready()
-        shared = _wait_for(lambda: [_partitions_of(w) for w in pair] == [2.0, 2.0], timeout=90)
-        assert shared, f"the workers did not settle on two partitions each:\n{pair[0].tail()}\n{pair[1].tail()}"
+        return _start_worker(env, tmp_path, name)
 
     third = len(readings) // 3
     a, b = start("a"), start("b")
-    settle(a, b)
+    _settle(a, b)
     _send_and_wait(settings, readings[:third], expected, key)
     published = [metric_value(w.metrics(), "pm25_forecasts_out_total") for w in (a, b)]
     b.stop(kill=True)  # SIGKILL: a takes its two partitions over
     _send_and_wait(settings, readings[third : 2 * third], expected, key)
     c = start("c")  # joins: takes two partitions back, recovering their states from the changelog
-    settle(a, c)
+    _settle(a, c)
     _paced_send(settings, readings[2 * third :], 2000.0, key)
     msgs, latest, seen = _every_forecast(settings, expected)
     report_counts(
@@ -359,18 +365,12 @@ def test_readings_keyed_by_station_routed_by_network_through_backlogs_kill_9_and
     producers = replace(settings, readings_topic=settings.station_readings_topic)  # where sensors write
 
     def start(name: str) -> WorkerProcess:
-        return WorkerProcess(env | {"PM25_WEB_PORT": str(free_port())}, tmp_path / f"{name}.log").start()
-
-    def settle(*pair: WorkerProcess) -> None:
-        for w in pair:
-            w.wait_ready()
-        shared = _wait_for(lambda: [_partitions_of(w) for w in pair] == [2.0, 2.0], timeout=90)
-        assert shared, f"the workers did not settle on two partitions each:\n{pair[0].tail()}\n{pair[1].tail()}"
+        return _start_worker(env, tmp_path, name)
 
     first, second = backlog(0, 120), backlog(120, 240)
     live = [r for r in readings if r.hour - readings[0].hour >= 240]
     a, b = start("a"), start("b")
-    settle(a, b)
+    _settle(a, b)
     _paced_send(producers, first, 20000.0)  # keyed by station, before any router runs
     # small polls: a backlog is read in several, each with some partitions' readings only
     router = RouterProcess(env, tmp_path / "router.log", ROUTER_ARGS).start()
@@ -382,7 +382,7 @@ def test_readings_keyed_by_station_routed_by_network_through_backlogs_kill_9_and
     router = RouterProcess(env, tmp_path / "router2.log", ROUTER_ARGS).start()
     _wait_for_settled_hours(settings, second, expected)
     c = start("c")  # joins: takes two partitions back, recovering their states from the changelog
-    settle(a, c)
+    _settle(a, c)
     _paced_send(producers, live, 2000.0)
     msgs, latest, seen = _every_forecast(settings, expected)
     report_counts(
