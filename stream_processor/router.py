@@ -131,14 +131,18 @@ class EventTimeMerge(Generic[T]):
 
 def route_of(value: bytes | None, key: bytes | None, networks: Networks) -> tuple[int | None, bytes | None]:
     """A message's event hour and the key it is forwarded with: its station's network, or its
-    station id (no metadata, or alone in its network). A message that is not a valid reading keeps
-    its key and has no hour: the worker dead-letters it with its reason."""
+    station id (no metadata, or alone in its network). A message that is not a valid reading, or
+    whose key names another station, keeps its key and has no hour: the worker dead-letters it with
+    its reason (``key_mismatch`` for the second)."""
     try:
         reading = parse_reading(value)
     except InvalidReading:
         return None, key
+    station = reading.station_id.encode()
+    if key is not None and key != station:
+        return None, key
     network = networks.network_of(reading.station_id)
-    return reading.hour, (network or reading.station_id).encode()
+    return reading.hour, network.encode() if network else station
 
 
 @dataclass
@@ -254,6 +258,9 @@ class Router:
         now = time.monotonic()
         pr = self._progress
         if now - pr.since < PROGRESS_S:
+            return
+        if pr.forwarded == pr.last_count:  # idle: nothing to say
+            pr.since = now
             return
         rate = (pr.forwarded - pr.last_count) / (now - pr.since)
         waiting = sum(self.merge.waiting(tp.partition) for tp in self._consumer.assignment())

@@ -89,6 +89,9 @@ def test_messages_that_are_not_readings_go_out_at_their_queue_s_head_and_revoked
 
 
 def test_route_of_keys_a_reading_by_its_station_s_network_and_keeps_a_bad_message_s_key():
+    """A message that is not a reading of the station its key names keeps its key (and no hour):
+    the worker dead-letters it with its reason, as without the router."""
+
     def station(sid: str, network: str) -> Station:
         return Station(station_id=sid, name=sid, latitude=40.0, longitude=116.0, network=network)
 
@@ -100,3 +103,5 @@ def test_route_of_keys_a_reading_by_its_station_s_network_and_keeps_a_bad_messag
     unknown = reading_to_json(Reading("z", 102, pm25=5.0))
     assert route_of(unknown, b"z", networks) == (102, b"z")
     assert route_of(b"{not json", b"k", networks) == (None, b"k")
+    assert route_of(value, None, networks) == (100, b"north")  # no key: keyed by its network
+    assert route_of(value, b"b", networks) == (None, b"b")  # another station's key: key_mismatch
