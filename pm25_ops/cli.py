@@ -75,6 +75,7 @@ def _settings(args: argparse.Namespace) -> Any:
         forecasts_topic=getattr(args, "forecasts_topic", None),
         dlq_topic=getattr(args, "dlq_topic", None),
         stations_topic=getattr(args, "stations_topic", None),
+        station_readings_topic=getattr(args, "station_readings_topic", None),
         model_store=Path(args.model_store) if getattr(args, "model_store", None) else None,
         web_port=getattr(args, "web_port", None),
     )
@@ -286,11 +287,11 @@ def cmd_route(args: argparse.Namespace) -> int:
     from stream_processor.router import Router
 
     settings = _settings(args)
-    source = args.station_readings_topic or settings.station_readings_topic
+    source = settings.station_readings_topic
     if source == settings.readings_topic:
         raise UsageError(f"the router reads {source} and writes {settings.readings_topic}: give two different topics")
     _reachable(settings, args.connect_timeout)
-    ensure_topics(replace(settings, station_readings_topic=source), routed=True)
+    ensure_topics(settings, routed=True)
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     log.info("routing %s (keyed by station) to %s keyed by network", source, settings.readings_topic)
