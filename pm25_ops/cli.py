@@ -66,6 +66,10 @@ def _port(text: str) -> int:
     return value
 
 
+def _port_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else _port(text)
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from pm25.settings import Settings
 
@@ -294,9 +298,19 @@ def cmd_route(args: argparse.Namespace) -> int:
     ensure_topics(settings, routed=True)
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
-    log.info("routing %s (keyed by station) to %s keyed by network", source, settings.readings_topic)
+    router = Router(settings, source, max_records=args.max_poll_records)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, registry=router.metrics.registry)  # a daemon thread
+    log.info(
+        "routing %s (keyed by station) to %s keyed by network; metrics on port %s",
+        source,
+        settings.readings_topic,
+        args.metrics_port or "(none)",
+    )
     try:
-        forwarded = Router(settings, source, max_records=args.max_poll_records).run(lambda: bool(stopping))
+        forwarded = router.run(lambda: bool(stopping))
     except KeyboardInterrupt:
         return 0
     log.info("router stopped after %d readings", forwarded)
@@ -690,6 +704,12 @@ def _add_stream_commands(sub: Any) -> None:
         default=4000,
         metavar="N",
         help="readings taken per poll (default 4000; a backlog is merged across partitions poll by poll)",
+    )
+    s.add_argument(
+        "--metrics-port",
+        type=_port_or_zero,
+        default=6067,
+        help="HTTP port of the router's Prometheus metrics (default 6067; 0: none)",
     )
     s.set_defaults(func=cmd_route)
 

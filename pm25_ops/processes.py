@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
+from pm25.embedded import free_port
+
 __all__ = ["RouterProcess", "WorkerProcess", "metric_value"]
 
 
@@ -37,6 +39,12 @@ class _Child:
         )
         return self
 
+    web_port = 0  # where the child serves /metrics
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
     def tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -59,9 +67,14 @@ class _Child:
 
 
 class RouterProcess(_Child):
-    """`pm25 route` as a child process (the integration tests)."""
+    """`pm25 route` as a child process (the integration tests and the benchmark), its metrics on a
+    free port."""
 
     command = "route"
+
+    def __init__(self, settings_env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
+        self.web_port = free_port()
+        super().__init__(settings_env, log_path, (*args, "--metrics-port", str(self.web_port)))
 
 
 class WorkerProcess(_Child):
@@ -97,10 +110,6 @@ class WorkerProcess(_Child):
             return int(err.code)
         except OSError:
             return None
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
-            return str(resp.read().decode())
 
     def events(self, limit: int = 400) -> str:
         """The log's lines that tell what happened, from the start (for a failed test's report):

@@ -1,10 +1,11 @@
-"""Prometheus metrics of the worker, in a registry of its own (no global state)."""
+"""Prometheus metrics of the worker and of the router, each in a registry of its own (no global
+state)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["WorkerMetrics"]
+__all__ = ["RouterMetrics", "WorkerMetrics"]
 
 _LATENCY_BUCKETS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 _E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -97,3 +98,28 @@ class WorkerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RouterMetrics:
+    """The repartition stage's (``pm25 route``, stream_processor.router)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.routed = Counter("pm25_router_readings_routed", "Messages forwarded to the readings topic", registry=r)
+        self.kept_key = Counter(
+            "pm25_router_messages_kept_key",
+            "Messages forwarded with their own key: not a reading, or keyed by another station (the worker "
+            "dead-letters them)",
+            registry=r,
+        )
+        self.waiting = Gauge("pm25_router_waiting", "Readings taken in and waiting in the event-time merge", registry=r)
+        self.partitions = Gauge("pm25_router_input_partitions", "Input partitions assigned to this router", registry=r)
+        self.pending = Gauge(
+            "pm25_router_pending_partitions",
+            "Input partitions the merge waits for (behind their end, or delivered within 2 s)",
+            registry=r,
+        )
+        self.stuck = Gauge(
+            "pm25_router_stuck_partitions", "Input partitions behind that have not moved for 60 s", registry=r
+        )
+        self.stations_known = Gauge("pm25_router_stations_known", "Stations with metadata", registry=r)

@@ -36,6 +36,7 @@ from pm25.embedded import kafka_consumer_overrides
 from pm25.schema import InvalidReading, parse_reading
 from pm25.settings import Settings
 from pm25.stations import InvalidStation, Station, station_from_json
+from stream_processor.metrics import RouterMetrics
 from stream_processor.networks import Networks
 from stream_processor.partitions import PartitionActivity, StuckPartitions
 
@@ -175,6 +176,7 @@ class Router:
         self._producer: Any = None
         self._stations: Any = None
         self._stations_looked = float("-inf")  # when the station topic was last looked for
+        self.metrics = RouterMetrics()
 
     def run(self, stop: Callable[[], bool]) -> int:
         """Route until ``stop()`` is true; returns how many readings were forwarded."""
@@ -197,6 +199,8 @@ class Router:
         for tp, records in batch.items():
             for rec in records:
                 hour, key = route_of(rec.value, rec.key, self.networks)
+                if hour is None:
+                    self.metrics.kept_key.inc()
                 self.merge.add(tp.partition, hour, (rec, key))
         self._load_stations(wait_for_end=False)
         out = self.merge.release(self._pending(now))
@@ -212,6 +216,7 @@ class Router:
         if out:
             self._commit()
         self._progress.forwarded += len(out)
+        self.metrics.routed.inc(len(out))
         self._flow_control()
         self._report()
 
@@ -232,7 +237,13 @@ class Router:
         for p in stuck - self._stuck.reported:
             log.warning("partition %d of %s has not moved for %.0f s: not waited for", p, self.source, BEHIND_MAX_S)
         self._stuck.reported |= stuck
-        return (set(behind) - stuck) | self._activity.active(set(assigned), now)
+        pending = (set(behind) - stuck) | self._activity.active(set(assigned), now)
+        m = self.metrics
+        m.partitions.set(len(assigned))
+        m.pending.set(len(pending))
+        m.stuck.set(len(stuck))
+        m.waiting.set(sum(self.merge.waiting(p) for p in assigned))
+        return pending
 
     def _commit(self) -> None:
         from kafka.structs import OffsetAndMetadata
@@ -370,6 +381,7 @@ class Router:
                 log.warning("station record skipped: %s", err)
         if stations:
             self.networks.update(stations)
+            self.metrics.stations_known.set(len(self.networks))
             log.info("station metadata: %d stations", len(self.networks))
 
     def _close(self) -> None:

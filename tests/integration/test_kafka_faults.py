@@ -395,6 +395,10 @@ def test_readings_keyed_by_station_routed_by_network_through_backlogs_kill_9_and
     try:
         assert all(p > 0 for p in published), published
         assert not (why := forecast_mismatch(latest, expected, a, b, c)), why + "\nrouter:\n" + router.tail()
+        routed = router.metrics()  # the second router's: the second backlog and the live hours, at least
+        assert metric_value(routed, "pm25_router_readings_routed_total") >= len(second) + len(live)
+        assert metric_value(routed, "pm25_router_input_partitions") == 4.0
+        assert metric_value(routed, "pm25_router_stuck_partitions") == 0.0
         assert [metric_value(w.metrics(), "pm25_readings_split_network_total") for w in (a, c)] == [0.0, 0.0]
     finally:
         for p in (a, c, router):

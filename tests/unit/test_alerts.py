@@ -85,13 +85,23 @@ def test_the_rules_name_only_series_and_labels_the_worker_exports():
 
 
 def test_prometheus_scrapes_the_workers_and_loads_the_rules_in_the_compose_monitoring_profile(tmp_path):
+    from pm25_ops.cli import build_parser
+
     conf = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    (job,) = conf["scrape_configs"]
-    assert job["job_name"] == "pm25-worker" and job["metrics_path"] == "/metrics"
+    jobs = {j["job_name"]: j for j in conf["scrape_configs"]}
+    assert set(jobs) == {"pm25-worker", "pm25-router"}
+    job = jobs["pm25-worker"]
+    assert job["metrics_path"] == "/metrics"
     (sd,) = job["dns_sd_configs"]
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     worker_port = int(compose["services"]["worker"]["environment"]["PM25_WEB_PORT"])
     assert sd["names"] == ["worker"] and sd["type"] == "A" and sd["port"] == worker_port
+    # the router (profile route) on the port `pm25 route` serves its metrics on by default
+    (rsd,) = jobs["pm25-router"]["dns_sd_configs"]
+    router_port = build_parser().parse_args(["route"]).metrics_port
+    assert rsd["names"] == ["router"] and rsd["type"] == "A" and rsd["port"] == router_port
+    assert compose["services"]["router"]["command"] == ["route"]
+    assert str(router_port) in compose["services"]["router"]["ports"]
     prom = compose["services"]["prometheus"]
     assert prom["profiles"] == ["monitoring"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in prom["volumes"]}

@@ -22,6 +22,7 @@ from pm25_ops.cli import main
         ["stations", "load"],
         ["produce", "--key", "region"],
         ["route", "--max-poll-records", "0"],
+        ["route", "--metrics-port", "70000"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
