@@ -246,12 +246,17 @@ class Router:
         return pending
 
     def _commit(self) -> None:
+        from kafka.errors import CommitFailedError
         from kafka.structs import OffsetAndMetadata
 
         self._producer.flush()  # acknowledged by the broker before their offsets are committed
         offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._released.items()}
         self._released.clear()
-        self._consumer.commit(offsets)
+        try:
+            self._consumer.commit(offsets)
+        except CommitFailedError as err:  # the group rebalanced meanwhile: the next owner forwards
+            # these readings again (duplicates, which the worker ignores); nothing is lost
+            log.warning("offsets of forwarded readings not committed (%s): they will be forwarded again", err)
 
     def _flow_control(self) -> None:
         """Pause a partition with too many readings waiting in the merge (the others are behind it);
