@@ -21,6 +21,7 @@ class _Child:
     """A `pm25` command as a child process with its log in a file."""
 
     command = ""
+    web_port = 0  # where the child serves /metrics
 
     def __init__(self, settings_env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.env = {**os.environ, **settings_env}
@@ -38,8 +39,6 @@ class _Child:
             cwd=self.log_path.parent,  # Faust creates its data folder ({app id}-data) beside the log
         )
         return self
-
-    web_port = 0  # where the child serves /metrics
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:

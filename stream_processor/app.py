@@ -51,7 +51,7 @@ from stream_processor.inference import OnnxForecaster
 from stream_processor.metrics import WorkerMetrics
 from stream_processor.networks import Networks
 from stream_processor.offsets import OffsetGuard, TailWatch, Verdict
-from stream_processor.partitions import PartitionActivity, StuckPartitions
+from stream_processor.partitions import ACTIVE_S, BEHIND_MAX_S, PartitionActivity, StuckPartitions
 from stream_processor.processor import DeadLetter, Processor
 from stream_processor.sending import BatchSender
 from stream_processor.stations_feed import follow_stations
@@ -96,13 +96,6 @@ PRODUCE_BATCH_BYTES = 256 * 1024
 #: sends about 50 small fetches a second instead of one.
 FETCH_MAX_WAIT_MS = 20
 MODEL_POLL_S = 2.0
-#: A partition that delivered a message within this many seconds counts for the networks'
-#: watermark even when it looks caught up, and so does every partition for this long after the
-#: stream starts moving after a pause (Processor.watermark, PartitionActivity).
-ACTIVE_S = 2.0
-#: When a partition has counted as behind for this long without moving, the worker stops waiting for
-#: it (a partition that never catches up must not stop the others' forecasts; StuckPartitions).
-BEHIND_MAX_S = 60.0
 #: How often readings held back, or a watermark held by partitions behind, are looked at again
 #: when no new event arrives.
 HELD_RETRY_S = 0.05

@@ -91,6 +91,22 @@ class Networks:
         except UnicodeDecodeError:
             return False
 
+    def key_mismatch(self, station_id: str, key: bytes | None) -> str | None:
+        """Why a message key does not fit its reading's station (None: it fits). The input topic is
+        keyed by station, or by network (so that several workers can share the networks): any
+        other key would split a station's or a network's state. A station whose metadata is not in
+        yet may come keyed by any known network."""
+        if key is None or key == station_id.encode():
+            return None
+        meta = self.stations.get(station_id)
+        if meta is None:
+            if self.is_network(key):
+                return None
+            return f"message key {key[:64]!r} is neither station_id {station_id!r} nor a known network"
+        if key != meta.network.encode():
+            return f"message key {key[:64]!r} is neither station_id {station_id!r} nor its network {meta.network!r}"
+        return None
+
     def network_of(self, station_id: str) -> str | None:
         """The station's network, or None when it is forecast alone (no metadata, or no other
         station in its network)."""

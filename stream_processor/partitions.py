@@ -5,7 +5,16 @@ router's merge (stream_processor.router) use both."""
 
 from __future__ import annotations
 
-__all__ = ["PartitionActivity", "StuckPartitions"]
+__all__ = ["ACTIVE_S", "BEHIND_MAX_S", "PartitionActivity", "StuckPartitions"]
+
+#: A partition that delivered a message within this many seconds is waited for even when it looks
+#: caught up (a producer's writes to the partitions do not land at once), and so is every partition
+#: for this long after the stream starts moving after a pause (PartitionActivity): the worker's
+#: networks' watermark (Processor.watermark) and the router's merge.
+ACTIVE_S = 2.0
+#: When a partition has counted as behind for this long without moving, it is no longer waited for
+#: (a partition that never catches up must not stop the others; StuckPartitions).
+BEHIND_MAX_S = 60.0
 
 
 class PartitionActivity:

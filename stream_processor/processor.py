@@ -203,21 +203,9 @@ class Processor:
         except InvalidReading as err:
             return self._dead(err.reason, err.detail)
         if key is not None and key != reading.station_id.encode():
-            # The input topic is keyed by station, or by network (so that several workers can
-            # share the networks): any other key would split a station's or a network's state.
-            networks = self.engine.networks
-            meta = networks.stations.get(reading.station_id)
-            if meta is None:
-                if networks.is_network(key):  # a station of that network whose metadata is not in yet
-                    return reading
-                detail = f"message key {key[:64]!r} is neither station_id {reading.station_id!r} nor a known network"
-                return self._dead("key_mismatch", detail)
-            if key != meta.network.encode():
-                detail = (
-                    f"message key {key[:64]!r} is neither station_id {reading.station_id!r} "
-                    f"nor its network {meta.network!r}"
-                )
-                return self._dead("key_mismatch", detail)
+            why = self.engine.networks.key_mismatch(reading.station_id, key)  # keyed by network, or not
+            if why is not None:
+                return self._dead("key_mismatch", why)
         elif self.split.held is not None:  # keyed by station while other workers share the topic
             self._check_split(reading.station_id)
         return reading

@@ -38,7 +38,7 @@ from pm25.settings import Settings
 from pm25.stations import InvalidStation, Station, station_from_json
 from stream_processor.metrics import RouterMetrics
 from stream_processor.networks import Networks
-from stream_processor.partitions import PartitionActivity, StuckPartitions
+from stream_processor.partitions import ACTIVE_S, BEHIND_MAX_S, PartitionActivity, StuckPartitions
 
 __all__ = ["ROUTER_GROUP_SUFFIX", "EventTimeMerge", "Router", "route_of"]
 
@@ -50,11 +50,6 @@ T = TypeVar("T")
 ROUTER_GROUP_SUFFIX = "-router"
 #: A partition with more readings than this waiting in the merge is paused until half are out.
 MAX_WAITING = 20_000
-#: A partition that delivered within this many seconds is waited for even when it looks caught up
-#: (the worker's stream_processor.app.ACTIVE_S, for the same reason).
-ACTIVE_S = 2.0
-#: A partition behind (unread messages) that has not moved for this long is no longer waited for.
-BEHIND_MAX_S = 60.0
 #: Seconds between two progress lines in the log.
 PROGRESS_S = 10.0
 
@@ -133,17 +128,16 @@ class EventTimeMerge(Generic[T]):
 def route_of(value: bytes | None, key: bytes | None, networks: Networks) -> tuple[int | None, bytes | None]:
     """A message's event hour and the key it is forwarded with: its station's network, or its
     station id (no metadata, or alone in its network). A message that is not a valid reading, or
-    whose key names another station, keeps its key and has no hour: the worker dead-letters it with
-    its reason (``key_mismatch`` for the second)."""
+    whose key the worker would refuse (:meth:`Networks.key_mismatch`), keeps its key and has no
+    hour: the worker dead-letters it with its reason."""
     try:
         reading = parse_reading(value)
     except InvalidReading:
         return None, key
-    station = reading.station_id.encode()
-    if key is not None and key != station:
+    if networks.key_mismatch(reading.station_id, key) is not None:
         return None, key
     network = networks.network_of(reading.station_id)
-    return reading.hour, network.encode() if network else station
+    return reading.hour, (network or reading.station_id).encode()
 
 
 @dataclass

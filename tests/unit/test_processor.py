@@ -328,7 +328,7 @@ def _late_partition_run(readings, stations, activity: PartitionActivity | None):
     within ACTIVE_S. Batches of 40 every 10 ms, then the worker's idle wake-ups."""
     from collections import namedtuple
 
-    from stream_processor.app import ACTIVE_S
+    from stream_processor.partitions import ACTIVE_S
 
     Item = namedtuple("Item", "partition offset")
     part = {sid: i % 2 for i, sid in enumerate(sorted({r.station_id for r in readings}))}
@@ -360,8 +360,8 @@ def test_a_partition_whose_messages_land_late_is_waited_for():
     a network's hours wait for a partition whose first messages land late: the final forecasts
     equal the backtest's. Counting only the partitions that delivered, the hours close without
     partition 1's stations and they do not (the test can fail)."""
-    from stream_processor.app import ACTIVE_S
     from stream_processor.engine import run_offline
+    from stream_processor.partitions import ACTIVE_S
 
     readings, stations = _beijing_network()
     offline = {(f.station_id, f.issued_at): f.value for f in run_offline(make_engine(Settings(), stations), readings)}

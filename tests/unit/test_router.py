@@ -105,3 +105,5 @@ def test_route_of_keys_a_reading_by_its_station_s_network_and_keeps_a_bad_messag
     assert route_of(b"{not json", b"k", networks) == (None, b"k")
     assert route_of(value, None, networks) == (100, b"north")  # no key: keyed by its network
     assert route_of(value, b"b", networks) == (None, b"b")  # another station's key: key_mismatch
+    # keyed by its network already: merged like any reading (not passed through out of order)
+    assert route_of(value, b"north", networks) == (100, b"north")
