@@ -108,8 +108,8 @@ class RouterMetrics:
         self.routed = Counter("pm25_router_readings_routed", "Messages forwarded to the readings topic", registry=r)
         self.kept_key = Counter(
             "pm25_router_messages_kept_key",
-            "Messages forwarded with their own key: not a reading, or keyed by another station (the worker "
-            "dead-letters them)",
+            "Messages forwarded with their own key: not a reading, or keyed by neither its station nor its "
+            "network (the worker dead-letters them)",
             registry=r,
         )
         self.waiting = Gauge("pm25_router_waiting", "Readings taken in and waiting in the event-time merge", registry=r)
